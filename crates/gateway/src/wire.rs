@@ -1,0 +1,219 @@
+//! The reference PG's wire format: the `{meta, data}` envelope, request and response
+//! bodies, enums and the exact Korean reason and error texts.
+
+use serde::{Deserialize, Serialize};
+
+/// Card companies the PG accepts. The JSON spelling is the PG's (`SAMSUNG`, `KB`, `HYUNDAI`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CardType {
+    Samsung,
+    Kb,
+    Hyundai,
+}
+
+impl CardType {
+    pub const ALL: [CardType; 3] = [CardType::Samsung, CardType::Kb, CardType::Hyundai];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardType::Samsung => "SAMSUNG",
+            CardType::Kb => "KB",
+            CardType::Hyundai => "HYUNDAI",
+        }
+    }
+
+    /// Exact, case-sensitive parse, as the reference PG's JSON mapper does it.
+    pub fn parse(s: &str) -> Option<CardType> {
+        CardType::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// A transaction's status at the PG. Note `FAILED`, not `FAIL` (a known integration trap:
+/// `FAIL` is the envelope's `meta.result`, never a transaction status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TransactionStatus {
+    Pending,
+    Success,
+    Failed,
+}
+
+impl TransactionStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, TransactionStatus::Pending)
+    }
+}
+
+/// `meta.result` of the envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ResultKind {
+    Success,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta {
+    pub result: ResultKind,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// Every PG answer: `{"meta": {...}, "data": ...}`. On failure `data` is null and
+/// `meta.errorCode` is the HTTP reason phrase (`Bad Request`, `Not Found`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub meta: Meta,
+    pub data: Option<T>,
+}
+
+impl<T> Envelope<T> {
+    pub fn success(data: T) -> Self {
+        Envelope { meta: Meta { result: ResultKind::Success, error_code: None, message: None }, data: Some(data) }
+    }
+
+    pub fn fail(error_code: impl Into<String>, message: impl Into<String>) -> Self {
+        Envelope {
+            meta: Meta { result: ResultKind::Fail, error_code: Some(error_code.into()), message: Some(message.into()) },
+            data: None,
+        }
+    }
+}
+
+/// `POST /api/v1/payments` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PaymentRequest {
+    pub order_id: String,
+    pub card_type: CardType,
+    pub card_no: String,
+    pub amount: i64,
+    pub callback_url: String,
+}
+
+/// `data` of a `POST /api/v1/payments` answer and one element of an orderId lookup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionSummary {
+    pub transaction_key: String,
+    pub status: TransactionStatus,
+    pub reason: Option<String>,
+}
+
+/// `data` of `GET /api/v1/payments/{transactionKey}`, and (flat, without an envelope)
+/// the body the PG POSTs to the callback URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionDetail {
+    pub transaction_key: String,
+    pub order_id: String,
+    pub card_type: CardType,
+    pub card_no: String,
+    pub amount: i64,
+    pub status: TransactionStatus,
+    pub reason: Option<String>,
+}
+
+/// `data` of `GET /api/v1/payments?orderId=X`. Transactions are newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderTransactions {
+    pub order_id: String,
+    pub transactions: Vec<TransactionSummary>,
+}
+
+/// The header every PG call carries: the merchant's id at the PG.
+pub const USER_ID_HEADER: &str = "X-USER-ID";
+
+/// Header of the simulator's opt-in callback signature: `t=<unix seconds>,v1=<hex>`,
+/// where v1 = HMAC-SHA256(secret, "<t>.<raw body>").
+pub const SIGNATURE_HEADER: &str = "X-PG-Signature";
+
+/// `meta.errorCode` values: the HTTP reason phrases the reference PG uses.
+pub mod error_code {
+    pub const BAD_REQUEST: &str = "Bad Request";
+    pub const NOT_FOUND: &str = "Not Found";
+    pub const METHOD_NOT_ALLOWED: &str = "Method Not Allowed";
+    pub const INTERNAL_SERVER_ERROR: &str = "Internal Server Error";
+    pub const SERVICE_UNAVAILABLE: &str = "Service Unavailable";
+}
+
+/// The reference PG's texts, byte for byte.
+pub mod message {
+    pub const APPROVED: &str = "정상 승인되었습니다.";
+    pub const LIMIT_EXCEEDED: &str = "한도초과입니다. 다른 카드를 선택해주세요.";
+    pub const INVALID_CARD: &str = "잘못된 카드입니다. 다른 카드를 선택해주세요.";
+    pub const UNSTABLE: &str = "현재 서버가 불안정합니다. 잠시 후 다시 시도해주세요.";
+    pub const USER_ID_REQUIRED: &str = "유저 ID 헤더는 필수입니다.";
+    pub const BODY_UNREADABLE: &str = "요청 본문을 처리하는 중 오류가 발생했습니다. JSON 메세지 규격을 확인해주세요.";
+    pub const ORDER_ID_INVALID: &str = "주문 ID는 6자리 이상 문자열이어야 합니다.";
+    pub const CARD_NO_INVALID: &str = "카드 번호는 xxxx-xxxx-xxxx-xxxx 형식이어야 합니다.";
+    pub const AMOUNT_INVALID: &str = "결제금액은 양의 정수여야 합니다.";
+    pub const UNEXPECTED: &str = "일시적인 오류가 발생했습니다.";
+    pub const UNKNOWN_PATH: &str = "존재하지 않는 요청입니다.";
+
+    pub fn missing_field(field: &str) -> String {
+        format!("필수 필드 '{field}'이(가) 누락되었습니다.")
+    }
+
+    /// Type mismatch; enums list their values, other types end after the sentence.
+    pub fn type_mismatch(field: &str, value: &str, type_name: &str, enum_values: Option<&[&str]>) -> String {
+        let mut text = format!("필드 '{field}'의 값 '{value}'이(가) 예상 타입({type_name})과 일치하지 않습니다. ");
+        if let Some(values) = enum_values {
+            text.push_str(&format!("사용 가능한 값 : [{}]", values.join(", ")));
+        }
+        text
+    }
+
+    pub fn callback_url_invalid(allowed: &str) -> String {
+        format!("콜백 URL 은 {allowed} 로 시작해야 합니다.")
+    }
+
+    pub fn transaction_not_found(key: &str) -> String {
+        format!("(transactionKey: {key}) 결제건이 존재하지 않습니다.")
+    }
+
+    pub fn order_not_found(order_id: &str) -> String {
+        format!("(orderId: {order_id}) 에 해당하는 결제건이 존재하지 않습니다.")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_fail_serialises_like_the_reference() {
+        let env: Envelope<()> = Envelope::fail(error_code::BAD_REQUEST, message::AMOUNT_INVALID);
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "meta": {"result": "FAIL", "errorCode": "Bad Request", "message": "결제금액은 양의 정수여야 합니다."},
+                "data": null
+            })
+        );
+    }
+
+    #[test]
+    fn statuses_and_card_types_use_the_pg_spelling() {
+        assert_eq!(serde_json::to_string(&TransactionStatus::Failed).unwrap(), "\"FAILED\"");
+        assert_eq!(serde_json::to_string(&CardType::Kb).unwrap(), "\"KB\"");
+        assert_eq!(CardType::parse("HYUNDAI"), Some(CardType::Hyundai));
+        assert_eq!(CardType::parse("hyundai"), None, "the PG's enum parse is case-sensitive");
+    }
+
+    #[test]
+    fn type_mismatch_message_lists_enum_values_only_for_enums() {
+        assert_eq!(
+            message::type_mismatch("cardType", "VISA", "CardTypeDto", Some(&["SAMSUNG", "KB", "HYUNDAI"])),
+            "필드 'cardType'의 값 'VISA'이(가) 예상 타입(CardTypeDto)과 일치하지 않습니다. 사용 가능한 값 : [SAMSUNG, KB, HYUNDAI]"
+        );
+        assert_eq!(
+            message::type_mismatch("amount", "abc", "Long", None),
+            "필드 'amount'의 값 'abc'이(가) 예상 타입(Long)과 일치하지 않습니다. "
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! The shop: orders, payments, callback intake and the reconciler (not built yet).
