@@ -2,8 +2,20 @@
 //!
 //! `wire` is the exact JSON contract of the reference PG (see shared/reference-pg.md);
 //! the simulator and the client both speak it, so the two can never drift apart.
+//! `GatewayClient` classifies every call by what we know about the request's fate
+//! (`PaymentOutcome`), which is what the service decides on.
 
 pub mod breaker;
+mod client;
+pub mod config;
 mod duration_ms;
+pub mod observer;
+pub mod outcome;
+pub mod retry;
 pub mod signature;
+pub mod transport;
 pub mod wire;
+
+pub use client::{ClientError, GatewayClient, GatewaySettings};
+pub use config::ResilienceConfig;
+pub use outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, Rejection, Unknown};

@@ -82,8 +82,8 @@ impl<T> Envelope<T> {
     }
 }
 
-/// `POST /api/v1/payments` body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `POST /api/v1/payments` body. Its `Debug` masks the card number.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PaymentRequest {
     pub order_id: String,
@@ -103,8 +103,8 @@ pub struct TransactionSummary {
 }
 
 /// `data` of `GET /api/v1/payments/{transactionKey}`, and (flat, without an envelope)
-/// the body the PG POSTs to the callback URL.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// the body the PG POSTs to the callback URL. Its `Debug` masks the card number.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TransactionDetail {
     pub transaction_key: String,
@@ -114,6 +114,38 @@ pub struct TransactionDetail {
     pub amount: i64,
     pub status: TransactionStatus,
     pub reason: Option<String>,
+}
+
+/// The last four characters of a card number, for anything a person may read.
+pub fn mask_card(card_no: &str) -> String {
+    let last4: String = card_no.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    format!("****-****-****-{last4}")
+}
+
+impl std::fmt::Debug for PaymentRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PaymentRequest")
+            .field("order_id", &self.order_id)
+            .field("card_type", &self.card_type)
+            .field("card_no", &mask_card(&self.card_no))
+            .field("amount", &self.amount)
+            .field("callback_url", &self.callback_url)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TransactionDetail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionDetail")
+            .field("transaction_key", &self.transaction_key)
+            .field("order_id", &self.order_id)
+            .field("card_type", &self.card_type)
+            .field("card_no", &mask_card(&self.card_no))
+            .field("amount", &self.amount)
+            .field("status", &self.status)
+            .field("reason", &self.reason)
+            .finish()
+    }
 }
 
 /// `data` of `GET /api/v1/payments?orderId=X`. Transactions are newest first.
@@ -203,6 +235,29 @@ mod tests {
         assert_eq!(serde_json::to_string(&CardType::Kb).unwrap(), "\"KB\"");
         assert_eq!(CardType::parse("HYUNDAI"), Some(CardType::Hyundai));
         assert_eq!(CardType::parse("hyundai"), None, "the PG's enum parse is case-sensitive");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_full_card_number() {
+        let request = PaymentRequest {
+            order_id: "ORD000123-1".into(),
+            card_type: CardType::Samsung,
+            card_no: "1234-5678-9814-1451".into(),
+            amount: 5000,
+            callback_url: "http://localhost:8080/cb".into(),
+        };
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("1234-5678-9814-1451") && shown.contains("****-****-****-1451"), "{shown}");
+        let detail = TransactionDetail {
+            transaction_key: "k".into(),
+            order_id: "o".into(),
+            card_type: CardType::Kb,
+            card_no: "1234-5678-9814-1451".into(),
+            amount: 1,
+            status: TransactionStatus::Pending,
+            reason: None,
+        };
+        assert!(!format!("{detail:?}").contains("1234-5678"));
     }
 
     #[test]

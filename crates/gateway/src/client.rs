@@ -1,0 +1,204 @@
+//! The typed PG client: three operations, each through the resilience stack, outer to
+//! inner: total deadline -> retry -> circuit breaker -> bulkhead -> per-attempt timeouts
+//! -> HTTP. Payments and status lookups have separate stacks and breakers, so a broken
+//! status API does not stop new payments and vice versa.
+
+use std::sync::Arc;
+
+use reqwest::Url;
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+
+use crate::breaker::layer::Classifier;
+use crate::breaker::{CallResult, CircuitBreaker, CircuitBreakerLayer};
+use crate::config::ResilienceConfig;
+use crate::observer::{GatewayEvent, GatewayObserver, NoopObserver};
+use crate::outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, PgAnswer, Unknown};
+use crate::retry::{Attempted, RetryPolicy};
+use crate::transport::{HttpTransport, PgCall};
+use crate::wire::{OrderTransactions, PaymentRequest, TransactionDetail};
+
+type Stack = BoxCloneSyncService<Attempted, PgAnswer, CallError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid resilience config: {0}")]
+    Config(String),
+    #[error("invalid gateway URL '{0}'")]
+    Url(String),
+    #[error("HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// A PG's identity from our side.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// Our name for this PG (breaker names and metric labels).
+    pub name: String,
+    pub base_url: String,
+    /// Sent as `X-USER-ID`: the merchant's id at the PG, never a buyer's.
+    pub merchant_id: String,
+}
+
+#[derive(Clone)]
+pub struct GatewayClient {
+    name: String,
+    payments: Stack,
+    status: Stack,
+    payment_budget: Arc<TpsBudget>,
+    status_budget: Arc<TpsBudget>,
+    payment_breaker: CircuitBreaker,
+    status_breaker: CircuitBreaker,
+    config: ResilienceConfig,
+    observer: Arc<dyn GatewayObserver>,
+}
+
+impl GatewayClient {
+    pub fn new(settings: GatewaySettings, config: ResilienceConfig) -> Result<GatewayClient, ClientError> {
+        GatewayClient::with_observer(settings, config, Arc::new(NoopObserver))
+    }
+
+    pub fn with_observer(
+        settings: GatewaySettings,
+        config: ResilienceConfig,
+        observer: Arc<dyn GatewayObserver>,
+    ) -> Result<GatewayClient, ClientError> {
+        config.validate().map_err(ClientError::Config)?;
+        let base = Url::parse(&settings.base_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| ClientError::Url(settings.base_url.clone()))?;
+        let transport = HttpTransport::new(
+            base,
+            settings.merchant_id,
+            config.connect_timeout,
+            config.response_timeout,
+            observer.clone(),
+        )?;
+        let payment_breaker =
+            CircuitBreaker::new(format!("{}.payments", settings.name), config.payment_breaker.clone())
+                .map_err(ClientError::Config)?;
+        let status_breaker = CircuitBreaker::new(format!("{}.status", settings.name), config.status_breaker.clone())
+            .map_err(ClientError::Config)?;
+        let budget = || {
+            let r = &config.retry;
+            Arc::new(TpsBudget::new(r.budget_window, r.budget_min_per_second, r.budget_ratio))
+        };
+        let (payment_budget, status_budget) = (budget(), budget());
+        let payments = stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer);
+        let status = stack(&config, transport, &status_breaker, &status_budget, &observer);
+        Ok(GatewayClient {
+            name: settings.name,
+            payments,
+            status,
+            payment_budget,
+            status_budget,
+            payment_breaker,
+            status_breaker,
+            config,
+            observer,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &ResilienceConfig {
+        &self.config
+    }
+
+    pub fn payment_breaker(&self) -> &CircuitBreaker {
+        &self.payment_breaker
+    }
+
+    pub fn status_breaker(&self) -> &CircuitBreaker {
+        &self.status_breaker
+    }
+
+    /// Asks the PG to take a payment. Never retries unless the request surely did not arrive.
+    pub async fn request_payment(&self, request: PaymentRequest) -> PaymentOutcome {
+        let result = self.call(&self.payments, &self.payment_budget, PgCall::RequestPayment(request)).await;
+        PaymentOutcome::from_result(result)
+    }
+
+    pub async fn transaction(&self, transaction_key: &str) -> LookupOutcome<TransactionDetail> {
+        let call = PgCall::GetTransaction(transaction_key.to_string());
+        let result = self.call(&self.status, &self.status_budget, call).await;
+        LookupOutcome::from_result(result, |answer| match answer {
+            PgAnswer::Transaction(detail) => Some(detail),
+            _ => None,
+        })
+    }
+
+    /// Every transaction the PG holds for one of our attempt ids, newest first.
+    pub async fn transactions_for_order(&self, order_id: &str) -> LookupOutcome<OrderTransactions> {
+        let call = PgCall::FindByOrder(order_id.to_string());
+        let result = self.call(&self.status, &self.status_budget, call).await;
+        LookupOutcome::from_result(result, |answer| match answer {
+            PgAnswer::Transactions(list) => Some(list),
+            _ => None,
+        })
+    }
+
+    async fn call(&self, stack: &Stack, budget: &TpsBudget, call: PgCall) -> Result<PgAnswer, CallError> {
+        budget.deposit();
+        let operation = call.operation();
+        let attempted = Attempted { call, started: Instant::now() };
+        let result = match tokio::time::timeout(self.config.deadline, stack.clone().oneshot(attempted)).await {
+            Ok(result) => result,
+            Err(_) => Err(Unknown::DeadlineExceeded(self.config.deadline).into()),
+        };
+        if let Err(e @ CallError::NotDelivered(NotDelivered::CircuitOpen { .. } | NotDelivered::BulkheadFull)) = &result
+        {
+            self.observer.on_event(&GatewayEvent::Refused { operation, reason: e.reason() });
+        }
+        result
+    }
+}
+
+/// What the breaker counts: any PG answer is a success (declines come by callback, and
+/// a 4xx is our fault, not the PG's health); our own refusals are ignored.
+fn breaker_classifier() -> Classifier<PgAnswer, CallError> {
+    Arc::new(|result| match result {
+        Ok(_) => CallResult::Success,
+        Err(CallError::NotDelivered(NotDelivered::BulkheadFull | NotDelivered::CircuitOpen { .. })) => {
+            CallResult::Ignored
+        }
+        Err(_) => CallResult::Failure,
+    })
+}
+
+fn stack(
+    config: &ResilienceConfig,
+    transport: HttpTransport,
+    breaker: &CircuitBreaker,
+    budget: &Arc<TpsBudget>,
+    observer: &Arc<dyn GatewayObserver>,
+) -> Stack {
+    let attempt_timeout = config.response_timeout;
+    let policy =
+        RetryPolicy::new(config.retry.clone(), budget.clone(), observer.clone(), config.deadline, attempt_timeout);
+    let service = ServiceBuilder::new()
+        .retry(policy)
+        .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()))
+        .map_err(bulkhead_error)
+        .load_shed()
+        .concurrency_limit(config.bulkhead.max_concurrent_calls)
+        .map_request(|attempted: Attempted| attempted.call)
+        .service(transport);
+    BoxCloneSyncService::new(service)
+}
+
+/// `load_shed` boxes errors; give them back their type.
+fn bulkhead_error(error: BoxError) -> CallError {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        return NotDelivered::BulkheadFull.into();
+    }
+    match error.downcast::<CallError>() {
+        Ok(error) => *error,
+        Err(other) => Unknown::ConnectionLost(other.to_string()).into(),
+    }
+}

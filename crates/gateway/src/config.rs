@@ -1,0 +1,162 @@
+//! Every resilience knob of the gateway client, with the defaults chosen by measurement
+//! against the simulator (docs/resilience.md has the table and how to reproduce it).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::breaker::{BreakerConfig, HalfOpenTimeoutTarget, InitialState, SlidingWindow};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResilienceConfig {
+    /// TCP connect; failing it proves nothing was sent (so it is retried).
+    #[serde(with = "crate::duration_ms")]
+    pub connect_timeout: Duration,
+    /// One whole exchange. Above the reference's 500 ms worst latency with room to spare;
+    /// not 6 s "because processing takes 5 s": processing happens after the answer.
+    #[serde(with = "crate::duration_ms")]
+    pub response_timeout: Duration,
+    /// All attempts of one call together; shorter than a buyer's HTTP timeout.
+    #[serde(with = "crate::duration_ms")]
+    pub deadline: Duration,
+    pub retry: RetryConfig,
+    pub bulkhead: BulkheadConfig,
+    pub payment_breaker: BreakerConfig,
+    pub status_breaker: BreakerConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    #[serde(with = "crate::duration_ms")]
+    pub initial_backoff: Duration,
+    #[serde(with = "crate::duration_ms")]
+    pub max_backoff: Duration,
+    /// Retries may add at most this share of the calls made (1.0 = double the load).
+    pub budget_ratio: f32,
+    /// Retries always allowed per second, so a quiet client can still retry.
+    pub budget_min_per_second: u32,
+    #[serde(with = "crate::duration_ms")]
+    pub budget_window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BulkheadConfig {
+    /// Calls in flight per stack (payments, status); one more is refused at once.
+    pub max_concurrent_calls: usize,
+}
+
+impl Default for ResilienceConfig {
+    fn default() -> Self {
+        ResilienceConfig {
+            connect_timeout: Duration::from_millis(250),
+            response_timeout: Duration::from_millis(1_000),
+            deadline: Duration::from_millis(4_000),
+            retry: RetryConfig::default(),
+            bulkhead: BulkheadConfig::default(),
+            payment_breaker: BreakerConfig {
+                // The reference PG fails 40% of requests as normal behaviour: 65% over
+                // 100 calls never tripped in 10,000-payment runs (docs/resilience.md),
+                // while a full outage crosses it within ~45 failed calls.
+                failure_rate_threshold: 65.0,
+                slow_call_rate_threshold: 80.0,
+                slow_call_duration: Duration::from_millis(800),
+                sliding_window: SlidingWindow::Count(100),
+                minimum_calls: 100,
+                permitted_calls_in_half_open: 20,
+                wait_in_open: Duration::from_secs(5),
+                automatic_transition: true,
+                max_wait_in_half_open: Duration::ZERO,
+                half_open_timeout_target: HalfOpenTimeoutTarget::Open,
+                initial_state: InitialState::Closed,
+            },
+            status_breaker: BreakerConfig {
+                // Lookups do not fail at random, so a lower bar and a smaller window.
+                failure_rate_threshold: 50.0,
+                slow_call_rate_threshold: 80.0,
+                slow_call_duration: Duration::from_millis(800),
+                sliding_window: SlidingWindow::Count(50),
+                minimum_calls: 20,
+                permitted_calls_in_half_open: 5,
+                wait_in_open: Duration::from_secs(5),
+                automatic_transition: true,
+                max_wait_in_half_open: Duration::ZERO,
+                half_open_timeout_target: HalfOpenTimeoutTarget::Open,
+                initial_state: InitialState::Closed,
+            },
+        }
+    }
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(400),
+            budget_ratio: 1.0,
+            budget_min_per_second: 10,
+            budget_window: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for BulkheadConfig {
+    fn default() -> Self {
+        BulkheadConfig { max_concurrent_calls: 128 }
+    }
+}
+
+impl ResilienceConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.connect_timeout.is_zero() || self.response_timeout.is_zero() {
+            return Err("timeouts must be positive".into());
+        }
+        if self.deadline < self.response_timeout {
+            return Err("the deadline must allow at least one whole attempt (deadline >= response_timeout)".into());
+        }
+        if self.retry.max_attempts == 0 {
+            return Err("retry.max_attempts counts the first attempt: at least 1".into());
+        }
+        if self.retry.initial_backoff > self.retry.max_backoff {
+            return Err("retry.initial_backoff must not exceed retry.max_backoff".into());
+        }
+        if !(0.0..=1000.0).contains(&self.retry.budget_ratio) || self.retry.budget_window < Duration::from_secs(1) {
+            return Err("retry.budget_ratio must be in [0, 1000] and budget_window at least 1 s".into());
+        }
+        if self.bulkhead.max_concurrent_calls == 0 {
+            return Err("bulkhead.max_concurrent_calls must be at least 1".into());
+        }
+        self.payment_breaker.validate().map_err(|e| format!("payment_breaker: {e}"))?;
+        self.status_breaker.validate().map_err(|e| format!("status_breaker: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_avoid_the_known_traps() {
+        let c = ResilienceConfig::default();
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.response_timeout > Duration::from_millis(500), "above the reference's worst latency");
+        assert!(c.response_timeout < Duration::from_secs(6));
+        assert!(c.payment_breaker.failure_rate_threshold > 40.0, "above the reference's normal failure rate");
+        assert!(c.payment_breaker.minimum_calls > 1);
+    }
+
+    #[test]
+    fn config_reads_from_partial_toml_like_json() {
+        let c: ResilienceConfig =
+            serde_json::from_str(r#"{"response_timeout": 1500, "retry": {"max_attempts": 3}}"#).unwrap();
+        assert_eq!(c.response_timeout, Duration::from_millis(1_500));
+        assert_eq!(c.retry.max_attempts, 3);
+        assert_eq!(c.retry.initial_backoff, Duration::from_millis(50), "unnamed knobs keep defaults");
+        assert!(serde_json::from_str::<ResilienceConfig>(r#"{"no_such_knob": 1}"#).is_err());
+    }
+}
