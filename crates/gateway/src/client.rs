@@ -20,7 +20,8 @@ use crate::retry::{Attempted, RetryPolicy};
 use crate::transport::{HttpTransport, PgCall};
 use crate::wire::{OrderTransactions, PaymentRequest, TransactionDetail};
 
-type Stack = BoxCloneSyncService<Attempted, PgAnswer, CallError>;
+/// A resilience stack: what `GatewayClient` calls for each PG operation.
+pub type Stack = BoxCloneSyncService<Attempted, PgAnswer, CallError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -171,13 +172,19 @@ fn breaker_classifier() -> Classifier<PgAnswer, CallError> {
     })
 }
 
-fn stack(
+/// Builds retry -> breaker -> bulkhead over `inner` (the HTTP transport in production;
+/// anything in benchmarks). The deadline is applied per call by `GatewayClient`.
+pub fn stack<S>(
     config: &ResilienceConfig,
-    transport: HttpTransport,
+    inner: S,
     breaker: &CircuitBreaker,
     budget: &Arc<TpsBudget>,
     observer: &Arc<dyn GatewayObserver>,
-) -> Stack {
+) -> Stack
+where
+    S: tower::Service<PgCall, Response = PgAnswer, Error = CallError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
     let attempt_timeout = config.response_timeout;
     let policy =
         RetryPolicy::new(config.retry.clone(), budget.clone(), observer.clone(), config.deadline, attempt_timeout);
@@ -188,7 +195,7 @@ fn stack(
         .load_shed()
         .concurrency_limit(config.bulkhead.max_concurrent_calls)
         .map_request(|attempted: Attempted| attempted.call)
-        .service(transport);
+        .service(inner);
     BoxCloneSyncService::new(service)
 }
 

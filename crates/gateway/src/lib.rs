@@ -16,6 +16,6 @@ pub mod signature;
 pub mod transport;
 pub mod wire;
 
-pub use client::{ClientError, GatewayClient, GatewaySettings};
+pub use client::{ClientError, GatewayClient, GatewaySettings, Stack, stack};
 pub use config::ResilienceConfig;
 pub use outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, Rejection, Unknown};

@@ -304,8 +304,8 @@ impl Core {
         let (failure_rate, slow_rate) = rates(totals, effective_minimum);
         let failure_exceeded = failure_rate >= self.config.failure_rate_threshold;
         let slow_exceeded = slow_rate >= self.config.slow_call_rate_threshold;
-        let verdict = self.verdict(failure_rate, slow_rate, totals.calls, state);
-        match state {
+        // The reason is formatted only on a transition: this is the hot path of every call.
+        let to = match state {
             State::Closed if failure_exceeded || slow_exceeded => {
                 if failure_exceeded {
                     fx.events.push(Event::FailureRateExceeded { rate: failure_rate });
@@ -313,12 +313,14 @@ impl Core {
                 if slow_exceeded {
                     fx.events.push(Event::SlowCallRateExceeded { rate: slow_rate });
                 }
-                self.enter(State::Open, verdict, now, &mut fx);
+                State::Open
             }
-            State::HalfOpen if failure_exceeded || slow_exceeded => self.enter(State::Open, verdict, now, &mut fx),
-            State::HalfOpen => self.enter(State::Closed, verdict, now, &mut fx),
-            _ => {}
-        }
+            State::HalfOpen if failure_exceeded || slow_exceeded => State::Open,
+            State::HalfOpen => State::Closed,
+            _ => return fx,
+        };
+        let verdict = self.verdict(failure_rate, slow_rate, totals.calls, state);
+        self.enter(to, verdict, now, &mut fx);
         fx
     }
 
