@@ -164,7 +164,11 @@ async fn outage(name: &str, fault: Faults, seed: u64) {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |flag: &str, default: u64| {
-        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     };
     let (payments, runs) = (arg("--payments", 10_000), arg("--runs", 3));
 
