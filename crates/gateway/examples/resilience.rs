@@ -58,7 +58,10 @@ fn payment(n: u64) -> PaymentRequest {
     }
 }
 
-fn transitions(client: &GatewayClient) -> Arc<Mutex<Vec<(Instant, State, State, String)>>> {
+/// (when, from, to, reason) of every transition of the payment breaker.
+type TransitionLog = Arc<Mutex<Vec<(Instant, State, State, String)>>>;
+
+fn transitions(client: &GatewayClient) -> TransitionLog {
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
     client.payment_breaker().subscribe(move |_, event| {
