@@ -25,10 +25,33 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run everything locally: the bundled PG simulator (the shop service joins it once built).
+    /// Run everything locally: the service on 127.0.0.1:8080 (SQLite ./payguard-dev.db)
+    /// and the bundled PG simulator on 127.0.0.1:8082.
     Dev,
+    /// Run the service in production mode against a real PG.
+    Serve(ServeArgs),
     /// Run the PG simulator alone: the reference PG's API plus fault injection.
     GatewaySim(Box<SimArgs>),
+}
+
+/// Options of `payguard serve`. Every setting, these included, can also come from the
+/// config file or a `PAYGUARD_...` variable (nested with `__`): see docs/configuration.md.
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "PAYGUARD_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// The PG's base URL.
+    #[arg(long, env = "PAYGUARD_GATEWAY__BASE_URL")]
+    gateway_url: String,
+    /// Our base URL as the PG reaches it (callbacks go to {public-url}/api/v1/payments/callback).
+    #[arg(long, env = "PAYGUARD_PUBLIC_URL")]
+    public_url: String,
+    #[arg(long, env = "PAYGUARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// `sqlite://path.db`.
+    #[arg(long, env = "PAYGUARD_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 impl Cli {
@@ -41,24 +64,17 @@ impl Cli {
 
     pub async fn run(self) -> Result<(), Box<dyn std::error::Error>> {
         match self.command {
-            Command::Dev => {
-                let sim = gateway_sim::spawn(SimConfig::default()).await?;
-                println!("payguard dev");
-                println!(
-                    "  PG simulator  {}  (faults: {}/sim/faults, ledger: {}/sim/ledger)",
-                    sim.base_url(),
-                    sim.control_url(),
-                    sim.control_url()
-                );
-                println!(
-                    "  Try:  curl -s -X POST {}/api/v1/payments -H 'X-USER-ID: merchant' -H 'Content-Type: application/json' \\",
-                    sim.base_url()
-                );
-                println!(
-                    "          -d '{{\"orderId\":\"ORD000123-1\",\"cardType\":\"SAMSUNG\",\"cardNo\":\"1234-5678-9814-1451\",\"amount\":5000,\"callbackUrl\":\"http://localhost:8080/api/v1/payments/callback\"}}'"
-                );
-                println!("  Ctrl-C stops.");
-                sim.run_until(crate::shutdown::signal()).await;
+            Command::Dev => crate::dev::run().await,
+            Command::Serve(args) => {
+                let mut settings = service::Settings::load(args.config.as_deref())?;
+                settings.gateway.base_url = args.gateway_url;
+                settings.public_url = args.public_url;
+                settings.listen = args.listen.unwrap_or(settings.listen);
+                settings.database_url = args.database_url.unwrap_or(settings.database_url);
+                settings.validate()?;
+                tracing::info!(?settings, "starting payguard");
+                let app = service::Application::build(settings).await?;
+                app.run_until(crate::shutdown::signal()).await?;
                 Ok(())
             }
             Command::GatewaySim(args) => {

@@ -1,6 +1,7 @@
 //! `payguard`: one binary for the shop service, the bundled PG simulator and tools.
 
 mod cli;
+mod dev;
 mod shutdown;
 mod telemetry;
 

@@ -1,1 +1,11 @@
-//! The shop: orders, payments, callback intake and the reconciler (not built yet).
+//! The shop: orders, payments, callback intake and the reconciler.
+
+pub mod app;
+pub mod configuration;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod store;
+
+pub use configuration::Settings;
+pub use startup::Application;

@@ -1,0 +1,95 @@
+//! Callback intake. The body is never trusted: with a shared secret the HMAC signature
+//! (over timestamp + raw body, within a replay window) must verify; without one, the
+//! transaction is fetched back from the PG and the PG's answer is what counts. Amount
+//! and orderId must match our attempt either way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::signature::SignatureHeader;
+use gateway::wire::TransactionDetail;
+use gateway::{GatewayClient, LookupOutcome};
+
+use super::settlement::{Applied, Observed, Settler, Source};
+use crate::store::{EventKind, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("the callback body is not a transaction: {0}")]
+    Malformed(String),
+    #[error("the callback signature is missing, invalid or outside the replay window")]
+    Unauthorized,
+    #[error("no payment attempt has this transaction")]
+    UnknownTransaction,
+    #[error("the callback does not match our payment: {0}")]
+    Mismatch(String),
+    #[error("the PG could not confirm the callback now: {0}")]
+    Unverifiable(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct CallbackIntake {
+    store: Arc<dyn Store>,
+    gateway: GatewayClient,
+    settler: Settler,
+    secret: Option<Vec<u8>>,
+    replay_window: Duration,
+}
+
+impl CallbackIntake {
+    pub fn new(store: Arc<dyn Store>, gateway: GatewayClient, secret: Option<String>, replay_window: Duration) -> Self {
+        let settler = Settler::new(store.clone());
+        CallbackIntake { store, gateway, settler, secret: secret.map(String::into_bytes), replay_window }
+    }
+
+    pub async fn receive(&self, raw: &[u8], signature: Option<&str>) -> Result<Applied, CallbackError> {
+        let body: TransactionDetail =
+            serde_json::from_slice(raw).map_err(|e| CallbackError::Malformed(e.to_string()))?;
+        let truth = match &self.secret {
+            Some(secret) => {
+                self.verify_signature(secret, raw, signature)?;
+                body.clone()
+            }
+            None => self.fetch_back(&body).await?,
+        };
+        let attempt = self
+            .store
+            .attempt_by_pg_order_id(&truth.order_id)
+            .await?
+            .filter(|a| a.gateway == self.gateway.name())
+            .ok_or(CallbackError::UnknownTransaction)?;
+        if body.amount != attempt.amount || truth.amount != attempt.amount || body.order_id != attempt.pg_order_id {
+            let detail = format!(
+                "callback for {} says amount {} / orderId {}, ours is {} / {}",
+                body.transaction_key, body.amount, body.order_id, attempt.amount, attempt.pg_order_id
+            );
+            self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
+            tracing::warn!(attempt = attempt.id, transaction_key = %body.transaction_key, "callback refused: {detail}");
+            return Err(CallbackError::Mismatch(detail));
+        }
+        let observed = Observed { transaction_key: truth.transaction_key, status: truth.status, reason: truth.reason };
+        Ok(self.settler.apply(&attempt, &observed, Source::Callback).await?)
+    }
+
+    fn verify_signature(&self, secret: &[u8], raw: &[u8], header: Option<&str>) -> Result<(), CallbackError> {
+        let signature = header.and_then(SignatureHeader::parse).ok_or(CallbackError::Unauthorized)?;
+        let age = (chrono::Utc::now().timestamp() - signature.timestamp).unsigned_abs();
+        if age > self.replay_window.as_secs() || !signature.verify(secret, raw) {
+            return Err(CallbackError::Unauthorized);
+        }
+        Ok(())
+    }
+
+    /// The PG's own view of the transaction; the body only tells us which one to ask about.
+    async fn fetch_back(&self, body: &TransactionDetail) -> Result<TransactionDetail, CallbackError> {
+        match self.gateway.transaction(&body.transaction_key).await {
+            LookupOutcome::Found(detail) => Ok(detail),
+            LookupOutcome::NotFound => Err(CallbackError::UnknownTransaction),
+            LookupOutcome::Rejected(r) => Err(CallbackError::Unverifiable(r.reason)),
+            LookupOutcome::NotDelivered(why) => Err(CallbackError::Unverifiable(why.to_string())),
+            LookupOutcome::Unknown(why) => Err(CallbackError::Unverifiable(why.to_string())),
+        }
+    }
+}

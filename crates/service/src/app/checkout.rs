@@ -1,0 +1,123 @@
+//! Checkout, by the outcome table of design section 4: never a database transaction
+//! across the PG call; every PG outcome is one `match` arm.
+
+use std::sync::Arc;
+
+use gateway::wire::{CardType, PaymentRequest};
+use gateway::{GatewayClient, PaymentOutcome};
+
+use crate::domain::{BuyerId, CardNumber, CheckoutLine, Settlement};
+use crate::store::{CreatedOrder, NewOrder, Store, StoreError, Transition};
+
+#[derive(Debug)]
+pub struct CheckoutRequest {
+    pub buyer: BuyerId,
+    pub lines: Vec<CheckoutLine>,
+    pub card_type: CardType,
+    pub card: CardNumber,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("the payment gateway is unavailable: {0}")]
+    GatewayUnavailable(String),
+    #[error("the PG rejected the payment: {reason}")]
+    Rejected { order_id: i64, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a checkout ended for the buyer (the HTTP layer reads the order back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub order_id: i64,
+}
+
+#[derive(Clone)]
+pub struct Checkout {
+    store: Arc<dyn Store>,
+    gateway: GatewayClient,
+    callback_url: String,
+}
+
+impl Checkout {
+    pub fn new(store: Arc<dyn Store>, gateway: GatewayClient, callback_url: String) -> Checkout {
+        Checkout { store, gateway, callback_url }
+    }
+
+    pub async fn place(&self, request: CheckoutRequest) -> Result<Placed, CheckoutError> {
+        // 1. A cheap pre-check: with the breaker open nothing is written and nothing sent.
+        let breaker = self.gateway.payment_breaker();
+        if breaker.state().rejects_calls() {
+            return Err(CheckoutError::GatewayUnavailable(format!(
+                "circuit breaker {} is {}",
+                breaker.name(),
+                breaker.state()
+            )));
+        }
+        // 2. Transaction 1: order, items, stock reservation, REQUESTED attempt.
+        let created = self
+            .store
+            .create_order(NewOrder {
+                buyer: request.buyer,
+                lines: request.lines,
+                gateway: self.gateway.name().to_string(),
+                card_type: request.card_type,
+                card_last4: request.card.last4().to_string(),
+                now_ms: super::now_ms(),
+            })
+            .await?;
+        // 3. The PG call, outside any transaction.
+        let outcome = self
+            .gateway
+            .request_payment(PaymentRequest {
+                order_id: created.pg_order_id.clone(),
+                card_type: request.card_type,
+                card_no: request.card.expose_for_gateway().to_string(),
+                amount: created.amount.get(),
+                callback_url: self.callback_url.clone(),
+            })
+            .await;
+        // 4. Transaction 2, by outcome.
+        self.conclude(&created, outcome).await
+    }
+
+    async fn conclude(&self, created: &CreatedOrder, outcome: PaymentOutcome) -> Result<Placed, CheckoutError> {
+        let placed = Placed { order_id: created.order_id };
+        let now = super::now_ms();
+        match outcome {
+            PaymentOutcome::Accepted { transaction_key } => {
+                // A fast callback may have settled it already; that is fine.
+                self.store.mark_pending(created.attempt_id, Some(&transaction_key), now).await?;
+                Ok(placed)
+            }
+            PaymentOutcome::Unknown(why) => {
+                tracing::warn!(order = created.order_id, pg_order_id = %created.pg_order_id, %why, "payment outcome unknown: left PENDING for the reconciler");
+                self.store.mark_pending(created.attempt_id, None, now).await?;
+                Ok(placed)
+            }
+            PaymentOutcome::NotDelivered(why) => {
+                match self.store.roll_back(created.attempt_id).await? {
+                    Transition::Applied => {
+                        tracing::info!(order = created.order_id, pg_order_id = %created.pg_order_id, %why, "payment not delivered: order rolled back")
+                    }
+                    // Only a REQUESTED attempt is rolled back; anything else is settled news.
+                    other => {
+                        tracing::error!(order = created.order_id, ?other, "a not-delivered attempt had already moved")
+                    }
+                }
+                Err(CheckoutError::GatewayUnavailable(why.to_string()))
+            }
+            PaymentOutcome::Rejected(rejection) => {
+                let failed = Settlement {
+                    status: crate::domain::PaymentStatus::Failed,
+                    transaction_key: None,
+                    reason: Some(rejection.reason.clone()),
+                };
+                self.store.settle(created.attempt_id, &failed, "checkout", now).await?;
+                tracing::warn!(order = created.order_id, status = rejection.status, reason = %rejection.reason, "the PG rejected a payment request");
+                Err(CheckoutError::Rejected { order_id: created.order_id, reason: rejection.reason })
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Use cases. Every payment state change goes through `Settlement` (callbacks and the
+//! reconciler) or `Checkout` (the first two steps), so the rules live in one place.
+
+pub mod callbacks;
+pub mod checkout;
+pub mod reconciler;
+pub mod settlement;
+
+/// Wall-clock milliseconds: what the database stores.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,160 @@
+//! Applies what the PG says about an attempt: the one place where a final status is
+//! decided, for callbacks and the reconciler alike. Late, duplicate and contradictory
+//! news is recorded, never applied; a second charge or a charge for a failed attempt
+//! is flagged for an operator.
+
+use std::sync::Arc;
+
+use gateway::wire::TransactionStatus;
+
+use crate::domain::{PaymentStatus, Settlement};
+use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
+
+/// What the PG says about one of its transactions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub transaction_key: String,
+    pub status: TransactionStatus,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Callback,
+    Reconciler,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Callback => "callback",
+            Source::Reconciler => "reconciler",
+        }
+    }
+}
+
+/// What applying an observation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Applied {
+    /// The attempt moved to this final status.
+    Settled(PaymentStatus),
+    /// The PG still processes it; its key is now recorded.
+    KeyAdopted,
+    StillPending,
+    /// Same news again: nothing to do.
+    Duplicate,
+    /// PENDING news about a settled attempt.
+    Stale,
+    /// News that contradicts the settled status; recorded, not applied.
+    Conflict,
+    DoubleCharge,
+    RefundNeeded,
+}
+
+impl Applied {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Applied::Settled(PaymentStatus::Success) => "settled_success",
+            Applied::Settled(_) => "settled_failed",
+            Applied::KeyAdopted => "key_adopted",
+            Applied::StillPending => "still_pending",
+            Applied::Duplicate => "duplicate",
+            Applied::Stale => "stale",
+            Applied::Conflict => "conflict",
+            Applied::DoubleCharge => "double_charge",
+            Applied::RefundNeeded => "refund_needed",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Settler {
+    store: Arc<dyn Store>,
+}
+
+impl Settler {
+    pub fn new(store: Arc<dyn Store>) -> Settler {
+        Settler { store }
+    }
+
+    pub async fn apply(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
+        let now = super::now_ms();
+        let key = observed.transaction_key.as_str();
+        let Some(settlement) = Settlement::from_pg(observed.status, key, observed.reason.clone()) else {
+            if attempt.status.is_final() {
+                self.note(attempt, EventKind::StaleDelivery, source, observed).await?;
+                return Ok(Applied::Stale);
+            }
+            if attempt.transaction_key.is_none() && self.store.adopt_key(attempt.id, key, now).await? {
+                return Ok(Applied::KeyAdopted);
+            }
+            return Ok(Applied::StillPending);
+        };
+        let (current, current_key) = match self.store.settle(attempt.id, &settlement, source.as_str(), now).await? {
+            Transition::Applied => {
+                tracing::info!(
+                    attempt = attempt.id,
+                    pg_order_id = %attempt.pg_order_id,
+                    transaction_key = key,
+                    status = settlement.status.as_str(),
+                    source = source.as_str(),
+                    "payment settled"
+                );
+                return Ok(Applied::Settled(settlement.status));
+            }
+            Transition::AlreadyMoved { current, transaction_key } => (current, transaction_key),
+            Transition::NotFound => return Err(StoreError::Corrupt(format!("attempt {} vanished", attempt.id))),
+        };
+        let same_transaction = current_key.as_deref().is_none_or(|k| k == key);
+        let applied = match (current, settlement.status) {
+            (c, s) if c == s && same_transaction => Applied::Duplicate,
+            (PaymentStatus::Success, PaymentStatus::Success) => Applied::DoubleCharge,
+            (PaymentStatus::Failed, PaymentStatus::Success) => Applied::RefundNeeded,
+            _ => Applied::Conflict,
+        };
+        let kind = match applied {
+            Applied::Duplicate => EventKind::DuplicateDelivery,
+            Applied::DoubleCharge => EventKind::DoubleCharge,
+            Applied::RefundNeeded => EventKind::RefundNeeded,
+            _ => EventKind::ConflictingDelivery,
+        };
+        self.note(attempt, kind, source, observed).await?;
+        match applied {
+            Applied::DoubleCharge | Applied::RefundNeeded => tracing::error!(
+                attempt = attempt.id,
+                pg_order_id = %attempt.pg_order_id,
+                transaction_key = key,
+                settled_key = current_key.as_deref().unwrap_or("-"),
+                finding = applied.as_str(),
+                "the PG charged a payment that must be refunded"
+            ),
+            Applied::Conflict => tracing::warn!(
+                attempt = attempt.id,
+                transaction_key = key,
+                settled = current.as_str(),
+                reported = settlement.status.as_str(),
+                source = source.as_str(),
+                "contradictory news about a settled payment ignored"
+            ),
+            _ => {}
+        }
+        Ok(applied)
+    }
+
+    async fn note(
+        &self,
+        attempt: &Attempt,
+        kind: EventKind,
+        source: Source,
+        observed: &Observed,
+    ) -> Result<(), StoreError> {
+        let detail = format!(
+            "{} reported {} {:?} for {}",
+            source.as_str(),
+            observed.transaction_key,
+            observed.status,
+            observed.reason.as_deref().unwrap_or("-")
+        );
+        self.store.record_event(attempt.id, kind, &detail, super::now_ms()).await
+    }
+}

@@ -1,0 +1,158 @@
+//! Settings, layered: defaults, then an optional TOML file, then `PAYGUARD_*` environment
+//! variables for every knob (nested keys with `__`, e.g.
+//! `PAYGUARD_RECONCILER__GRACE_MS=5000`, `PAYGUARD_GATEWAY__BASE_URL=...`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use gateway::ResilienceConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::app::reconciler::ReconcilerSettings;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Our base URL as the PG reaches it; the callback URL is built from it.
+    pub public_url: String,
+    /// `sqlite://file.db` (embedded default) or `sqlite::memory:`.
+    pub database_url: String,
+    pub gateway: GatewaySettings,
+    pub reconciler: ReconcilerSettings,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Our name for this PG: breaker names, metric labels, and recorded on each attempt.
+    pub name: String,
+    pub base_url: String,
+    /// Sent to the PG as `X-USER-ID`: the merchant's id, never a buyer's.
+    pub merchant_id: String,
+    /// When set, callbacks must carry a valid HMAC signature; otherwise each callback is
+    /// confirmed by fetching the transaction back from the PG.
+    pub callback_secret: Option<String>,
+    /// Accepted age of a signed callback.
+    pub callback_replay_window_secs: u64,
+    pub resilience: ResilienceConfig,
+}
+
+impl std::fmt::Debug for GatewaySettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewaySettings")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("merchant_id", &self.merchant_id)
+            .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
+            .field("callback_replay_window_secs", &self.callback_replay_window_secs)
+            .field("resilience", &self.resilience)
+            .finish()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: "http://127.0.0.1:8080".into(),
+            database_url: "sqlite://payguard-dev.db".into(),
+            gateway: GatewaySettings::default(),
+            reconciler: ReconcilerSettings::default(),
+        }
+    }
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            name: "pg".into(),
+            base_url: "http://127.0.0.1:8082".into(),
+            merchant_id: "payguard".into(),
+            callback_secret: None,
+            callback_replay_window_secs: 300,
+            resilience: ResilienceConfig::default(),
+        }
+    }
+}
+
+/// Top-level keys; other `PAYGUARD_*` variables (the CLI's own, the simulator's) are
+/// not settings of the service and are left alone.
+const KEYS: [&str; 5] = ["listen", "public_url", "database_url", "gateway", "reconciler"];
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        let env = Env::prefixed("PAYGUARD_")
+            .split("__")
+            .filter(|key| KEYS.iter().any(|k| key.as_str() == *k || key.as_str().starts_with(&format!("{k}."))));
+        let settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
+        settings.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, url) in [("public_url", &self.public_url), ("gateway.base_url", &self.gateway.base_url)] {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("{name} must be an http(s) URL, got '{url}'"));
+            }
+        }
+        self.gateway.resilience.validate().map_err(|e| format!("gateway.resilience: {e}"))?;
+        if self.reconciler.interval_ms == 0 || self.reconciler.batch_size <= 0 {
+            return Err("reconciler.interval_ms and reconciler.batch_size must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn callback_url(&self) -> String {
+        format!("{}/api/v1/payments/callback", self.public_url.trim_end_matches('/'))
+    }
+}
+
+#[cfg(test)]
+// figment's `Jail` closures must return its (large) error type; not ours to shrink.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_local_dev_setup() {
+        let s = Settings::default();
+        assert_eq!(s.validate(), Ok(()));
+        assert_eq!(s.callback_url(), "http://127.0.0.1:8080/api/v1/payments/callback");
+        assert!(!format!("{s:?}").contains("secret\":"));
+    }
+
+    #[test]
+    fn file_then_env_override_the_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("payguard.toml", "public_url = \"https://shop.example\"\n[reconciler]\ngrace_ms = 1234\n[gateway.resilience.retry]\nmax_attempts = 3\n")?;
+            jail.set_env("PAYGUARD_RECONCILER__GRACE_MS", "777");
+            jail.set_env("PAYGUARD_GATEWAY__CALLBACK_SECRET", "s3cret");
+            jail.set_env("PAYGUARD_SIM_SEED", "1"); // the simulator's, ignored here
+            let s = Settings::load(Some(Path::new("payguard.toml"))).expect("loads");
+            assert_eq!(s.public_url, "https://shop.example");
+            assert_eq!(s.reconciler.grace_ms, 777);
+            assert_eq!(s.gateway.resilience.retry.max_attempts, 3);
+            assert_eq!(s.gateway.callback_secret.as_deref(), Some("s3cret"));
+            assert!(!format!("{:?}", s.gateway).contains("s3cret"), "secrets never printed");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "no_such_knob = 1\n")?;
+            assert!(Settings::load(Some(Path::new("bad.toml"))).is_err());
+            jail.create_file("worse.toml", "public_url = \"ftp://x\"\n")?;
+            assert!(Settings::load(Some(Path::new("worse.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

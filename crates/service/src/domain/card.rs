@@ -1,0 +1,69 @@
+//! Card numbers: the full number lives in memory only for the PG call; everything that
+//! is stored, logged or shown uses the last four digits.
+
+use gateway::wire::CardType;
+
+use super::Invalid;
+
+/// A card number in the PG's `dddd-dddd-dddd-dddd` form. No `Display`, no `Serialize`,
+/// and a masked `Debug`, so it cannot leak into logs or JSON by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CardNumber(String);
+
+impl CardNumber {
+    pub fn parse(raw: &str) -> Result<CardNumber, Invalid> {
+        let groups: Vec<&str> = raw.split('-').collect();
+        let well_formed =
+            groups.len() == 4 && groups.iter().all(|g| g.len() == 4 && g.bytes().all(|b| b.is_ascii_digit()));
+        if well_formed {
+            Ok(CardNumber(raw.to_string()))
+        } else {
+            Err(Invalid::new("cardNo", "카드 번호는 xxxx-xxxx-xxxx-xxxx 형식이어야 합니다."))
+        }
+    }
+
+    pub fn last4(&self) -> &str {
+        &self.0[self.0.len() - 4..]
+    }
+
+    /// The full number, for the request to the PG and nothing else.
+    pub fn expose_for_gateway(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CardNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CardNumber(****-****-****-{})", self.last4())
+    }
+}
+
+pub fn parse_card_type(raw: &str) -> Result<CardType, Invalid> {
+    CardType::parse(raw).ok_or_else(|| Invalid::new("cardType", "카드 종류는 SAMSUNG, KB, HYUNDAI 중 하나여야 합니다."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_card_number_keeps_its_last_four_and_never_shows_the_rest() {
+        let card = CardNumber::parse("1234-5678-9814-1451").unwrap();
+        assert_eq!(card.last4(), "1451");
+        assert_eq!(format!("{card:?}"), "CardNumber(****-****-****-1451)");
+    }
+
+    #[test]
+    fn malformed_card_numbers_are_refused() {
+        for bad in [
+            "",
+            "1234567898141451",
+            "1234-5678-9814-145",
+            "1234-5678-9814-14511",
+            "abcd-5678-9814-1451",
+            "１２３４-5678-9814-1451",
+        ] {
+            assert_eq!(CardNumber::parse(bad).unwrap_err().field, "cardNo", "{bad}");
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Domain types, parsed once at the edge: a value of these types is valid by construction.
+
+pub mod card;
+pub mod order;
+pub mod payment;
+
+pub use card::CardNumber;
+pub use order::{BuyerId, CheckoutLine, Money, ProductId, Quantity};
+pub use payment::{PaymentStatus, Settlement};
+
+/// A rule of the domain that an input broke, with the field it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    pub field: &'static str,
+    /// Korean, for the buyer.
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Invalid {
+        Invalid { field, message: message.into() }
+    }
+}

@@ -1,0 +1,114 @@
+//! The payment attempt's state machine (design section 3). Nothing else decides which
+//! status may follow which; the store turns each decision into a conditional update.
+//!
+//! ```text
+//! REQUESTED --accepted--> PENDING --callback/reconcile--> SUCCESS | FAILED(reason)
+//! REQUESTED --timeout/crash (outcome unknown)--> PENDING(no key) --reconcile--> ...
+//! REQUESTED --not delivered--> rolled back (the order is removed)
+//! ```
+
+use gateway::wire::TransactionStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentStatus {
+    /// Stored before the PG call; its outcome is not known yet.
+    Requested,
+    /// The PG has (or may have) the payment; the final status is awaited.
+    Pending,
+    Success,
+    Failed,
+}
+
+impl PaymentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Requested => "REQUESTED",
+            PaymentStatus::Pending => "PENDING",
+            PaymentStatus::Success => "SUCCESS",
+            PaymentStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<PaymentStatus> {
+        [PaymentStatus::Requested, PaymentStatus::Pending, PaymentStatus::Success, PaymentStatus::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, PaymentStatus::Success | PaymentStatus::Failed)
+    }
+
+    /// The statuses a move to `to` may start from. Final statuses are never left.
+    pub fn allowed_sources(to: PaymentStatus) -> &'static [PaymentStatus] {
+        match to {
+            PaymentStatus::Requested => &[],
+            PaymentStatus::Pending => &[PaymentStatus::Requested],
+            PaymentStatus::Success | PaymentStatus::Failed => &[PaymentStatus::Requested, PaymentStatus::Pending],
+        }
+    }
+
+    /// What the buyer sees: REQUESTED is an internal detail, shown as PENDING.
+    pub fn for_buyer(self) -> &'static str {
+        match self {
+            PaymentStatus::Requested | PaymentStatus::Pending => "PENDING",
+            PaymentStatus::Success => "SUCCESS",
+            PaymentStatus::Failed => "FAILED",
+        }
+    }
+
+    pub fn buyer_message(self) -> &'static str {
+        match self {
+            PaymentStatus::Requested | PaymentStatus::Pending => "결제 진행 중",
+            PaymentStatus::Success => "결제 성공",
+            PaymentStatus::Failed => "결제 실패",
+        }
+    }
+}
+
+/// A final result to apply to an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub status: PaymentStatus,
+    pub transaction_key: Option<String>,
+    pub reason: Option<String>,
+}
+
+impl Settlement {
+    /// The PG's final status as a settlement; `None` for PENDING (nothing to settle).
+    pub fn from_pg(status: TransactionStatus, key: &str, reason: Option<String>) -> Option<Settlement> {
+        let status = match status {
+            TransactionStatus::Pending => return None,
+            TransactionStatus::Success => PaymentStatus::Success,
+            TransactionStatus::Failed => PaymentStatus::Failed,
+        };
+        Some(Settlement { status, transaction_key: Some(key.to_string()), reason })
+    }
+}
+
+/// The reason recorded when the PG never received an attempt.
+pub const NOT_RECEIVED_REASON: &str = "결제 요청이 PG에 도달하지 않았습니다.";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_statuses_are_never_left() {
+        for to in [PaymentStatus::Requested, PaymentStatus::Pending, PaymentStatus::Success, PaymentStatus::Failed] {
+            for from in PaymentStatus::allowed_sources(to) {
+                assert!(!from.is_final(), "{from:?} -> {to:?}");
+            }
+        }
+        assert_eq!(PaymentStatus::allowed_sources(PaymentStatus::Pending), [PaymentStatus::Requested]);
+    }
+
+    #[test]
+    fn statuses_round_trip_and_show_pending_to_buyers() {
+        for s in [PaymentStatus::Requested, PaymentStatus::Pending, PaymentStatus::Success, PaymentStatus::Failed] {
+            assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(PaymentStatus::Requested.for_buyer(), "PENDING");
+        assert_eq!(Settlement::from_pg(TransactionStatus::Pending, "k", None), None);
+    }
+}

@@ -1,0 +1,61 @@
+//! The HTTP API (design section 8): `/api/v1` with the PG's `{meta, data}` envelope.
+
+pub mod buyer;
+pub mod orders;
+pub mod response;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use self::response::{ApiError, ok};
+use crate::app::callbacks::CallbackIntake;
+use crate::app::checkout::Checkout;
+use crate::app::reconciler::Reconciler;
+use crate::store::Store;
+
+/// Bodies above this are refused before they are read.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub checkout: Checkout,
+    pub callbacks: CallbackIntake,
+    pub reconciler: Reconciler,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/products", get(products))
+        .route("/api/v1/orders", post(orders::checkout).get(orders::list))
+        .route("/api/v1/orders/{order_id}", get(orders::detail))
+        .route("/api/v1/payments/callback", post(callback))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(ready))
+        .fallback(|| async { ApiError::UnknownPath })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(ok(StatusCode::OK, state.store.products().await?))
+}
+
+async fn callback(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let signature = headers.get(gateway::wire::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let applied = state.callbacks.receive(&body, signature).await?;
+    Ok(ok(StatusCode::OK, json!({ "result": applied.as_str() })))
+}
+
+async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state.store.ping().await.map_err(|e| ApiError::Internal(format!("database not ready: {e}")))?;
+    Ok(ok(StatusCode::OK, json!({"status": "ready"})))
+}

@@ -1,0 +1,181 @@
+//! `POST /api/v1/orders` (checkout), `GET /api/v1/orders/{id}`, `GET /api/v1/orders`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::buyer::Buyer;
+use super::response::{ApiError, ok};
+use crate::app::checkout::CheckoutRequest;
+use crate::domain::card::parse_card_type;
+use crate::domain::{CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
+use crate::store::{OrderItem, OrderRecord};
+
+pub const MAX_LINES: usize = 50;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CheckoutBody {
+    items: Vec<ItemBody>,
+    card_type: String,
+    card_no: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ItemBody {
+    product_id: i64,
+    quantity: i64,
+}
+
+/// Parses the body into a checkout, reporting every broken field at once.
+fn parse_checkout(headers: &HeaderMap, body: &[u8], buyer: Buyer) -> Result<CheckoutRequest, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if !is_json {
+        return Err(ApiError::invalid("body", "Content-Type 은 application/json 이어야 합니다."));
+    }
+    let body: CheckoutBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::Invalid(vec![Invalid::new("body", format!("요청 본문을 읽을 수 없습니다: {e}"))]))?;
+    let mut problems = Vec::new();
+    if body.items.is_empty() || body.items.len() > MAX_LINES {
+        problems.push(Invalid::new("items", format!("주문 상품은 1개 이상 {MAX_LINES}개 이하여야 합니다.")));
+    }
+    let mut lines = Vec::with_capacity(body.items.len());
+    for item in &body.items {
+        if item.product_id <= 0 {
+            problems.push(Invalid::new("productId", "상품 ID는 양의 정수여야 합니다."));
+        }
+        match Quantity::parse(item.quantity) {
+            Ok(quantity) => lines.push(CheckoutLine { product_id: ProductId(item.product_id), quantity }),
+            Err(e) => problems.push(e),
+        }
+    }
+    let card_type = parse_card_type(&body.card_type).map_err(|e| problems.push(e)).ok();
+    let card = CardNumber::parse(&body.card_no).map_err(|e| problems.push(e)).ok();
+    match (problems.is_empty(), card_type, card) {
+        (true, Some(card_type), Some(card)) => Ok(CheckoutRequest { buyer: buyer.0, lines, card_type, card }),
+        _ => Err(ApiError::Invalid(problems)),
+    }
+}
+
+pub async fn checkout(
+    State(state): State<AppState>,
+    buyer: Buyer,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|_| ApiError::invalid("body", "요청 본문은 64KiB 이하여야 합니다."))?;
+    let request = parse_checkout(&headers, &body, buyer)?;
+    let placed = state.checkout.place(request).await?;
+    let order = state.store.order(placed.order_id).await?.ok_or(ApiError::OrderNotFound)?;
+    Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))
+}
+
+pub async fn detail(
+    State(state): State<AppState>,
+    Buyer(buyer): Buyer,
+    Path(raw_id): Path<String>,
+) -> Result<Response, ApiError> {
+    // Unknown, malformed and other buyers' ids all answer the same 404.
+    let order_id: i64 = raw_id.parse().map_err(|_| ApiError::OrderNotFound)?;
+    let order =
+        state.store.order(order_id).await?.filter(|o| o.buyer_id == buyer.as_str()).ok_or(ApiError::OrderNotFound)?;
+    Ok(ok(StatusCode::OK, OrderDto::from(order)))
+}
+
+#[derive(Deserialize)]
+pub struct Page {
+    page: Option<i64>,
+    size: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    Buyer(buyer): Buyer,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(page) = page.map_err(|_| ApiError::invalid("page", "page 와 size 는 정수여야 합니다."))?;
+    let (number, size) = (page.page.unwrap_or(0), page.size.unwrap_or(20));
+    if number < 0 || !(1..=100).contains(&size) {
+        return Err(ApiError::invalid("size", "page 는 0 이상, size 는 1 이상 100 이하여야 합니다."));
+    }
+    let offset = number.checked_mul(size).ok_or_else(|| ApiError::invalid("page", "page 가 너무 큽니다."))?;
+    let mut orders = state.store.orders_for_buyer(&buyer, offset, size + 1).await?;
+    let has_next = orders.len() as i64 > size;
+    orders.truncate(size as usize);
+    let orders: Vec<OrderDto> = orders.into_iter().map(OrderDto::from).collect();
+    Ok(ok(StatusCode::OK, OrderPage { orders, page: number, size, has_next }))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct OrderPage {
+    orders: Vec<OrderDto>,
+    page: i64,
+    size: i64,
+    has_next: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderDto {
+    order_id: i64,
+    /// PENDING, PAID or FAILED.
+    status: &'static str,
+    items: Vec<OrderItem>,
+    total_amount: i64,
+    payment: PaymentDto,
+    /// `double_charge` or `refund_needed` when the PG charged what it should not have.
+    anomaly: Option<String>,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PaymentDto {
+    status: &'static str,
+    message: &'static str,
+    reason: Option<String>,
+    card_type: String,
+    card_last4: String,
+    transaction_key: Option<String>,
+    /// Unsettled after many checks: an operator should look.
+    stuck: bool,
+}
+
+impl From<OrderRecord> for OrderDto {
+    fn from(o: OrderRecord) -> Self {
+        use crate::domain::PaymentStatus::*;
+        let status = match o.attempt.status {
+            Requested | Pending => "PENDING",
+            Success => "PAID",
+            Failed => "FAILED",
+        };
+        let created_at = chrono::DateTime::from_timestamp_millis(o.created_at_ms)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        OrderDto {
+            order_id: o.order_id,
+            status,
+            items: o.items,
+            total_amount: o.total_amount,
+            payment: PaymentDto {
+                status: o.attempt.status.for_buyer(),
+                message: o.attempt.status.buyer_message(),
+                reason: o.attempt.reason,
+                card_type: o.attempt.card_type,
+                card_last4: o.attempt.card_last4,
+                transaction_key: o.attempt.transaction_key,
+                stuck: o.attempt.stuck,
+            },
+            anomaly: o.anomaly,
+            created_at,
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The `{meta, data}` envelope (the same as the PG's) and every error the API answers,
+//! mapped to a status and a stable `errorCode` in one place so handlers just use `?`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gateway::wire::Envelope;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::app::callbacks::CallbackError;
+use crate::app::checkout::CheckoutError;
+use crate::domain::Invalid;
+use crate::store::StoreError;
+
+pub fn ok<T: Serialize>(status: StatusCode, data: T) -> Response {
+    (status, Json(Envelope::success(data))).into_response()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("X-USER-ID header missing")]
+    MissingUserId,
+    #[error("invalid request: {0:?}")]
+    Invalid(Vec<Invalid>),
+    #[error("product {0} not found")]
+    ProductNotFound(i64),
+    #[error("out of stock: product {product}, {available} available")]
+    OutOfStock { product: i64, available: i64 },
+    #[error("order not found")]
+    OrderNotFound,
+    #[error("payment gateway unavailable: {0}")]
+    GatewayUnavailable(String),
+    #[error("payment rejected by the PG: {reason}")]
+    PaymentRejected { order_id: i64, reason: String },
+    #[error(transparent)]
+    Callback(CallbackError),
+    #[error("not found")]
+    UnknownPath,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::Invalid(vec![Invalid::new(field, message)])
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::ProductNotFound(id) => ApiError::ProductNotFound(id),
+            StoreError::OutOfStock { product, available } => ApiError::OutOfStock { product, available },
+            StoreError::AmountOverflow => ApiError::invalid("items", "주문 금액이 너무 큽니다."),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<CheckoutError> for ApiError {
+    fn from(error: CheckoutError) -> Self {
+        match error {
+            CheckoutError::GatewayUnavailable(why) => ApiError::GatewayUnavailable(why),
+            CheckoutError::Rejected { order_id, reason } => ApiError::PaymentRejected { order_id, reason },
+            CheckoutError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CallbackError> for ApiError {
+    fn from(error: CallbackError) -> Self {
+        match error {
+            CallbackError::Store(e) => e.into(),
+            other => ApiError::Callback(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code, message, data) = match &self {
+            ApiError::MissingUserId => {
+                (StatusCode::BAD_REQUEST, "MISSING_USER_ID", "X-USER-ID 헤더는 필수입니다.".into(), None)
+            }
+            ApiError::Invalid(problems) => {
+                let fields: Vec<_> = problems.iter().map(|p| json!({"field": p.field, "message": p.message})).collect();
+                let message =
+                    problems.first().map_or("요청이 올바르지 않습니다.".to_string(), |p| p.message.clone());
+                (StatusCode::BAD_REQUEST, "INVALID_REQUEST", message, Some(json!({ "errors": fields })))
+            }
+            ApiError::ProductNotFound(id) => {
+                (StatusCode::NOT_FOUND, "PRODUCT_NOT_FOUND", format!("상품({id})을 찾을 수 없습니다."), None)
+            }
+            ApiError::OutOfStock { product, available } => (
+                StatusCode::CONFLICT,
+                "OUT_OF_STOCK",
+                format!("상품({product})의 재고가 부족합니다. 남은 수량: {available}"),
+                Some(json!({"productId": product, "available": available})),
+            ),
+            ApiError::OrderNotFound => {
+                (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND", "주문을 찾을 수 없습니다.".into(), None)
+            }
+            ApiError::GatewayUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "PAYMENT_GATEWAY_UNAVAILABLE",
+                "결제 시스템이 일시적으로 불안정합니다. 주문이 취소되었으니 잠시 후 다시 시도해주세요.".into(),
+                None,
+            ),
+            ApiError::PaymentRejected { order_id, reason } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "PAYMENT_REJECTED",
+                reason.clone(),
+                Some(json!({ "orderId": order_id })),
+            ),
+            ApiError::Callback(e) => {
+                let (status, code) = match e {
+                    CallbackError::Malformed(_) => (StatusCode::BAD_REQUEST, "CALLBACK_MALFORMED"),
+                    CallbackError::Unauthorized => (StatusCode::UNAUTHORIZED, "CALLBACK_UNAUTHORIZED"),
+                    CallbackError::UnknownTransaction => (StatusCode::NOT_FOUND, "TRANSACTION_NOT_FOUND"),
+                    CallbackError::Mismatch(_) => (StatusCode::BAD_REQUEST, "CALLBACK_MISMATCH"),
+                    CallbackError::Unverifiable(_) => (StatusCode::SERVICE_UNAVAILABLE, "CALLBACK_UNVERIFIABLE"),
+                    CallbackError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
+                };
+                (status, code, e.to_string(), None)
+            }
+            ApiError::UnknownPath => (StatusCode::NOT_FOUND, "NOT_FOUND", "존재하지 않는 요청입니다.".into(), None),
+            ApiError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "지원하지 않는 메서드입니다.".into(), None)
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "일시적인 오류가 발생했습니다.".into(), None)
+            }
+        };
+        let mut envelope = Envelope::<serde_json::Value>::fail(code, message);
+        envelope.data = data;
+        let mut response = (status, Json(envelope)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}

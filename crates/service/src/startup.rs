@@ -1,0 +1,99 @@
+//! Assembles the application: database, gateway client, use cases, router, reconciler.
+//! Nothing else knows how the parts are wired.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway::{ClientError, GatewayClient};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::app::callbacks::CallbackIntake;
+use crate::app::checkout::Checkout;
+use crate::app::reconciler::Reconciler;
+use crate::configuration::Settings;
+use crate::http::{AppState, router};
+use crate::store::{SqliteStore, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("gateway client: {0}")]
+    Gateway(#[from] ClientError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("unsupported database URL '{0}' (expected sqlite://...)")]
+    DatabaseUrl(String),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+    gateway: GatewayClient,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let store: Arc<dyn Store> = if settings.database_url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::connect(&settings.database_url).await?)
+        } else {
+            return Err(StartupError::DatabaseUrl(settings.database_url.clone()));
+        };
+        let g = &settings.gateway;
+        let gateway = GatewayClient::new(
+            gateway::GatewaySettings {
+                name: g.name.clone(),
+                base_url: g.base_url.clone(),
+                merchant_id: g.merchant_id.clone(),
+            },
+            g.resilience.clone(),
+        )?;
+        let state = AppState {
+            store: store.clone(),
+            checkout: Checkout::new(store.clone(), gateway.clone(), settings.callback_url()),
+            callbacks: CallbackIntake::new(
+                store.clone(),
+                gateway.clone(),
+                g.callback_secret.clone(),
+                Duration::from_secs(g.callback_replay_window_secs),
+            ),
+            reconciler: Reconciler::new(store, gateway.clone(), settings.reconciler.clone()),
+        };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        Ok(Application { listener, addr, state, gateway })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn gateway(&self) -> &GatewayClient {
+        &self.gateway
+    }
+
+    /// Serves until `signal` completes, then stops taking requests, lets in-flight ones
+    /// finish, and stops the reconciler.
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let reconciler = tokio::spawn(self.state.reconciler.clone().run(stop_rx));
+        tracing::info!(addr = %self.addr, "payguard service listening");
+        let served = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(signal).await;
+        stop_tx.send_replace(true);
+        let _ = reconciler.await;
+        served
+    }
+}

@@ -1,0 +1,237 @@
+//! Persistence behind one trait, one implementation per backend. Every status change is
+//! a conditional update (`WHERE status IN (...)`), so a callback and the reconciler
+//! racing over one attempt can never both win. No transaction spans a PG call.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use gateway::wire::CardType;
+
+pub use self::sqlite::SqliteStore;
+use crate::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, ProductId, Settlement};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("product {0} does not exist")]
+    ProductNotFound(i64),
+    #[error("not enough stock of product {product}: {available} available")]
+    OutOfStock { product: i64, available: i64 },
+    #[error("the order total overflows")]
+    AmountOverflow,
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub product_id: i64,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+}
+
+/// An order to create with its first payment attempt (checkout's transaction 1).
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub buyer: BuyerId,
+    pub lines: Vec<CheckoutLine>,
+    pub gateway: String,
+    pub card_type: CardType,
+    pub card_last4: String,
+    pub now_ms: i64,
+}
+
+/// What transaction 1 created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedOrder {
+    pub order_id: i64,
+    pub attempt_id: i64,
+    pub pg_order_id: String,
+    pub amount: Money,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub id: i64,
+    pub order_id: i64,
+    pub pg_order_id: String,
+    pub gateway: String,
+    pub amount: i64,
+    pub status: PaymentStatus,
+    pub transaction_key: Option<String>,
+    pub reason: Option<String>,
+    pub created_at_ms: i64,
+    pub checks: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderItem {
+    pub product_id: i64,
+    pub name: String,
+    pub unit_price: i64,
+    pub quantity: i64,
+    pub amount: i64,
+}
+
+/// An order with its items and latest payment attempt, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub order_id: i64,
+    pub buyer_id: String,
+    pub total_amount: i64,
+    pub created_at_ms: i64,
+    pub anomaly: Option<String>,
+    pub items: Vec<OrderItem>,
+    pub attempt: AttemptView,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptView {
+    pub status: PaymentStatus,
+    pub reason: Option<String>,
+    pub card_type: String,
+    pub card_last4: String,
+    pub transaction_key: Option<String>,
+    pub stuck: bool,
+}
+
+/// The result of a conditional status change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transition {
+    Applied,
+    /// The attempt was no longer in a source status: someone else moved it first.
+    AlreadyMoved {
+        current: PaymentStatus,
+        transaction_key: Option<String>,
+    },
+    NotFound,
+}
+
+/// Findings kept in `payment_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    DuplicateDelivery,
+    StaleDelivery,
+    ConflictingDelivery,
+    /// A second SUCCESS for one attempt: the buyer was charged twice.
+    DoubleCharge,
+    /// A SUCCESS for an attempt we had failed: the money must go back.
+    RefundNeeded,
+    MismatchedCallback,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::DuplicateDelivery => "duplicate_delivery",
+            EventKind::StaleDelivery => "stale_delivery",
+            EventKind::ConflictingDelivery => "conflicting_delivery",
+            EventKind::DoubleCharge => "double_charge",
+            EventKind::RefundNeeded => "refund_needed",
+            EventKind::MismatchedCallback => "mismatched_callback",
+        }
+    }
+
+    /// Findings that need an operator: they mark the order too.
+    pub fn is_anomaly(self) -> bool {
+        matches!(self, EventKind::DoubleCharge | EventKind::RefundNeeded)
+    }
+}
+
+/// Stock of one product, for conservation checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockLevels {
+    pub product_id: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn products(&self) -> Result<Vec<Product>, StoreError>;
+
+    /// Transaction 1: the order, its items, the stock reservation and the REQUESTED attempt.
+    async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError>;
+
+    /// REQUESTED -> PENDING, with the transaction key when the PG gave one.
+    async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError>;
+
+    /// Records the key of a still unsettled attempt that has none yet.
+    async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError>;
+
+    /// REQUESTED or PENDING -> SUCCESS or FAILED; moves the reserved stock to sold or
+    /// back to available in the same transaction.
+    async fn settle(
+        &self,
+        attempt_id: i64,
+        settlement: &Settlement,
+        settled_by: &str,
+        now_ms: i64,
+    ) -> Result<Transition, StoreError>;
+
+    /// Undoes transaction 1 of an attempt that surely never reached the PG: the order
+    /// is removed and its stock released. Only a REQUESTED attempt can be rolled back.
+    async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError>;
+
+    async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError>;
+
+    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
+
+    /// A buyer's orders, newest first; `limit + 1` are read to tell whether more follow.
+    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError>;
+
+    /// Unsettled attempts created before `created_before_ms` whose next check is due.
+    async fn due_attempts(&self, created_before_ms: i64, now_ms: i64, limit: i64) -> Result<Vec<Attempt>, StoreError>;
+
+    /// Books a reconciliation check that did not settle the attempt.
+    async fn record_check(
+        &self,
+        attempt_id: i64,
+        next_check_at_ms: i64,
+        note: &str,
+        stuck: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    async fn record_event(&self, attempt_id: i64, kind: EventKind, detail: &str, now_ms: i64)
+    -> Result<(), StoreError>;
+
+    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError>;
+
+    async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError>;
+
+    /// Unsettled attempts now, and the creation time of the oldest.
+    async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError>;
+}
+
+/// The PG orderId of an attempt: unique per attempt, at least 6 characters.
+pub fn pg_order_id(order_id: i64, attempt_no: i64) -> String {
+    format!("ORD{order_id:06}-{attempt_no}")
+}
+
+/// Parses a status column; a value outside the CHECK constraint means corruption.
+pub(crate) fn status_of(raw: &str) -> Result<PaymentStatus, StoreError> {
+    PaymentStatus::parse(raw).ok_or_else(|| StoreError::Corrupt(format!("payment status '{raw}'")))
+}
+
+pub(crate) fn product_id(id: ProductId) -> i64 {
+    id.0
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pg_order_ids_meet_the_pgs_minimum_length() {
+        assert_eq!(super::pg_order_id(123, 1), "ORD000123-1");
+        assert!(super::pg_order_id(1, 1).len() >= 6);
+    }
+}

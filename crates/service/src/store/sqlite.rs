@@ -1,0 +1,447 @@
+//! The SQLite store: the embedded default. WAL journal, and every writing transaction
+//! starts with `BEGIN IMMEDIATE` so two writers queue on the busy timeout instead of
+//! failing when both try to upgrade a read lock.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{
+    Attempt, AttemptView, CreatedOrder, EventKind, NewOrder, OrderItem, OrderRecord, Product, StockLevels, Store,
+    StoreError, Transition, pg_order_id, product_id, status_of,
+};
+use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) and migrates the database at `url`, e.g.
+    /// `sqlite://payguard-dev.db` or `sqlite::memory:`.
+    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        // An in-memory database lives in one connection; a file is shared by several.
+        let max = if url.contains(":memory:") { 1 } else { 8 };
+        let pool = SqlitePoolOptions::new().max_connections(max).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+fn attempt(row: &SqliteRow) -> Result<Attempt, StoreError> {
+    Ok(Attempt {
+        id: row.try_get("id")?,
+        order_id: row.try_get("order_id")?,
+        pg_order_id: row.try_get("pg_order_id")?,
+        gateway: row.try_get("gateway")?,
+        amount: row.try_get("amount")?,
+        status: status_of(row.try_get("status")?)?,
+        transaction_key: row.try_get("transaction_key")?,
+        reason: row.try_get("reason")?,
+        created_at_ms: row.try_get("created_at")?,
+        checks: row.try_get("checks")?,
+    })
+}
+
+/// Moves an order's reserved stock to sold (`to_sold`) or back to available.
+async fn release_stock(tx: &mut Transaction<'static, Sqlite>, order_id: i64, to_sold: bool) -> Result<(), StoreError> {
+    let sql = if to_sold {
+        "UPDATE products SET reserved = reserved - i.quantity, sold = sold + i.quantity
+         FROM (SELECT product_id, SUM(quantity) AS quantity FROM order_items WHERE order_id = ? GROUP BY product_id) AS i
+         WHERE products.id = i.product_id"
+    } else {
+        "UPDATE products SET reserved = reserved - i.quantity, available = available + i.quantity
+         FROM (SELECT product_id, SUM(quantity) AS quantity FROM order_items WHERE order_id = ? GROUP BY product_id) AS i
+         WHERE products.id = i.product_id"
+    };
+    sqlx::query(sql).bind(order_id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn current(tx: &mut Transaction<'static, Sqlite>, attempt_id: i64) -> Result<Transition, StoreError> {
+    let row = sqlx::query("SELECT status, transaction_key FROM payment_attempts WHERE id = ?")
+        .bind(attempt_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        None => Transition::NotFound,
+        Some(row) => Transition::AlreadyMoved {
+            current: status_of(row.try_get("status")?)?,
+            transaction_key: row.try_get("transaction_key")?,
+        },
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn products(&self) -> Result<Vec<Product>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, name, price, available FROM products ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Product {
+                    product_id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    price: r.try_get("price")?,
+                    stock: r.try_get("available")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
+        let mut tx = self.write().await?;
+        let mut total = Money::default();
+        let mut priced = Vec::with_capacity(order.lines.len());
+        for line in &order.lines {
+            let id = product_id(line.product_id);
+            let row = sqlx::query("SELECT name, price, available FROM products WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::ProductNotFound(id))?;
+            let (name, price): (String, i64) = (row.try_get("name")?, row.try_get("price")?);
+            let amount = Money::won(price).checked_mul(line.quantity).ok_or(StoreError::AmountOverflow)?;
+            total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
+            let reserved = sqlx::query(
+                "UPDATE products SET available = available - ?1, reserved = reserved + ?1 WHERE id = ?2 AND available >= ?1",
+            )
+            .bind(line.quantity.get() as i64)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if reserved.rows_affected() == 0 {
+                let available: i64 = sqlx::query_scalar("SELECT available FROM products WHERE id = ?")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                return Err(StoreError::OutOfStock { product: id, available });
+            }
+            priced.push((id, name, price, line.quantity.get() as i64, amount.get()));
+        }
+        let order_id: i64 =
+            sqlx::query_scalar("INSERT INTO orders (buyer_id, total_amount, created_at) VALUES (?, ?, ?) RETURNING id")
+                .bind(order.buyer.as_str())
+                .bind(total.get())
+                .bind(order.now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+        for (line, (product, name, price, quantity, amount)) in priced.into_iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(order_id)
+            .bind(line as i64)
+            .bind(product)
+            .bind(name)
+            .bind(price)
+            .bind(quantity)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let pg_order_id = pg_order_id(order_id, 1);
+        let attempt_id: i64 = sqlx::query_scalar(
+            "INSERT INTO payment_attempts
+               (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at)
+             VALUES (?, ?, ?, ?, ?, ?, 'REQUESTED', ?, ?, ?) RETURNING id",
+        )
+        .bind(order_id)
+        .bind(&pg_order_id)
+        .bind(&order.gateway)
+        .bind(order.card_type.as_str())
+        .bind(&order.card_last4)
+        .bind(total.get())
+        .bind(order.now_ms)
+        .bind(order.now_ms)
+        .bind(order.now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreatedOrder { order_id, attempt_id, pg_order_id, amount: total })
+    }
+
+    async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
+        let mut tx = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE payment_attempts SET status = 'PENDING', transaction_key = COALESCE(?, transaction_key),
+               version = version + 1, updated_at = ?
+             WHERE id = ? AND status = 'REQUESTED'",
+        )
+        .bind(key)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .execute(&mut *tx)
+        .await?;
+        let result =
+            if updated.rows_affected() == 1 { Transition::Applied } else { current(&mut tx, attempt_id).await? };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE payment_attempts SET transaction_key = ?, status = 'PENDING', version = version + 1, updated_at = ?
+             WHERE id = ? AND transaction_key IS NULL AND status IN ('REQUESTED', 'PENDING')",
+        )
+        .bind(key)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn settle(
+        &self,
+        attempt_id: i64,
+        settlement: &Settlement,
+        settled_by: &str,
+        now_ms: i64,
+    ) -> Result<Transition, StoreError> {
+        debug_assert!(settlement.status.is_final());
+        let mut tx = self.write().await?;
+        let order_id: Option<i64> = sqlx::query_scalar(
+            "UPDATE payment_attempts SET status = ?, transaction_key = COALESCE(?, transaction_key), reason = ?,
+               version = version + 1, updated_at = ?, finalized_at = ?, settled_by = ?, stuck = 0
+             WHERE id = ? AND status IN ('REQUESTED', 'PENDING')
+             RETURNING order_id",
+        )
+        .bind(settlement.status.as_str())
+        .bind(settlement.transaction_key.as_deref())
+        .bind(settlement.reason.as_deref())
+        .bind(now_ms)
+        .bind(now_ms)
+        .bind(settled_by)
+        .bind(attempt_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(order_id) = order_id else {
+            let result = current(&mut tx, attempt_id).await?;
+            tx.commit().await?;
+            return Ok(result);
+        };
+        release_stock(&mut tx, order_id, settlement.status == PaymentStatus::Success).await?;
+        tx.commit().await?;
+        Ok(Transition::Applied)
+    }
+
+    async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError> {
+        let mut tx = self.write().await?;
+        let order_id: Option<i64> =
+            sqlx::query_scalar("SELECT order_id FROM payment_attempts WHERE id = ? AND status = 'REQUESTED'")
+                .bind(attempt_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(order_id) = order_id else {
+            let result = current(&mut tx, attempt_id).await?;
+            tx.commit().await?;
+            return Ok(result);
+        };
+        release_stock(&mut tx, order_id, false).await?;
+        sqlx::query("DELETE FROM orders WHERE id = ?").bind(order_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Transition::Applied)
+    }
+
+    async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError> {
+        let sql =
+            "SELECT id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks
+                   FROM payment_attempts WHERE pg_order_id = ?";
+        let row = sqlx::query(sql).bind(pg_order_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(attempt).transpose()
+    }
+
+    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE id = ?")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE buyer_id = ?
+             ORDER BY id DESC LIMIT ? OFFSET ?",
+        )
+        .bind(buyer.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            orders.push(self.assemble(row).await?);
+        }
+        Ok(orders)
+    }
+
+    async fn due_attempts(&self, created_before_ms: i64, now_ms: i64, limit: i64) -> Result<Vec<Attempt>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks
+             FROM payment_attempts
+             WHERE status IN ('REQUESTED', 'PENDING') AND created_at <= ? AND next_check_at <= ?
+             ORDER BY next_check_at LIMIT ?",
+        )
+        .bind(created_before_ms)
+        .bind(now_ms)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(attempt).collect()
+    }
+
+    async fn record_check(
+        &self,
+        attempt_id: i64,
+        next_check_at_ms: i64,
+        note: &str,
+        stuck: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE payment_attempts SET checks = checks + 1, next_check_at = ?, last_check = ?, stuck = ?, updated_at = ?
+             WHERE id = ? AND status IN ('REQUESTED', 'PENDING')",
+        )
+        .bind(next_check_at_ms)
+        .bind(note)
+        .bind(stuck)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_event(
+        &self,
+        attempt_id: i64,
+        kind: EventKind,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (?, ?, ?, ?)")
+            .bind(attempt_id)
+            .bind(kind.as_str())
+            .bind(detail)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        if kind.is_anomaly() {
+            sqlx::query(
+                "UPDATE orders SET anomaly = ? WHERE id = (SELECT order_id FROM payment_attempts WHERE id = ?)",
+            )
+            .bind(kind.as_str())
+            .bind(attempt_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT kind, detail FROM payment_events WHERE attempt_id = ? ORDER BY id")
+            .bind(attempt_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("detail")?))).collect()
+    }
+
+    async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, available, reserved, sold FROM products ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StockLevels {
+                    product_id: r.try_get("id")?,
+                    available: r.try_get("available")?,
+                    reserved: r.try_get("reserved")?,
+                    sold: r.try_get("sold")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+}
+
+impl SqliteStore {
+    async fn assemble(&self, row: &SqliteRow) -> Result<OrderRecord, StoreError> {
+        let order_id: i64 = row.try_get("id")?;
+        let items = sqlx::query(
+            "SELECT product_id, name, unit_price, quantity, amount FROM order_items WHERE order_id = ? ORDER BY line",
+        )
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(OrderItem {
+                product_id: r.try_get("product_id")?,
+                name: r.try_get("name")?,
+                unit_price: r.try_get("unit_price")?,
+                quantity: r.try_get("quantity")?,
+                amount: r.try_get("amount")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let a = sqlx::query(
+            "SELECT status, reason, card_type, card_last4, transaction_key, stuck FROM payment_attempts
+             WHERE order_id = ? ORDER BY id DESC LIMIT 1",
+        )
+        .bind(order_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OrderRecord {
+            order_id,
+            buyer_id: row.try_get("buyer_id")?,
+            total_amount: row.try_get("total_amount")?,
+            created_at_ms: row.try_get("created_at")?,
+            anomaly: row.try_get("anomaly")?,
+            items,
+            attempt: AttemptView {
+                status: status_of(a.try_get("status")?)?,
+                reason: a.try_get("reason")?,
+                card_type: a.try_get("card_type")?,
+                card_last4: a.try_get("card_last4")?,
+                transaction_key: a.try_get("transaction_key")?,
+                stuck: a.try_get("stuck")?,
+            },
+        })
+    }
+}
