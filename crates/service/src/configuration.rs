@@ -90,7 +90,11 @@ impl Settings {
         }
         let env = Env::prefixed("PAYGUARD_")
             .split("__")
-            .filter(|key| KEYS.iter().any(|k| key.as_str() == *k || key.as_str().starts_with(&format!("{k}."))));
+            // The filter sees keys before figment lowercases them.
+            .filter(|key| {
+                let key = key.as_str().to_ascii_lowercase();
+                KEYS.iter().any(|k| key == *k || key.starts_with(&format!("{k}.")))
+            });
         let settings: Settings = figment.merge(env).extract().map_err(Box::new)?;
         settings.validate().map_err(|e| Box::new(figment::Error::from(e)))?;
         Ok(settings)

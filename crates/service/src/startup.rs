@@ -37,6 +37,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        Application::build_on(settings, listener).await
+    }
+
+    /// Builds on a listener bound by the caller (tests bind port 0 first, so the public
+    /// URL the PG calls back can name the port).
+    pub async fn build_on(settings: Settings, listener: TcpListener) -> Result<Application, StartupError> {
         let store: Arc<dyn Store> = if settings.database_url.starts_with("sqlite:") {
             Arc::new(SqliteStore::connect(&settings.database_url).await?)
         } else {
@@ -62,9 +71,6 @@ impl Application {
             ),
             reconciler: Reconciler::new(store, gateway.clone(), settings.reconciler.clone()),
         };
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         Ok(Application { listener, addr, state, gateway })
     }

@@ -78,7 +78,9 @@ impl Reconciler {
 
     /// Runs passes every interval until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.settings.interval_ms));
+        let every = Duration::from_millis(self.settings.interval_ms);
+        // The first pass comes one interval after start, not at once.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -1,0 +1,201 @@
+//! Spawns the real service on a random port, on a fresh SQLite file, against the real
+//! simulator; typed helpers read like the use cases.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use gateway::GatewayClient;
+use gateway::breaker::BreakerConfig;
+use gateway::config::RetryConfig;
+use gateway_sim::{Faults, RunningSim, SimConfig};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use service::configuration::GatewaySettings;
+use service::http::AppState;
+use service::store::{StockLevels, Store};
+use service::{Application, Settings};
+
+pub struct TestApp {
+    pub url: String,
+    pub sim: RunningSim,
+    pub state: AppState,
+    pub store: Arc<dyn Store>,
+    pub gateway: GatewayClient,
+    http: reqwest::Client,
+    db: PathBuf,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.db.display()));
+        }
+    }
+}
+
+/// The reference PG with no delays and no random failures: outcomes come from faults only.
+pub fn reliable() -> Faults {
+    Faults { request_failure_rate: 0.0, ..Faults::instant() }
+}
+
+pub async fn spawn_app(faults: Faults) -> TestApp {
+    spawn_app_with(SimConfig { faults, ..sim_config() }, |_| {}).await
+}
+
+pub fn sim_config() -> SimConfig {
+    SimConfig { listen: "127.0.0.1:0".parse().unwrap(), seed: Some(5), faults: reliable(), ..SimConfig::default() }
+}
+
+pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let sim = gateway_sim::spawn(sim).await.expect("simulator starts");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let db = std::env::temp_dir().join(format!(
+        "payguard-test-{}-{}-{}.db",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default()
+    ));
+    let mut settings = Settings {
+        listen: addr,
+        public_url: format!("http://{addr}"),
+        database_url: format!("sqlite://{}", db.display()),
+        gateway: GatewaySettings { base_url: sim.base_url(), ..GatewaySettings::default() },
+        ..Settings::default()
+    };
+    let r = &mut settings.gateway.resilience;
+    r.response_timeout = Duration::from_millis(300);
+    r.deadline = Duration::from_secs(2);
+    r.retry = RetryConfig {
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        ..r.retry.clone()
+    };
+    // Tests drive the reconciler by hand (`reconcile()`): the background loop sleeps.
+    settings.reconciler.interval_ms = 3_600_000;
+    settings.reconciler.grace_ms = 0;
+    settings.reconciler.acceptance_window_ms = 300;
+    settings.reconciler.backoff_initial_ms = 0;
+    settings.reconciler.backoff_max_ms = 0;
+    tweak(&mut settings);
+    let app = Application::build_on(settings, listener).await.expect("app builds");
+    let state = app.state().clone();
+    let gateway = app.gateway().clone();
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        url: format!("http://{addr}"),
+        store: state.store.clone(),
+        state,
+        gateway,
+        sim,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        db,
+    }
+}
+
+pub fn checkout_body(items: &[(i64, i64)]) -> Value {
+    let items: Vec<Value> = items.iter().map(|(p, q)| json!({"productId": p, "quantity": q})).collect();
+    json!({"items": items, "cardType": "SAMSUNG", "cardNo": "1234-5678-9814-1451"})
+}
+
+impl TestApp {
+    pub async fn checkout(&self, buyer: &str, items: &[(i64, i64)]) -> (StatusCode, Value) {
+        self.post_json("/api/v1/orders", Some(buyer), &checkout_body(items)).await
+    }
+
+    pub async fn post_json(&self, path: &str, buyer: Option<&str>, body: &Value) -> (StatusCode, Value) {
+        let mut request = self.http.post(format!("{}{path}", self.url)).json(body);
+        if let Some(buyer) = buyer {
+            request = request.header("X-USER-ID", buyer);
+        }
+        read(request.send().await.expect("answered")).await
+    }
+
+    pub async fn get(&self, path: &str, buyer: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.http.get(format!("{}{path}", self.url));
+        if let Some(buyer) = buyer {
+            request = request.header("X-USER-ID", buyer);
+        }
+        read(request.send().await.expect("answered")).await
+    }
+
+    pub async fn order(&self, buyer: &str, order_id: i64) -> (StatusCode, Value) {
+        self.get(&format!("/api/v1/orders/{order_id}"), Some(buyer)).await
+    }
+
+    pub async fn post_callback(&self, raw: &[u8], signature: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/api/v1/payments/callback", self.url))
+            .header("content-type", "application/json")
+            .body(raw.to_vec());
+        if let Some(signature) = signature {
+            request = request.header("X-PG-Signature", signature);
+        }
+        read(request.send().await.expect("answered")).await
+    }
+
+    pub async fn reconcile(&self) -> service::app::reconciler::PassReport {
+        self.state.reconciler.run_once().await.expect("pass runs")
+    }
+
+    pub async fn stock(&self) -> Vec<StockLevels> {
+        self.store.stock_levels().await.unwrap()
+    }
+
+    /// Polls the order until its status is `status` (callbacks arrive asynchronously).
+    pub async fn wait_for_status(&self, buyer: &str, order_id: i64, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (_, body) = self.order(buyer, order_id).await;
+            if body["data"]["status"] == status {
+                return body["data"].clone();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "order {order_id} never became {status}: {body}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits until the simulator has processed everything and sent its callbacks.
+    pub async fn pg_settled(&self) {
+        tokio::time::timeout(Duration::from_secs(5), self.sim.sim().settled()).await.expect("PG settles");
+    }
+
+    pub fn pg_requests(&self) -> u64 {
+        self.sim.sim().ledger().counts.payment_requests
+    }
+
+    pub fn pg_transactions(&self) -> usize {
+        self.sim.sim().ledger().transactions().len()
+    }
+}
+
+async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// Initial stock per product: the seeded catalog.
+pub const INITIAL: [(i64, i64); 5] = [(1, 1000), (2, 1000), (3, 500), (4, 1000), (5, 1000)];
+
+/// available + reserved + sold equals the initial stock of every product.
+pub fn assert_stock_conserved(levels: &[StockLevels]) {
+    for (level, (id, initial)) in levels.iter().zip(INITIAL) {
+        assert_eq!(level.product_id, id);
+        assert_eq!(level.available + level.reserved + level.sold, initial, "product {id}: {level:?}");
+    }
+}
+
+pub fn breaker_that_never_opens() -> BreakerConfig {
+    BreakerConfig {
+        minimum_calls: 10_000,
+        sliding_window: gateway::breaker::SlidingWindow::Count(10_000),
+        ..Default::default()
+    }
+}
