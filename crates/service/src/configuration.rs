@@ -150,6 +150,22 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_docs_configuration_loads() {
+        let doc = include_str!("../../../docs/configuration.md");
+        let toml = doc.split("```toml").nth(1).and_then(|rest| rest.split("```").next()).expect("a toml block");
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("example.toml", toml)?;
+            let s = Settings::load(Some(Path::new("example.toml"))).expect("the documented example loads");
+            assert_eq!(s.public_url, "https://shop.example");
+            assert_eq!(
+                s.gateway.resilience.payment_breaker.sliding_window,
+                gateway::breaker::SlidingWindow::Count(100)
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "no_such_knob = 1\n")?;
