@@ -4,6 +4,7 @@ pub mod app;
 pub mod configuration;
 pub mod domain;
 pub mod http;
+pub mod metrics;
 pub mod startup;
 pub mod store;
 

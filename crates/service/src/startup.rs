@@ -14,6 +14,7 @@ use crate::app::checkout::Checkout;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
 use crate::http::{AppState, router};
+use crate::metrics::Metrics;
 use crate::store::{SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,24 +53,30 @@ impl Application {
             return Err(StartupError::DatabaseUrl(settings.database_url.clone()));
         };
         let g = &settings.gateway;
-        let gateway = GatewayClient::new(
+        let metrics = Arc::new(Metrics::new());
+        let gateway = GatewayClient::with_observer(
             gateway::GatewaySettings {
                 name: g.name.clone(),
                 base_url: g.base_url.clone(),
                 merchant_id: g.merchant_id.clone(),
             },
             g.resilience.clone(),
+            metrics.clone(),
         )?;
+        metrics.watch_breakers(&gateway);
         let state = AppState {
             store: store.clone(),
-            checkout: Checkout::new(store.clone(), gateway.clone(), settings.callback_url()),
+            checkout: Checkout::new(store.clone(), gateway.clone(), settings.callback_url(), metrics.clone()),
             callbacks: CallbackIntake::new(
                 store.clone(),
                 gateway.clone(),
+                metrics.clone(),
                 g.callback_secret.clone(),
                 Duration::from_secs(g.callback_replay_window_secs),
             ),
-            reconciler: Reconciler::new(store, gateway.clone(), settings.reconciler.clone()),
+            reconciler: Reconciler::new(store, gateway.clone(), metrics.clone(), settings.reconciler.clone()),
+            gateway: gateway.clone(),
+            metrics,
         };
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         Ok(Application { listener, addr, state, gateway })

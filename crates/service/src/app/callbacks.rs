@@ -11,6 +11,7 @@ use gateway::wire::TransactionDetail;
 use gateway::{GatewayClient, LookupOutcome};
 
 use super::settlement::{Applied, Observed, Settler, Source};
+use crate::metrics::Metrics;
 use crate::store::{EventKind, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +40,14 @@ pub struct CallbackIntake {
 }
 
 impl CallbackIntake {
-    pub fn new(store: Arc<dyn Store>, gateway: GatewayClient, secret: Option<String>, replay_window: Duration) -> Self {
-        let settler = Settler::new(store.clone());
+    pub fn new(
+        store: Arc<dyn Store>,
+        gateway: GatewayClient,
+        metrics: Arc<Metrics>,
+        secret: Option<String>,
+        replay_window: Duration,
+    ) -> Self {
+        let settler = Settler::new(store.clone(), metrics);
         CallbackIntake { store, gateway, settler, secret: secret.map(String::into_bytes), replay_window }
     }
 

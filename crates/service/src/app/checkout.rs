@@ -7,6 +7,7 @@ use gateway::wire::{CardType, PaymentRequest};
 use gateway::{GatewayClient, PaymentOutcome};
 
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Settlement};
+use crate::metrics::Metrics;
 use crate::store::{CreatedOrder, NewOrder, Store, StoreError, Transition};
 
 #[derive(Debug)]
@@ -38,14 +39,36 @@ pub struct Checkout {
     store: Arc<dyn Store>,
     gateway: GatewayClient,
     callback_url: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Checkout {
-    pub fn new(store: Arc<dyn Store>, gateway: GatewayClient, callback_url: String) -> Checkout {
-        Checkout { store, gateway, callback_url }
+    pub fn new(store: Arc<dyn Store>, gateway: GatewayClient, callback_url: String, metrics: Arc<Metrics>) -> Checkout {
+        Checkout { store, gateway, callback_url, metrics }
     }
 
     pub async fn place(&self, request: CheckoutRequest) -> Result<Placed, CheckoutError> {
+        let started = tokio::time::Instant::now();
+        let (result, label) = self.attempt(request).await;
+        self.metrics.checkout(label, started.elapsed());
+        result
+    }
+
+    /// The checkout and its metric label.
+    async fn attempt(&self, request: CheckoutRequest) -> (Result<Placed, CheckoutError>, &'static str) {
+        let result = self.run(request).await;
+        let label = match &result {
+            Ok((_, label)) => label,
+            Err(CheckoutError::GatewayUnavailable(_)) => "gateway_unavailable",
+            Err(CheckoutError::Rejected { .. }) => "rejected",
+            Err(CheckoutError::Store(crate::store::StoreError::OutOfStock { .. })) => "out_of_stock",
+            Err(CheckoutError::Store(crate::store::StoreError::ProductNotFound(_))) => "product_not_found",
+            Err(CheckoutError::Store(_)) => "error",
+        };
+        (result.map(|(placed, _)| placed), label)
+    }
+
+    async fn run(&self, request: CheckoutRequest) -> Result<(Placed, &'static str), CheckoutError> {
         // 1. A cheap pre-check: with the breaker open nothing is written and nothing sent.
         let breaker = self.gateway.payment_breaker();
         if breaker.state().rejects_calls() {
@@ -82,19 +105,23 @@ impl Checkout {
         self.conclude(&created, outcome).await
     }
 
-    async fn conclude(&self, created: &CreatedOrder, outcome: PaymentOutcome) -> Result<Placed, CheckoutError> {
+    async fn conclude(
+        &self,
+        created: &CreatedOrder,
+        outcome: PaymentOutcome,
+    ) -> Result<(Placed, &'static str), CheckoutError> {
         let placed = Placed { order_id: created.order_id };
         let now = super::now_ms();
         match outcome {
             PaymentOutcome::Accepted { transaction_key } => {
                 // A fast callback may have settled it already; that is fine.
                 self.store.mark_pending(created.attempt_id, Some(&transaction_key), now).await?;
-                Ok(placed)
+                Ok((placed, "accepted"))
             }
             PaymentOutcome::Unknown(why) => {
                 tracing::warn!(order = created.order_id, pg_order_id = %created.pg_order_id, %why, "payment outcome unknown: left PENDING for the reconciler");
                 self.store.mark_pending(created.attempt_id, None, now).await?;
-                Ok(placed)
+                Ok((placed, "unknown"))
             }
             PaymentOutcome::NotDelivered(why) => {
                 match self.store.roll_back(created.attempt_id).await? {

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::settlement::{Applied, Observed, Settler, Source};
 use crate::domain::payment::NOT_RECEIVED_REASON;
 use crate::domain::{PaymentStatus, Settlement};
+use crate::metrics::Metrics;
 use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,13 +68,19 @@ pub struct Reconciler {
     store: Arc<dyn Store>,
     gateway: GatewayClient,
     settler: Settler,
+    metrics: Arc<Metrics>,
     settings: ReconcilerSettings,
 }
 
 impl Reconciler {
-    pub fn new(store: Arc<dyn Store>, gateway: GatewayClient, settings: ReconcilerSettings) -> Reconciler {
-        let settler = Settler::new(store.clone());
-        Reconciler { store, gateway, settler, settings }
+    pub fn new(
+        store: Arc<dyn Store>,
+        gateway: GatewayClient,
+        metrics: Arc<Metrics>,
+        settings: ReconcilerSettings,
+    ) -> Reconciler {
+        let settler = Settler::new(store.clone(), metrics.clone());
+        Reconciler { store, gateway, settler, metrics, settings }
     }
 
     /// Runs passes every interval until `shutdown` turns true.
@@ -106,7 +113,16 @@ impl Reconciler {
         let due = self.store.due_attempts(now - self.settings.grace_ms as i64, now, self.settings.batch_size).await?;
         for attempt in due {
             report.examined += 1;
-            match self.reconcile(&attempt).await {
+            let verdict = self.reconcile(&attempt).await;
+            self.metrics.reconciliation(match &verdict {
+                Ok(Verdict::Settled) => "settled",
+                Ok(Verdict::NotReceived) => "not_received",
+                Ok(Verdict::DoubleCharge) => "double_charge",
+                Ok(Verdict::Pending(_)) => "still_pending",
+                Ok(Verdict::Unreachable(_)) => "pg_unreachable",
+                Err(_) => "error",
+            });
+            match verdict {
                 Ok(Verdict::Settled) => report.settled += 1,
                 Ok(Verdict::NotReceived) => {
                     report.settled += 1;
@@ -192,6 +208,7 @@ impl Reconciler {
             );
             self.store.record_event(attempt.id, EventKind::DoubleCharge, &detail, super::now_ms()).await?;
             tracing::error!(attempt = attempt.id, pg_order_id = %attempt.pg_order_id, transaction_key = %extra.transaction_key, "double charge detected");
+            self.metrics.double_charge();
             verdict = Verdict::DoubleCharge;
         }
         Ok(verdict)

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use gateway::wire::TransactionStatus;
 
 use crate::domain::{PaymentStatus, Settlement};
+use crate::metrics::Metrics;
 use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
 
 /// What the PG says about one of its transactions.
@@ -70,11 +71,12 @@ impl Applied {
 #[derive(Clone)]
 pub struct Settler {
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
 }
 
 impl Settler {
-    pub fn new(store: Arc<dyn Store>) -> Settler {
-        Settler { store }
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Settler {
+        Settler { store, metrics }
     }
 
     pub async fn apply(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
@@ -100,6 +102,8 @@ impl Settler {
                     source = source.as_str(),
                     "payment settled"
                 );
+                let since_request = std::time::Duration::from_millis((now - attempt.created_at_ms).max(0) as u64);
+                self.metrics.settled(source.as_str(), since_request);
                 return Ok(Applied::Settled(settlement.status));
             }
             Transition::AlreadyMoved { current, transaction_key } => (current, transaction_key),
@@ -119,6 +123,11 @@ impl Settler {
             _ => EventKind::ConflictingDelivery,
         };
         self.note(attempt, kind, source, observed).await?;
+        match applied {
+            Applied::DoubleCharge => self.metrics.double_charge(),
+            Applied::RefundNeeded => self.metrics.refund_needed(),
+            _ => {}
+        }
         match applied {
             Applied::DoubleCharge | Applied::RefundNeeded => tracing::error!(
                 attempt = attempt.id,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
@@ -18,6 +18,7 @@ use self::response::{ApiError, ok};
 use crate::app::callbacks::CallbackIntake;
 use crate::app::checkout::Checkout;
 use crate::app::reconciler::Reconciler;
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Bodies above this are refused before they are read.
@@ -29,6 +30,8 @@ pub struct AppState {
     pub checkout: Checkout,
     pub callbacks: CallbackIntake,
     pub reconciler: Reconciler,
+    pub gateway: gateway::GatewayClient,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -37,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders", post(orders::checkout).get(orders::list))
         .route("/api/v1/orders/{order_id}", get(orders::detail))
         .route("/api/v1/payments/callback", post(callback))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::UnknownPath })
@@ -50,9 +54,28 @@ async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 async fn callback(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    use crate::app::callbacks::CallbackError::*;
     let signature = headers.get(gateway::wire::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let applied = state.callbacks.receive(&body, signature).await?;
-    Ok(ok(StatusCode::OK, json!({ "result": applied.as_str() })))
+    let received = state.callbacks.receive(&body, signature).await;
+    state.metrics.callback(match &received {
+        Ok(applied) => applied.as_str(),
+        Err(Malformed(_)) => "malformed",
+        Err(Unauthorized) => "unauthorized",
+        Err(UnknownTransaction) => "unknown_transaction",
+        Err(Mismatch(_)) => "mismatch",
+        Err(Unverifiable(_)) => "unverifiable",
+        Err(Store(_)) => "error",
+    });
+    Ok(ok(StatusCode::OK, json!({ "result": received?.as_str() })))
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let (pending, oldest) = state.store.unsettled().await?;
+    let age = oldest.map_or(0, |t| (crate::app::now_ms() - t).max(0)) as u64;
+    let breakers = [state.gateway.payment_breaker(), state.gateway.status_breaker()];
+    let body = state.metrics.render(&breakers, pending, std::time::Duration::from_millis(age));
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
