@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use gateway::observer::{GatewayEvent, GatewayObserver, Operation};
 use gateway::wire::{CardType, PaymentRequest};
 use gateway::{GatewayClient, PaymentOutcome};
 
@@ -72,6 +73,9 @@ impl Checkout {
         // 1. A cheap pre-check: with the breaker open nothing is written and nothing sent.
         let breaker = self.gateway.payment_breaker();
         if breaker.state().rejects_calls() {
+            // Counted like the client's own refusals: the breaker refused this payment.
+            let refused = GatewayEvent::Refused { operation: Operation::RequestPayment, reason: "circuit_open" };
+            self.metrics.on_event(&refused);
             return Err(CheckoutError::GatewayUnavailable(format!(
                 "circuit breaker {} is {}",
                 breaker.name(),
