@@ -72,6 +72,7 @@ async fn a_full_run_never_logs_or_stores_a_card_number_and_shuts_down_cleanly() 
             ("PAYGUARD_DATABASE_URL", format!("sqlite://{}", dir.join("shop.db").display())),
             ("PAYGUARD_RECONCILER__INTERVAL_MS", "100".into()),
             ("PAYGUARD_RECONCILER__GRACE_MS", "200".into()),
+            ("PAYGUARD_CHECKOUT__RATE_LIMIT_BURST", "1000".into()),
         ],
         &dir.join("serve.log"),
     );

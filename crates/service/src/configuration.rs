@@ -22,6 +22,46 @@ pub struct Settings {
     pub database_url: String,
     pub gateway: GatewaySettings,
     pub reconciler: ReconcilerSettings,
+    pub checkout: CheckoutSettings,
+    pub admin: AdminSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckoutSettings {
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl_secs: u64,
+    /// Checkouts per second per buyer, sustained.
+    pub rate_limit_per_second: u32,
+    /// Checkouts a buyer may make at once before the rate applies.
+    pub rate_limit_burst: u32,
+    /// Refuse card numbers that fail the Luhn checksum. Off by default: the reference
+    /// PG does not check it, and its sample card numbers fail it.
+    pub require_luhn: bool,
+}
+
+impl Default for CheckoutSettings {
+    fn default() -> Self {
+        CheckoutSettings {
+            idempotency_ttl_secs: 24 * 3600,
+            rate_limit_per_second: 10,
+            rate_limit_burst: 20,
+            require_luhn: false,
+        }
+    }
+}
+
+/// Operator controls (breakers, reconcile now). Without a token they are off.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings").field("token", &self.token.as_ref().map(|_| "<redacted>")).finish()
+    }
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +101,8 @@ impl Default for Settings {
             database_url: "sqlite://payguard-dev.db".into(),
             gateway: GatewaySettings::default(),
             reconciler: ReconcilerSettings::default(),
+            checkout: CheckoutSettings::default(),
+            admin: AdminSettings::default(),
         }
     }
 }
@@ -80,7 +122,7 @@ impl Default for GatewaySettings {
 
 /// Top-level keys; other `PAYGUARD_*` variables (the CLI's own, the simulator's) are
 /// not settings of the service and are left alone.
-const KEYS: [&str; 5] = ["listen", "public_url", "database_url", "gateway", "reconciler"];
+const KEYS: [&str; 7] = ["listen", "public_url", "database_url", "gateway", "reconciler", "checkout", "admin"];
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {
@@ -107,6 +149,12 @@ impl Settings {
             }
         }
         self.gateway.resilience.validate().map_err(|e| format!("gateway.resilience: {e}"))?;
+        if self.checkout.rate_limit_per_second == 0 || self.checkout.rate_limit_burst == 0 {
+            return Err("checkout.rate_limit_per_second and rate_limit_burst must be positive".into());
+        }
+        if self.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("admin.token must be at least 16 characters".into());
+        }
         if self.reconciler.interval_ms == 0 || self.reconciler.batch_size <= 0 {
             return Err("reconciler.interval_ms and reconciler.batch_size must be positive".into());
         }

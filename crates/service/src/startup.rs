@@ -77,6 +77,9 @@ impl Application {
             reconciler: Reconciler::new(store, gateway.clone(), metrics.clone(), settings.reconciler.clone()),
             gateway: gateway.clone(),
             metrics,
+            limiter: Arc::new(crate::http::buyer_limiter(&settings.checkout)),
+            checkout_settings: settings.checkout.clone(),
+            admin_token: settings.admin.token.as_deref().map(crate::http::admin::AdminToken::new),
         };
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         Ok(Application { listener, addr, state, gateway })

@@ -1,9 +1,12 @@
 //! Callback intake. The body is never trusted: with a shared secret the HMAC signature
 //! (over timestamp + raw body, within a replay window) must verify; without one, the
 //! transaction is fetched back from the PG and the PG's answer is what counts. Amount
-//! and orderId must match our attempt either way.
+//! and orderId must match our attempt either way. A signature is accepted once: a
+//! replay within the window is refused (per instance; with several instances a replay
+//! that reaches another one is still harmless, since settling is idempotent).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway::signature::SignatureHeader;
@@ -37,6 +40,8 @@ pub struct CallbackIntake {
     settler: Settler,
     secret: Option<Vec<u8>>,
     replay_window: Duration,
+    /// Signatures accepted within the replay window, with their timestamps.
+    seen: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
 }
 
 impl CallbackIntake {
@@ -48,7 +53,14 @@ impl CallbackIntake {
         replay_window: Duration,
     ) -> Self {
         let settler = Settler::new(store.clone(), metrics);
-        CallbackIntake { store, gateway, settler, secret: secret.map(String::into_bytes), replay_window }
+        CallbackIntake {
+            store,
+            gateway,
+            settler,
+            secret: secret.map(String::into_bytes),
+            replay_window,
+            seen: Arc::default(),
+        }
     }
 
     pub async fn receive(&self, raw: &[u8], signature: Option<&str>) -> Result<Applied, CallbackError> {
@@ -56,7 +68,11 @@ impl CallbackIntake {
             serde_json::from_slice(raw).map_err(|e| CallbackError::Malformed(e.to_string()))?;
         let truth = match &self.secret {
             Some(secret) => {
-                self.verify_signature(secret, raw, signature)?;
+                if let Err(refused) = self.verify_signature(secret, raw, signature) {
+                    // The key only: never the body's card data.
+                    tracing::warn!(transaction_key = %body.transaction_key, "callback refused: bad, stale or replayed signature");
+                    return Err(refused);
+                }
                 body.clone()
             }
             None => self.fetch_back(&body).await?,
@@ -82,8 +98,14 @@ impl CallbackIntake {
 
     fn verify_signature(&self, secret: &[u8], raw: &[u8], header: Option<&str>) -> Result<(), CallbackError> {
         let signature = header.and_then(SignatureHeader::parse).ok_or(CallbackError::Unauthorized)?;
-        let age = (chrono::Utc::now().timestamp() - signature.timestamp).unsigned_abs();
-        if age > self.replay_window.as_secs() || !signature.verify(secret, raw) {
+        let now = chrono::Utc::now().timestamp();
+        let window = self.replay_window.as_secs() as i64;
+        if (now - signature.timestamp).abs() > window || !signature.verify(secret, raw) {
+            return Err(CallbackError::Unauthorized);
+        }
+        let mut seen = self.seen.lock().expect("seen-signature lock");
+        seen.retain(|_, at| now - *at <= window);
+        if seen.insert(signature.v1.clone(), signature.timestamp).is_some() {
             return Err(CallbackError::Unauthorized);
         }
         Ok(())

@@ -22,6 +22,17 @@ impl CardNumber {
         }
     }
 
+    /// The Luhn checksum every real card number passes.
+    pub fn passes_luhn(&self) -> bool {
+        let digits = self.0.bytes().filter(u8::is_ascii_digit).map(|b| (b - b'0') as u32);
+        let sum: u32 = digits
+            .rev()
+            .enumerate()
+            .map(|(i, d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
+            .sum();
+        sum.is_multiple_of(10)
+    }
+
     pub fn last4(&self) -> &str {
         &self.0[self.0.len() - 4..]
     }
@@ -51,6 +62,14 @@ mod tests {
         let card = CardNumber::parse("1234-5678-9814-1451").unwrap();
         assert_eq!(card.last4(), "1451");
         assert_eq!(format!("{card:?}"), "CardNumber(****-****-****-1451)");
+    }
+
+    #[test]
+    fn luhn_tells_real_numbers_from_typos() {
+        assert!(CardNumber::parse("4111-1111-1111-1111").unwrap().passes_luhn());
+        assert!(CardNumber::parse("5555-5555-5555-4444").unwrap().passes_luhn());
+        assert!(!CardNumber::parse("4111-1111-1111-1112").unwrap().passes_luhn());
+        assert!(!CardNumber::parse("1234-5678-9814-1451").unwrap().passes_luhn(), "the course's sample card");
     }
 
     #[test]

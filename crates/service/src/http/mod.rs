@@ -1,6 +1,8 @@
 //! The HTTP API (design section 8): `/api/v1` with the PG's `{meta, data}` envelope.
 
+pub mod admin;
 pub mod buyer;
+pub mod idempotency;
 pub mod orders;
 pub mod response;
 
@@ -18,6 +20,7 @@ use self::response::{ApiError, ok};
 use crate::app::callbacks::CallbackIntake;
 use crate::app::checkout::Checkout;
 use crate::app::reconciler::Reconciler;
+use crate::configuration::CheckoutSettings;
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -32,6 +35,18 @@ pub struct AppState {
     pub reconciler: Reconciler,
     pub gateway: gateway::GatewayClient,
     pub metrics: Arc<Metrics>,
+    pub checkout_settings: CheckoutSettings,
+    pub limiter: Arc<BuyerLimiter>,
+    pub admin_token: Option<admin::AdminToken>,
+}
+
+/// Per-buyer checkout rate limit (a keyed token bucket).
+pub type BuyerLimiter = governor::DefaultKeyedRateLimiter<String>;
+
+pub fn buyer_limiter(settings: &CheckoutSettings) -> BuyerLimiter {
+    let per_second = std::num::NonZeroU32::new(settings.rate_limit_per_second).expect("validated positive");
+    let burst = std::num::NonZeroU32::new(settings.rate_limit_burst).expect("validated positive");
+    governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst))
 }
 
 pub fn router(state: AppState) -> Router {
@@ -40,6 +55,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders", post(orders::checkout).get(orders::list))
         .route("/api/v1/orders/{order_id}", get(orders::detail))
         .route("/api/v1/payments/callback", post(callback))
+        .route("/api/v1/admin/breakers", get(admin::breakers))
+        .route("/api/v1/admin/breakers/{name}/{action}", post(admin::breaker_action))
+        .route("/api/v1/admin/reconcile", post(admin::reconcile_now))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))

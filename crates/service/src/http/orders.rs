@@ -6,12 +6,15 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
+use axum::response::IntoResponse;
+
 use super::AppState;
 use super::buyer::Buyer;
+use super::idempotency::{self, IdempotencyKey, NextAction, request_hash};
 use super::response::{ApiError, ok};
 use crate::app::checkout::CheckoutRequest;
 use crate::domain::card::parse_card_type;
-use crate::domain::{CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
+use crate::domain::{BuyerId, CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
 use crate::store::{OrderItem, OrderRecord};
 
 pub const MAX_LINES: usize = 50;
@@ -32,7 +35,12 @@ struct ItemBody {
 }
 
 /// Parses the body into a checkout, reporting every broken field at once.
-fn parse_checkout(headers: &HeaderMap, body: &[u8], buyer: Buyer) -> Result<CheckoutRequest, ApiError> {
+fn parse_checkout(
+    headers: &HeaderMap,
+    body: &[u8],
+    buyer: &BuyerId,
+    require_luhn: bool,
+) -> Result<CheckoutRequest, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -58,20 +66,42 @@ fn parse_checkout(headers: &HeaderMap, body: &[u8], buyer: Buyer) -> Result<Chec
     }
     let card_type = parse_card_type(&body.card_type).map_err(|e| problems.push(e)).ok();
     let card = CardNumber::parse(&body.card_no).map_err(|e| problems.push(e)).ok();
+    if require_luhn && card.as_ref().is_some_and(|c| !c.passes_luhn()) {
+        problems.push(Invalid::new("cardNo", "유효하지 않은 카드 번호입니다."));
+    }
     match (problems.is_empty(), card_type, card) {
-        (true, Some(card_type), Some(card)) => Ok(CheckoutRequest { buyer: buyer.0, lines, card_type, card }),
+        (true, Some(card_type), Some(card)) => Ok(CheckoutRequest { buyer: buyer.clone(), lines, card_type, card }),
         _ => Err(ApiError::Invalid(problems)),
     }
 }
 
 pub async fn checkout(
     State(state): State<AppState>,
-    buyer: Buyer,
+    Buyer(buyer): Buyer,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|_| ApiError::invalid("body", "요청 본문은 64KiB 이하여야 합니다."))?;
-    let request = parse_checkout(&headers, &body, buyer)?;
+    if let Err(not_until) = state.limiter.check_key(&buyer.as_str().to_string()) {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        return Err(ApiError::TooManyRequests { retry_after_secs: wait.as_secs().max(1) });
+    }
+    let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
+    let key = IdempotencyKey::from_headers(&headers)?;
+    let request = parse_checkout(&headers, &body, &buyer, state.checkout_settings.require_luhn)?;
+    let Some(key) = key else {
+        return place(&state, request).await;
+    };
+    let ttl_ms = state.checkout_settings.idempotency_ttl_secs as i64 * 1_000;
+    match idempotency::try_processing(&*state.store, &buyer, &key, &request_hash(&body), ttl_ms).await? {
+        NextAction::ReturnSavedResponse(saved) => Ok(saved),
+        NextAction::StartProcessing => {
+            let response = place(&state, request).await.unwrap_or_else(IntoResponse::into_response);
+            idempotency::save_response(&*state.store, &buyer, &key, response).await
+        }
+    }
+}
+
+async fn place(state: &AppState, request: CheckoutRequest) -> Result<Response, ApiError> {
     let placed = state.checkout.place(request).await?;
     let order = state.store.order(placed.order_id).await?.ok_or(ApiError::OrderNotFound)?;
     Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))

@@ -35,6 +35,16 @@ pub enum ApiError {
     PaymentRejected { order_id: i64, reason: String },
     #[error(transparent)]
     Callback(CallbackError),
+    #[error("the Idempotency-Key's first request is still in flight")]
+    IdempotencyInFlight,
+    #[error("the Idempotency-Key was used with another request")]
+    IdempotencyMismatch,
+    #[error("too many checkouts; retry after {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("admin token missing or wrong")]
+    Unauthorized,
     #[error("not found")]
     UnknownPath,
     #[error("method not allowed")]
@@ -126,6 +136,30 @@ impl IntoResponse for ApiError {
                 };
                 (status, code, e.to_string(), None)
             }
+            ApiError::IdempotencyInFlight => (
+                StatusCode::CONFLICT,
+                "IDEMPOTENCY_KEY_IN_FLIGHT",
+                "같은 Idempotency-Key 의 요청이 아직 처리 중입니다.".into(),
+                None,
+            ),
+            ApiError::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "이 Idempotency-Key 는 다른 요청에 이미 사용되었습니다.".into(),
+                None,
+            ),
+            ApiError::TooManyRequests { retry_after_secs } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "TOO_MANY_REQUESTS",
+                format!("주문 요청이 너무 많습니다. {retry_after_secs}초 후 다시 시도해주세요."),
+                None,
+            ),
+            ApiError::PayloadTooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "요청 본문은 64KiB 이하여야 합니다.".into(), None)
+            }
+            ApiError::Unauthorized => {
+                (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "관리자 토큰이 필요합니다.".into(), None)
+            }
             ApiError::UnknownPath => (StatusCode::NOT_FOUND, "NOT_FOUND", "존재하지 않는 요청입니다.".into(), None),
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "지원하지 않는 메서드입니다.".into(), None)
@@ -140,6 +174,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(envelope)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if let ApiError::TooManyRequests { retry_after_secs } = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

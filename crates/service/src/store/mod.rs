@@ -144,6 +144,19 @@ impl EventKind {
     }
 }
 
+/// What an `Idempotency-Key` says about a checkout request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyStart {
+    /// First use of the key (or its earlier use expired): process the request.
+    Started,
+    /// The first request with this key has not finished.
+    InFlight,
+    /// The key was used with another request body.
+    Mismatch,
+    /// The first request finished: answer with its response, byte for byte.
+    Saved { status: u16, body: Vec<u8> },
+}
+
 /// Stock of one product, for conservation checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StockLevels {
@@ -211,6 +224,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Unsettled attempts now, and the creation time of the oldest.
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError>;
+
+    /// Claims `key` for a request; atomically, so of concurrent duplicates one starts.
+    /// Keys older than `expires_before_ms` are forgotten.
+    async fn begin_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        request_hash: &str,
+        now_ms: i64,
+        expires_before_ms: i64,
+    ) -> Result<IdempotencyStart, StoreError>;
+
+    /// Saves the response of a request that claimed `key`.
+    async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError>;
+
+    /// Releases `key` without a saved response (the request may safely run again).
+    async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError>;
+
+    /// Row counts of every table, for tests that prove nothing was written.
+    async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// The PG orderId of an attempt: unique per attempt, at least 6 characters.

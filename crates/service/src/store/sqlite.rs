@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    Attempt, AttemptView, CreatedOrder, EventKind, NewOrder, OrderItem, OrderRecord, Product, StockLevels, Store,
-    StoreError, Transition, pg_order_id, product_id, status_of,
+    Attempt, AttemptView, CreatedOrder, EventKind, IdempotencyStart, NewOrder, OrderItem, OrderRecord, Product,
+    StockLevels, Store, StoreError, Transition, pg_order_id, product_id, status_of,
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
 
@@ -388,6 +388,91 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn begin_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        request_hash: &str,
+        now_ms: i64,
+        expires_before_ms: i64,
+    ) -> Result<IdempotencyStart, StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = ? AND key = ? AND created_at < ?")
+            .bind(buyer.as_str())
+            .bind(key)
+            .bind(expires_before_ms)
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (buyer_id, key, request_hash, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (buyer_id, key) DO NOTHING",
+        )
+        .bind(buyer.as_str())
+        .bind(key)
+        .bind(request_hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let start = if inserted.rows_affected() == 1 {
+            IdempotencyStart::Started
+        } else {
+            let row = sqlx::query(
+                "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE buyer_id = ? AND key = ?",
+            )
+            .bind(buyer.as_str())
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (hash, status): (String, Option<i64>) = (row.try_get("request_hash")?, row.try_get("response_status")?);
+            match status {
+                _ if hash != request_hash => IdempotencyStart::Mismatch,
+                None => IdempotencyStart::InFlight,
+                Some(status) => IdempotencyStart::Saved {
+                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
+                    body: row.try_get("response_body")?,
+                },
+            }
+        };
+        tx.commit().await?;
+        Ok(start)
+    }
+
+    async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE buyer_id = ? AND key = ?",
+        )
+        .bind(status as i64)
+        .bind(body)
+        .bind(buyer.as_str())
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = ? AND key = ? AND response_status IS NULL")
+            .bind(buyer.as_str())
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut counts = Vec::new();
+        for (table, sql) in [
+            ("orders", "SELECT COUNT(*) FROM orders"),
+            ("order_items", "SELECT COUNT(*) FROM order_items"),
+            ("payment_attempts", "SELECT COUNT(*) FROM payment_attempts"),
+            ("payment_events", "SELECT COUNT(*) FROM payment_events"),
+            ("idempotency_keys", "SELECT COUNT(*) FROM idempotency_keys"),
+        ] {
+            counts.push((table.to_string(), sqlx::query_scalar(sql).fetch_one(&self.pool).await?));
+        }
+        Ok(counts)
     }
 
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {

@@ -82,6 +82,9 @@ pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -
     settings.reconciler.acceptance_window_ms = 300;
     settings.reconciler.backoff_initial_ms = 0;
     settings.reconciler.backoff_max_ms = 0;
+    // Tests fire many checkouts from one buyer; the rate-limit tests lower this again.
+    settings.checkout.rate_limit_per_second = 100_000;
+    settings.checkout.rate_limit_burst = 100_000;
     tweak(&mut settings);
     let app = Application::build_on(settings, listener).await.expect("app builds");
     let state = app.state().clone();
