@@ -80,6 +80,49 @@ impl Settler {
     }
 
     pub async fn apply(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
+        let key = observed.transaction_key.as_str();
+        // An attempt is settled only by its own transaction once it knows it. Any other
+        // SUCCESS for it took money that is not this order's payment: it goes back.
+        if attempt.transaction_key.as_deref().is_some_and(|own| own != key) {
+            return self.other_transaction(attempt, observed, source).await;
+        }
+        match self.apply_own(attempt, observed, source).await {
+            Err(StoreError::KeyTaken(_)) => {
+                self.note(attempt, EventKind::ConflictingDelivery, source, observed).await?;
+                tracing::warn!(
+                    attempt = attempt.id,
+                    transaction_key = key,
+                    "news names a transaction of another attempt: ignored"
+                );
+                Ok(Applied::Conflict)
+            }
+            other => other,
+        }
+    }
+
+    async fn other_transaction(
+        &self,
+        attempt: &Attempt,
+        observed: &Observed,
+        source: Source,
+    ) -> Result<Applied, StoreError> {
+        if observed.status != TransactionStatus::Success {
+            self.note(attempt, EventKind::ConflictingDelivery, source, observed).await?;
+            return Ok(Applied::Conflict);
+        }
+        self.note(attempt, EventKind::DoubleCharge, source, observed).await?;
+        self.metrics.double_charge();
+        tracing::error!(
+            attempt = attempt.id,
+            pg_order_id = %attempt.pg_order_id,
+            transaction_key = %observed.transaction_key,
+            own_key = attempt.transaction_key.as_deref().unwrap_or("-"),
+            "a second transaction charged this payment: refund it"
+        );
+        Ok(Applied::DoubleCharge)
+    }
+
+    async fn apply_own(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
         let now = super::now_ms();
         let key = observed.transaction_key.as_str();
         let Some(settlement) = Settlement::from_pg(observed.status, key, observed.reason.clone()) else {

@@ -18,6 +18,8 @@ pub enum StoreError {
     OutOfStock { product: i64, available: i64 },
     #[error("the order total overflows")]
     AmountOverflow,
+    #[error("transaction key {0} already belongs to another payment attempt")]
+    KeyTaken(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]

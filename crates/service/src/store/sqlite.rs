@@ -17,6 +17,16 @@ use super::{
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
 
+/// A transaction key already recorded on another attempt (the UNIQUE constraint).
+fn key_taken(error: sqlx::Error, key: Option<&str>) -> StoreError {
+    match &error {
+        sqlx::Error::Database(e) if e.is_unique_violation() => {
+            StoreError::KeyTaken(key.unwrap_or_default().to_string())
+        }
+        _ => StoreError::Database(error),
+    }
+}
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -194,7 +204,8 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .bind(attempt_id)
         .execute(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| key_taken(e, key))?;
         let result =
             if updated.rows_affected() == 1 { Transition::Applied } else { current(&mut tx, attempt_id).await? };
         tx.commit().await?;
@@ -210,7 +221,8 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .bind(attempt_id)
         .execute(&self.pool)
-        .await?;
+        .await
+        .map_err(|e| key_taken(e, Some(key)))?;
         Ok(updated.rows_affected() == 1)
     }
 
@@ -237,7 +249,8 @@ impl Store for SqliteStore {
         .bind(settled_by)
         .bind(attempt_id)
         .fetch_optional(&mut *tx)
-        .await?;
+        .await
+        .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
         let Some(order_id) = order_id else {
             let result = current(&mut tx, attempt_id).await?;
             tx.commit().await?;

@@ -25,12 +25,17 @@ pub struct TestApp {
     pub state: AppState,
     pub store: Arc<dyn Store>,
     pub gateway: GatewayClient,
-    http: reqwest::Client,
-    db: PathBuf,
+    pub http: reqwest::Client,
+    pub db: PathBuf,
+    /// Set on a second app over another's database: it must not delete the files.
+    pub shares_db: bool,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        if self.shares_db {
+            return;
+        }
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", self.db.display()));
         }
@@ -86,6 +91,8 @@ pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -
     settings.checkout.rate_limit_per_second = 100_000;
     settings.checkout.rate_limit_burst = 100_000;
     tweak(&mut settings);
+    // A tweak may point at another app's database (a restart); then it is not ours.
+    let db_is_shared = settings.database_url != format!("sqlite://{}", db.display());
     let app = Application::build_on(settings, listener).await.expect("app builds");
     let state = app.state().clone();
     let gateway = app.gateway().clone();
@@ -97,6 +104,7 @@ pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -
         gateway,
         sim,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        shares_db: db_is_shared,
         db,
     }
 }
@@ -171,6 +179,11 @@ impl TestApp {
 
     pub fn pg_requests(&self) -> u64 {
         self.sim.sim().ledger().counts.payment_requests
+    }
+
+    /// Rows per table: equal before and after means nothing was written.
+    pub async fn row_counts(&self) -> Vec<(String, i64)> {
+        self.store.row_counts().await.unwrap()
     }
 
     pub fn pg_transactions(&self) -> usize {
