@@ -6,8 +6,15 @@ use service::{Application, Settings};
 
 pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let sim = gateway_sim::spawn(SimConfig::default()).await?;
+    // A fresh admin token each run, so the ops page's controls can be tried at once.
+    let token: String = {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        (0..24).map(|_| char::from(b"abcdefghijkmnpqrstuvwxyz23456789"[rng.random_range(0..32)])).collect()
+    };
     let settings = Settings {
         gateway: service::configuration::GatewaySettings { base_url: sim.base_url(), ..Default::default() },
+        admin: service::configuration::AdminSettings { token: Some(token.clone()) },
         ..Settings::default()
     };
     let app = Application::build(settings).await?;
@@ -21,6 +28,8 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         sim.control_url(),
         sim.control_url()
     );
+    println!("  ops page      {shop}/ops   (admin token for its controls: {token})");
+    println!("  metrics       {shop}/metrics");
     println!("  database      ./payguard-dev.db (SQLite)");
     println!();
     println!("Order two keyboards and pay by card:");

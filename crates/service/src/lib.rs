@@ -5,6 +5,7 @@ pub mod configuration;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod ops;
 pub mod startup;
 pub mod store;
 

@@ -95,6 +95,8 @@ pub struct Metrics {
     refunds_needed: Counter,
     pending: Gauge,
     oldest_pending_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// When the last double charge or refund finding was counted (for the ops page).
+    last_anomaly: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Default for Metrics {
@@ -126,6 +128,7 @@ impl Metrics {
             refunds_needed: Counter::default(),
             pending: Gauge::default(),
             oldest_pending_age: Gauge::default(),
+            last_anomaly: std::sync::Mutex::new(None),
             registry: Registry::default(),
         };
         r.register("payguard_gateway_requests", "PG HTTP attempts by operation and outcome", m.requests.clone());
@@ -220,10 +223,21 @@ impl Metrics {
 
     pub fn double_charge(&self) {
         self.double_charges.inc();
+        self.note_anomaly();
     }
 
     pub fn refund_needed(&self) {
         self.refunds_needed.inc();
+        self.note_anomaly();
+    }
+
+    fn note_anomaly(&self) {
+        *self.last_anomaly.lock().expect("anomaly lock") = Some(tokio::time::Instant::now());
+    }
+
+    /// Time since the last double charge or refund finding, if any.
+    pub fn last_anomaly_age(&self) -> Option<Duration> {
+        self.last_anomaly.lock().expect("anomaly lock").map(|at| at.elapsed())
     }
 
     /// The text exposition, after refreshing the gauges that describe the present.

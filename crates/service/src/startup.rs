@@ -15,6 +15,7 @@ use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
+use crate::ops::{Activity, Tee};
 use crate::store::{SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +55,7 @@ impl Application {
         };
         let g = &settings.gateway;
         let metrics = Arc::new(Metrics::new());
+        let activity = Arc::new(Activity::default());
         let gateway = GatewayClient::with_observer(
             gateway::GatewaySettings {
                 name: g.name.clone(),
@@ -61,9 +63,10 @@ impl Application {
                 merchant_id: g.merchant_id.clone(),
             },
             g.resilience.clone(),
-            metrics.clone(),
+            Arc::new(Tee(vec![metrics.clone(), activity.clone()])),
         )?;
         metrics.watch_breakers(&gateway);
+        activity.watch_breakers(&gateway);
         let state = AppState {
             store: store.clone(),
             checkout: Checkout::new(store.clone(), gateway.clone(), settings.callback_url(), metrics.clone()),
@@ -80,6 +83,7 @@ impl Application {
             limiter: Arc::new(crate::http::buyer_limiter(&settings.checkout)),
             checkout_settings: settings.checkout.clone(),
             admin_token: settings.admin.token.as_deref().map(crate::http::admin::AdminToken::new),
+            activity,
         };
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         Ok(Application { listener, addr, state, gateway })
@@ -105,11 +109,13 @@ impl Application {
     /// finish, and stops the reconciler.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let reconciler = tokio::spawn(self.state.reconciler.clone().run(stop_rx));
+        let reconciler = tokio::spawn(self.state.reconciler.clone().run(stop_rx.clone()));
+        let sampler = tokio::spawn(self.state.activity.clone().run_sampler(stop_rx));
         tracing::info!(addr = %self.addr, "payguard service listening");
         let served = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(signal).await;
         stop_tx.send_replace(true);
         let _ = reconciler.await;
+        let _ = sampler.await;
         served
     }
 }

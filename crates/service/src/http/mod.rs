@@ -38,6 +38,7 @@ pub struct AppState {
     pub checkout_settings: CheckoutSettings,
     pub limiter: Arc<BuyerLimiter>,
     pub admin_token: Option<admin::AdminToken>,
+    pub activity: Arc<crate::ops::Activity>,
 }
 
 /// Per-buyer checkout rate limit (a keyed token bucket).
@@ -58,6 +59,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/breakers", get(admin::breakers))
         .route("/api/v1/admin/breakers/{name}/{action}", post(admin::breaker_action))
         .route("/api/v1/admin/reconcile", post(admin::reconcile_now))
+        .route("/ops", get(crate::ops::page))
+        .route("/ops/state", get(crate::ops::state))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(ready))
