@@ -18,8 +18,13 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Our base URL as the PG reaches it; the callback URL is built from it.
     pub public_url: String,
-    /// `sqlite://file.db` (embedded default) or `sqlite::memory:`.
+    /// `sqlite://file.db` (embedded default, one instance) or `postgres://...` (several
+    /// instances on one database).
     pub database_url: String,
+    /// PostgreSQL pool size per instance.
+    pub database_max_connections: u32,
+    /// How long a request waits for a pooled connection before failing.
+    pub database_acquire_timeout_ms: u64,
     pub gateway: GatewaySettings,
     pub reconciler: ReconcilerSettings,
     pub checkout: CheckoutSettings,
@@ -99,6 +104,8 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: "http://127.0.0.1:8080".into(),
             database_url: "sqlite://payguard-dev.db".into(),
+            database_max_connections: 10,
+            database_acquire_timeout_ms: 5_000,
             gateway: GatewaySettings::default(),
             reconciler: ReconcilerSettings::default(),
             checkout: CheckoutSettings::default(),
@@ -122,7 +129,17 @@ impl Default for GatewaySettings {
 
 /// Top-level keys; other `PAYGUARD_*` variables (the CLI's own, the simulator's) are
 /// not settings of the service and are left alone.
-const KEYS: [&str; 7] = ["listen", "public_url", "database_url", "gateway", "reconciler", "checkout", "admin"];
+const KEYS: [&str; 9] = [
+    "listen",
+    "public_url",
+    "database_url",
+    "database_max_connections",
+    "database_acquire_timeout_ms",
+    "gateway",
+    "reconciler",
+    "checkout",
+    "admin",
+];
 
 impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Settings, Box<figment::Error>> {

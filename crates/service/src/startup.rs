@@ -16,7 +16,7 @@ use crate::configuration::Settings;
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::ops::{Activity, Tee};
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{PgStore, PoolSettings, SqliteStore, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -26,7 +26,7 @@ pub enum StartupError {
     Gateway(#[from] ClientError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
-    #[error("unsupported database URL '{0}' (expected sqlite://...)")]
+    #[error("unsupported database URL '{0}' (expected sqlite://... or postgres://...)")]
     DatabaseUrl(String),
 }
 
@@ -48,8 +48,15 @@ impl Application {
     /// Builds on a listener bound by the caller (tests bind port 0 first, so the public
     /// URL the PG calls back can name the port).
     pub async fn build_on(settings: Settings, listener: TcpListener) -> Result<Application, StartupError> {
-        let store: Arc<dyn Store> = if settings.database_url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::connect(&settings.database_url).await?)
+        let url = settings.database_url.as_str();
+        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+            Arc::new(SqliteStore::connect(url).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PoolSettings {
+                max_connections: settings.database_max_connections,
+                acquire_timeout: Duration::from_millis(settings.database_acquire_timeout_ms),
+            };
+            Arc::new(PgStore::connect(url, pool).await?)
         } else {
             return Err(StartupError::DatabaseUrl(settings.database_url.clone()));
         };

@@ -32,6 +32,8 @@ pub struct ReconcilerSettings {
     /// After this many inconclusive checks an attempt is flagged stuck (it is still
     /// checked, at the longest backoff).
     pub stuck_after_checks: i64,
+    /// How long a claimed attempt is this instance's; longer than one check can take.
+    pub lease_ms: u64,
 }
 
 impl Default for ReconcilerSettings {
@@ -45,6 +47,7 @@ impl Default for ReconcilerSettings {
             backoff_initial_ms: 1_000,
             backoff_max_ms: 60_000,
             stuck_after_checks: 20,
+            lease_ms: 30_000,
         }
     }
 }
@@ -70,6 +73,8 @@ pub struct Reconciler {
     settler: Settler,
     metrics: Arc<Metrics>,
     settings: ReconcilerSettings,
+    /// This instance's name on the leases it takes.
+    owner: String,
 }
 
 impl Reconciler {
@@ -80,7 +85,8 @@ impl Reconciler {
         settings: ReconcilerSettings,
     ) -> Reconciler {
         let settler = Settler::new(store.clone(), metrics.clone());
-        Reconciler { store, gateway, settler, metrics, settings }
+        let owner = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::random::<u32>());
+        Reconciler { store, gateway, settler, metrics, settings, owner }
     }
 
     /// Runs passes every interval until `shutdown` turns true.
@@ -100,7 +106,15 @@ impl Reconciler {
                 Err(error) => tracing::error!(%error, "reconciliation pass failed"),
             }
         }
-        tracing::info!("reconciler stopped");
+        match self.store.release_leases(&self.owner).await {
+            Ok(released) => tracing::info!(released, "reconciler stopped, leases released"),
+            Err(error) => tracing::warn!(%error, "reconciler stopped; releasing its leases failed (they expire)"),
+        }
+    }
+
+    /// The name this instance puts on its leases.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     pub async fn run_once(&self) -> Result<PassReport, StoreError> {
@@ -110,7 +124,12 @@ impl Reconciler {
             return Ok(report);
         }
         let now = super::now_ms();
-        let due = self.store.due_attempts(now - self.settings.grace_ms as i64, now, self.settings.batch_size).await?;
+        let lease_until = now + self.settings.lease_ms as i64;
+        let created_before = now - self.settings.grace_ms as i64;
+        let due = self
+            .store
+            .claim_due_attempts(&self.owner, lease_until, created_before, now, self.settings.batch_size)
+            .await?;
         for attempt in due {
             report.examined += 1;
             let verdict = self.reconcile(&attempt).await;
@@ -177,7 +196,8 @@ impl Reconciler {
 
     async fn adopt(&self, attempt: &Attempt, observed: &Observed) -> Result<Verdict, StoreError> {
         Ok(match self.settler.apply(attempt, observed, Source::Reconciler).await? {
-            Applied::Settled(_) | Applied::Duplicate | Applied::Conflict | Applied::RefundNeeded => Verdict::Settled,
+            Applied::Settled(_) | Applied::Duplicate | Applied::RefundNeeded => Verdict::Settled,
+            Applied::Conflict => Verdict::Pending(format!("conflicting news about {}", observed.transaction_key)),
             Applied::DoubleCharge => Verdict::DoubleCharge,
             Applied::KeyAdopted | Applied::StillPending | Applied::Stale => {
                 Verdict::Pending(format!("{} is still PENDING at the PG", observed.transaction_key))
@@ -253,4 +273,8 @@ enum Verdict {
     DoubleCharge,
     Pending(String),
     Unreachable(String),
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "payguard".into())
 }

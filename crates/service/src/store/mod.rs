@@ -2,11 +2,13 @@
 //! a conditional update (`WHERE status IN (...)`), so a callback and the reconciler
 //! racing over one attempt can never both win. No transaction spans a PG call.
 
+mod postgres;
 mod sqlite;
 
 use async_trait::async_trait;
 use gateway::wire::CardType;
 
+pub use self::postgres::{PgStore, PoolSettings};
 pub use self::sqlite::SqliteStore;
 use crate::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, ProductId, Settlement};
 
@@ -204,10 +206,22 @@ pub trait Store: Send + Sync + 'static {
     /// A buyer's orders, newest first; `limit + 1` are read to tell whether more follow.
     async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError>;
 
-    /// Unsettled attempts created before `created_before_ms` whose next check is due.
-    async fn due_attempts(&self, created_before_ms: i64, now_ms: i64, limit: i64) -> Result<Vec<Attempt>, StoreError>;
+    /// Claims unsettled attempts created before `created_before_ms` whose next check is
+    /// due and that no live lease holds: each gets a lease for `owner` until
+    /// `lease_until_ms`. Concurrent claimers never get the same attempt.
+    async fn claim_due_attempts(
+        &self,
+        owner: &str,
+        lease_until_ms: i64,
+        created_before_ms: i64,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Attempt>, StoreError>;
 
-    /// Books a reconciliation check that did not settle the attempt.
+    /// Gives up every lease `owner` holds (on shutdown).
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+
+    /// Books a reconciliation check that did not settle the attempt, and ends its lease.
     async fn record_check(
         &self,
         attempt_id: i64,

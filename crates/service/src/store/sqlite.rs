@@ -237,7 +237,8 @@ impl Store for SqliteStore {
         let mut tx = self.write().await?;
         let order_id: Option<i64> = sqlx::query_scalar(
             "UPDATE payment_attempts SET status = ?, transaction_key = COALESCE(?, transaction_key), reason = ?,
-               version = version + 1, updated_at = ?, finalized_at = ?, settled_by = ?, stuck = 0
+               version = version + 1, updated_at = ?, finalized_at = ?, settled_by = ?, stuck = 0,
+               lease_owner = NULL, lease_until = NULL
              WHERE id = ? AND status IN ('REQUESTED', 'PENDING')
              RETURNING order_id",
         )
@@ -315,19 +316,42 @@ impl Store for SqliteStore {
         Ok(orders)
     }
 
-    async fn due_attempts(&self, created_before_ms: i64, now_ms: i64, limit: i64) -> Result<Vec<Attempt>, StoreError> {
+    async fn claim_due_attempts(
+        &self,
+        owner: &str,
+        lease_until_ms: i64,
+        created_before_ms: i64,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let mut tx = self.write().await?;
         let rows = sqlx::query(
-            "SELECT id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks
-             FROM payment_attempts
-             WHERE status IN ('REQUESTED', 'PENDING') AND created_at <= ? AND next_check_at <= ?
-             ORDER BY next_check_at LIMIT ?",
+            "UPDATE payment_attempts SET lease_owner = ?1, lease_until = ?2
+             WHERE id IN (
+               SELECT id FROM payment_attempts
+               WHERE status IN ('REQUESTED', 'PENDING') AND created_at <= ?3 AND next_check_at <= ?4
+                 AND (lease_until IS NULL OR lease_until < ?4)
+               ORDER BY next_check_at LIMIT ?5)
+             RETURNING id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks",
         )
+        .bind(owner)
+        .bind(lease_until_ms)
         .bind(created_before_ms)
         .bind(now_ms)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         rows.iter().map(attempt).collect()
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?")
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
     }
 
     async fn record_check(
@@ -339,7 +363,8 @@ impl Store for SqliteStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE payment_attempts SET checks = checks + 1, next_check_at = ?, last_check = ?, stuck = ?, updated_at = ?
+            "UPDATE payment_attempts SET checks = checks + 1, next_check_at = ?, last_check = ?, stuck = ?, updated_at = ?,
+               lease_owner = NULL, lease_until = NULL
              WHERE id = ? AND status IN ('REQUESTED', 'PENDING')",
         )
         .bind(next_check_at_ms)

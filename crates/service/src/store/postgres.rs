@@ -1,0 +1,592 @@
+//! The PostgreSQL store, for several payguard instances on one database. Times are
+//! `timestamptz` in the database and unix milliseconds in the code: the conversion
+//! happens in SQL (`ms(..)` in, `epoch_ms(..)` out). Reconciliation claims use
+//! `FOR UPDATE SKIP LOCKED`, so instances never claim the same attempt.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{
+    Attempt, AttemptView, CreatedOrder, EventKind, IdempotencyStart, NewOrder, OrderItem, OrderRecord, Product,
+    StockLevels, Store, StoreError, Transition, pg_order_id, product_id, status_of,
+};
+use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
+
+/// Pool settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+fn key_taken(error: sqlx::Error, key: Option<&str>) -> StoreError {
+    match &error {
+        sqlx::Error::Database(e) if e.is_unique_violation() => {
+            StoreError::KeyTaken(key.unwrap_or_default().to_string())
+        }
+        _ => StoreError::Database(error),
+    }
+}
+
+const ATTEMPT: &str = "id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, \
+                       (extract(epoch from created_at) * 1000)::bigint AS created_at, checks";
+
+fn attempt(row: &PgRow) -> Result<Attempt, StoreError> {
+    Ok(Attempt {
+        id: row.try_get("id")?,
+        order_id: row.try_get("order_id")?,
+        pg_order_id: row.try_get("pg_order_id")?,
+        gateway: row.try_get("gateway")?,
+        amount: row.try_get("amount")?,
+        status: status_of(row.try_get("status")?)?,
+        transaction_key: row.try_get("transaction_key")?,
+        reason: row.try_get("reason")?,
+        created_at_ms: row.try_get("created_at")?,
+        checks: row.try_get("checks")?,
+    })
+}
+
+impl PgStore {
+    /// Connects to `postgres://...` and migrates.
+    pub async fn connect(url: &str, pool: PoolSettings) -> Result<PgStore, StoreError> {
+        PgStore::connect_with(PgConnectOptions::from_str(url)?, pool).await
+    }
+
+    pub async fn connect_with(options: PgConnectOptions, settings: PoolSettings) -> Result<PgStore, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PgStore { pool })
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        Ok(self.pool.begin().await?)
+    }
+
+    async fn assemble(&self, row: &PgRow) -> Result<OrderRecord, StoreError> {
+        let order_id: i64 = row.try_get("id")?;
+        let items = sqlx::query(
+            "SELECT product_id, name, unit_price, quantity, amount FROM order_items WHERE order_id = $1 ORDER BY line",
+        )
+        .bind(order_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(OrderItem {
+                product_id: r.try_get("product_id")?,
+                name: r.try_get("name")?,
+                unit_price: r.try_get("unit_price")?,
+                quantity: r.try_get("quantity")?,
+                amount: r.try_get("amount")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+        let a = sqlx::query(
+            "SELECT status, reason, card_type, card_last4, transaction_key, stuck FROM payment_attempts
+             WHERE order_id = $1 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(order_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(OrderRecord {
+            order_id,
+            buyer_id: row.try_get("buyer_id")?,
+            total_amount: row.try_get("total_amount")?,
+            created_at_ms: row.try_get("created_at")?,
+            anomaly: row.try_get("anomaly")?,
+            items,
+            attempt: AttemptView {
+                status: status_of(a.try_get("status")?)?,
+                reason: a.try_get("reason")?,
+                card_type: a.try_get("card_type")?,
+                card_last4: a.try_get("card_last4")?,
+                transaction_key: a.try_get("transaction_key")?,
+                stuck: a.try_get("stuck")?,
+            },
+        })
+    }
+}
+
+async fn release_stock(
+    tx: &mut Transaction<'static, Postgres>,
+    order_id: i64,
+    to_sold: bool,
+) -> Result<(), StoreError> {
+    let sql = if to_sold {
+        "UPDATE products p SET reserved = p.reserved - i.quantity, sold = p.sold + i.quantity
+         FROM (SELECT product_id, SUM(quantity)::bigint AS quantity FROM order_items WHERE order_id = $1 GROUP BY product_id) i
+         WHERE p.id = i.product_id"
+    } else {
+        "UPDATE products p SET reserved = p.reserved - i.quantity, available = p.available + i.quantity
+         FROM (SELECT product_id, SUM(quantity)::bigint AS quantity FROM order_items WHERE order_id = $1 GROUP BY product_id) i
+         WHERE p.id = i.product_id"
+    };
+    sqlx::query(sql).bind(order_id).execute(&mut **tx).await?;
+    Ok(())
+}
+
+async fn current(tx: &mut Transaction<'static, Postgres>, attempt_id: i64) -> Result<Transition, StoreError> {
+    let row = sqlx::query("SELECT status, transaction_key FROM payment_attempts WHERE id = $1")
+        .bind(attempt_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(match row {
+        None => Transition::NotFound,
+        Some(row) => Transition::AlreadyMoved {
+            current: status_of(row.try_get("status")?)?,
+            transaction_key: row.try_get("transaction_key")?,
+        },
+    })
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn products(&self) -> Result<Vec<Product>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, name, price, available FROM products ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Product {
+                    product_id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    price: r.try_get("price")?,
+                    stock: r.try_get("available")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
+        let mut tx = self.begin().await?;
+        let mut total = Money::default();
+        let mut priced = Vec::with_capacity(order.lines.len());
+        for line in &order.lines {
+            let id = product_id(line.product_id);
+            let row = sqlx::query("SELECT name, price FROM products WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(StoreError::ProductNotFound(id))?;
+            let (name, price): (String, i64) = (row.try_get("name")?, row.try_get("price")?);
+            let amount = Money::won(price).checked_mul(line.quantity).ok_or(StoreError::AmountOverflow)?;
+            total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
+            priced.push((id, name, price, line.quantity.get() as i64, amount.get()));
+        }
+        // Reserve in product order: two orders locking the same rows in opposite
+        // orders would deadlock.
+        let mut reservations: Vec<(i64, i64)> = priced.iter().map(|p| (p.0, p.3)).collect();
+        reservations.sort_unstable();
+        for (id, quantity) in reservations {
+            let reserved = sqlx::query(
+                "UPDATE products SET available = available - $1, reserved = reserved + $1 WHERE id = $2 AND available >= $1",
+            )
+            .bind(quantity)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if reserved.rows_affected() == 0 {
+                let available: i64 = sqlx::query_scalar("SELECT available FROM products WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                return Err(StoreError::OutOfStock { product: id, available });
+            }
+        }
+        let order_id: i64 = sqlx::query_scalar(
+            "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, to_timestamp($3::float8 / 1000)) RETURNING id",
+        )
+        .bind(order.buyer.as_str())
+        .bind(total.get())
+        .bind(order.now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        for (line, (product, name, price, quantity, amount)) in priced.into_iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(order_id)
+            .bind(line as i64)
+            .bind(product)
+            .bind(name)
+            .bind(price)
+            .bind(quantity)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let pg_order_id = pg_order_id(order_id, 1);
+        let attempt_id: i64 = sqlx::query_scalar(
+            "INSERT INTO payment_attempts
+               (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'REQUESTED', to_timestamp($7::float8 / 1000), to_timestamp($7::float8 / 1000),
+                     to_timestamp($7::float8 / 1000))
+             RETURNING id",
+        )
+        .bind(order_id)
+        .bind(&pg_order_id)
+        .bind(&order.gateway)
+        .bind(order.card_type.as_str())
+        .bind(&order.card_last4)
+        .bind(total.get())
+        .bind(order.now_ms)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(CreatedOrder { order_id, attempt_id, pg_order_id, amount: total })
+    }
+
+    async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE payment_attempts SET status = 'PENDING', transaction_key = COALESCE($1, transaction_key),
+               version = version + 1, updated_at = to_timestamp($2::float8 / 1000)
+             WHERE id = $3 AND status = 'REQUESTED'",
+        )
+        .bind(key)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| key_taken(e, key))?;
+        let result =
+            if updated.rows_affected() == 1 { Transition::Applied } else { current(&mut tx, attempt_id).await? };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE payment_attempts SET transaction_key = $1, status = 'PENDING', version = version + 1,
+               updated_at = to_timestamp($2::float8 / 1000)
+             WHERE id = $3 AND transaction_key IS NULL AND status IN ('REQUESTED', 'PENDING')",
+        )
+        .bind(key)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| key_taken(e, Some(key)))?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn settle(
+        &self,
+        attempt_id: i64,
+        settlement: &Settlement,
+        settled_by: &str,
+        now_ms: i64,
+    ) -> Result<Transition, StoreError> {
+        debug_assert!(settlement.status.is_final());
+        let mut tx = self.begin().await?;
+        let order_id: Option<i64> = sqlx::query_scalar(
+            "UPDATE payment_attempts SET status = $1, transaction_key = COALESCE($2, transaction_key), reason = $3,
+               version = version + 1, updated_at = to_timestamp($4::float8 / 1000), finalized_at = to_timestamp($4::float8 / 1000),
+               settled_by = $5, stuck = FALSE, lease_owner = NULL, lease_until = NULL
+             WHERE id = $6 AND status IN ('REQUESTED', 'PENDING')
+             RETURNING order_id",
+        )
+        .bind(settlement.status.as_str())
+        .bind(settlement.transaction_key.as_deref())
+        .bind(settlement.reason.as_deref())
+        .bind(now_ms)
+        .bind(settled_by)
+        .bind(attempt_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
+        let Some(order_id) = order_id else {
+            let result = current(&mut tx, attempt_id).await?;
+            tx.commit().await?;
+            return Ok(result);
+        };
+        release_stock(&mut tx, order_id, settlement.status == PaymentStatus::Success).await?;
+        tx.commit().await?;
+        Ok(Transition::Applied)
+    }
+
+    async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError> {
+        let mut tx = self.begin().await?;
+        let order_id: Option<i64> = sqlx::query_scalar(
+            "SELECT order_id FROM payment_attempts WHERE id = $1 AND status = 'REQUESTED' FOR UPDATE",
+        )
+        .bind(attempt_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(order_id) = order_id else {
+            let result = current(&mut tx, attempt_id).await?;
+            tx.commit().await?;
+            return Ok(result);
+        };
+        release_stock(&mut tx, order_id, false).await?;
+        sqlx::query("DELETE FROM orders WHERE id = $1").bind(order_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Transition::Applied)
+    }
+
+    async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!("SELECT {ATTEMPT} FROM payment_attempts WHERE pg_order_id = $1"));
+        let row = sqlx::query(sql).bind(pg_order_id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(attempt).transpose()
+    }
+
+    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, buyer_id, total_amount, (extract(epoch from created_at) * 1000)::bigint AS created_at, anomaly
+             FROM orders WHERE id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, buyer_id, total_amount, (extract(epoch from created_at) * 1000)::bigint AS created_at, anomaly
+             FROM orders WHERE buyer_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(buyer.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            orders.push(self.assemble(row).await?);
+        }
+        Ok(orders)
+    }
+
+    async fn claim_due_attempts(
+        &self,
+        owner: &str,
+        lease_until_ms: i64,
+        created_before_ms: i64,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Attempt>, StoreError> {
+        let sql = sqlx::AssertSqlSafe(format!(
+            "UPDATE payment_attempts SET lease_owner = $1, lease_until = to_timestamp($2::float8 / 1000)
+             WHERE id IN (
+               SELECT id FROM payment_attempts
+               WHERE status IN ('REQUESTED', 'PENDING')
+                 AND created_at <= to_timestamp($3::float8 / 1000)
+                 AND next_check_at <= to_timestamp($4::float8 / 1000)
+                 AND (lease_until IS NULL OR lease_until < to_timestamp($4::float8 / 1000))
+               ORDER BY next_check_at LIMIT $5
+               FOR UPDATE SKIP LOCKED)
+             RETURNING {ATTEMPT}"
+        ));
+        let rows = sqlx::query(sql)
+            .bind(owner)
+            .bind(lease_until_ms)
+            .bind(created_before_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(attempt).collect()
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn record_check(
+        &self,
+        attempt_id: i64,
+        next_check_at_ms: i64,
+        note: &str,
+        stuck: bool,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE payment_attempts SET checks = checks + 1, next_check_at = to_timestamp($1::float8 / 1000),
+               last_check = $2, stuck = $3, updated_at = to_timestamp($4::float8 / 1000), lease_owner = NULL, lease_until = NULL
+             WHERE id = $5 AND status IN ('REQUESTED', 'PENDING')",
+        )
+        .bind(next_check_at_ms)
+        .bind(note)
+        .bind(stuck)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn record_event(
+        &self,
+        attempt_id: i64,
+        kind: EventKind,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000))",
+        )
+        .bind(attempt_id)
+        .bind(kind.as_str())
+        .bind(detail)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        if kind.is_anomaly() {
+            sqlx::query(
+                "UPDATE orders SET anomaly = $1 WHERE id = (SELECT order_id FROM payment_attempts WHERE id = $2)",
+            )
+            .bind(kind.as_str())
+            .bind(attempt_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query("SELECT kind, detail FROM payment_events WHERE attempt_id = $1 ORDER BY id")
+            .bind(attempt_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("detail")?))).collect()
+    }
+
+    async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError> {
+        let rows =
+            sqlx::query("SELECT id, available, reserved, sold FROM products ORDER BY id").fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StockLevels {
+                    product_id: r.try_get("id")?,
+                    available: r.try_get("available")?,
+                    reserved: r.try_get("reserved")?,
+                    sold: r.try_get("sold")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, (extract(epoch from MIN(created_at)) * 1000)::bigint AS oldest
+             FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("oldest")?))
+    }
+
+    async fn begin_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        request_hash: &str,
+        now_ms: i64,
+        expires_before_ms: i64,
+    ) -> Result<IdempotencyStart, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND created_at < to_timestamp($3::float8 / 1000)")
+            .bind(buyer.as_str())
+            .bind(key)
+            .bind(expires_before_ms)
+            .execute(&mut *tx)
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (buyer_id, key, request_hash, created_at) VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000))
+             ON CONFLICT (buyer_id, key) DO NOTHING",
+        )
+        .bind(buyer.as_str())
+        .bind(key)
+        .bind(request_hash)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let start = if inserted.rows_affected() == 1 {
+            IdempotencyStart::Started
+        } else {
+            let row = sqlx::query(
+                "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE buyer_id = $1 AND key = $2",
+            )
+            .bind(buyer.as_str())
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (hash, status): (String, Option<i64>) = (row.try_get("request_hash")?, row.try_get("response_status")?);
+            match status {
+                _ if hash != request_hash => IdempotencyStart::Mismatch,
+                None => IdempotencyStart::InFlight,
+                Some(status) => IdempotencyStart::Saved {
+                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
+                    body: row.try_get("response_body")?,
+                },
+            }
+        };
+        tx.commit().await?;
+        Ok(start)
+    }
+
+    async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE buyer_id = $3 AND key = $4",
+        )
+        .bind(status as i64)
+        .bind(body)
+        .bind(buyer.as_str())
+        .bind(key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND response_status IS NULL")
+            .bind(buyer.as_str())
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut counts = Vec::new();
+        for (table, sql) in [
+            ("orders", "SELECT COUNT(*) FROM orders"),
+            ("order_items", "SELECT COUNT(*) FROM order_items"),
+            ("payment_attempts", "SELECT COUNT(*) FROM payment_attempts"),
+            ("payment_events", "SELECT COUNT(*) FROM payment_events"),
+            ("idempotency_keys", "SELECT COUNT(*) FROM idempotency_keys"),
+        ] {
+            counts.push((table.to_string(), sqlx::query_scalar(sql).fetch_one(&self.pool).await?));
+        }
+        Ok(counts)
+    }
+}

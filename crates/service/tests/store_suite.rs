@@ -1,0 +1,359 @@
+//! One store test-suite, run unchanged against SQLite and PostgreSQL.
+//!
+//! PostgreSQL tests read the server from `PAYGUARD_TEST_DATABASE_URL` and use a fresh
+//! schema per test (dropped afterwards). Without the variable they print why they are
+//! skipped and return; under CI (`CI` set) its absence is a failure.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use gateway::wire::CardType;
+use service::domain::{BuyerId, CheckoutLine, PaymentStatus, ProductId, Quantity, Settlement};
+use service::store::{
+    CreatedOrder, EventKind, IdempotencyStart, NewOrder, PgStore, PoolSettings, SqliteStore, Store, StoreError,
+    Transition,
+};
+
+/// A store and what to remove when the test ends.
+struct Fresh {
+    store: Arc<dyn Store>,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    File(std::path::PathBuf),
+    Schema { url: String, schema: String },
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match self {
+            Cleanup::File(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            Cleanup::Schema { url, schema } => {
+                let (url, sql) = (url.clone(), format!("DROP SCHEMA IF EXISTS {schema} CASCADE"));
+                // Drop runs inside the test's runtime: use a thread with its own.
+                let _ = std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+                        if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                        }
+                    })
+                })
+                .join();
+            }
+        }
+    }
+}
+
+fn unique() -> String {
+    format!("{}_{:x}", std::process::id(), rand::random::<u64>())
+}
+
+async fn sqlite() -> Option<Fresh> {
+    let path = std::env::temp_dir().join(format!("payguard-store-{}.db", unique()));
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await.expect("sqlite store");
+    Some(Fresh { store: Arc::new(store), cleanup: Cleanup::File(path) })
+}
+
+async fn postgres() -> Option<Fresh> {
+    let Ok(url) = std::env::var("PAYGUARD_TEST_DATABASE_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set PAYGUARD_TEST_DATABASE_URL");
+        eprintln!("SKIPPED: PAYGUARD_TEST_DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)");
+        return None;
+    };
+    let schema = format!("payguard_test_{}", unique());
+    let admin = sqlx::PgPool::connect(&url).await.expect("the test PostgreSQL server answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+    admin.close().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    let pool = PoolSettings { max_connections: 8, acquire_timeout: std::time::Duration::from_secs(10) };
+    let store = PgStore::connect_with(options, pool).await.expect("postgres store");
+    Some(Fresh { store: Arc::new(store), cleanup: Cleanup::Schema { url, schema } })
+}
+
+/// Declares each behaviour once and runs it on both backends.
+macro_rules! store_suite {
+    ($($behaviour:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $behaviour() {
+                   let fresh = super::sqlite().await.unwrap();
+                   super::$behaviour(fresh.store.clone()).await;
+                   drop(fresh.cleanup);
+               } )*
+        }
+        mod postgres_backend {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $behaviour() {
+                   let Some(fresh) = super::postgres().await else { return };
+                   super::$behaviour(fresh.store.clone()).await;
+                   drop(fresh.cleanup);
+               } )*
+        }
+    };
+}
+
+store_suite!(
+    checkout_reserves_stock_and_creates_a_requested_attempt,
+    a_shortage_reserves_nothing,
+    of_racing_settlements_exactly_one_wins,
+    a_final_status_is_never_left,
+    only_a_requested_attempt_is_rolled_back,
+    claims_are_exclusive_expire_and_are_released,
+    idempotency_keys_start_once_and_replay,
+    a_transaction_key_belongs_to_one_attempt,
+    events_flag_anomalies_and_the_backlog_is_counted,
+    orders_are_listed_per_buyer_newest_first,
+);
+
+const NOW: i64 = 1_800_000_000_000;
+
+fn order(buyer: &str, lines: &[(i64, i64)]) -> NewOrder {
+    NewOrder {
+        buyer: BuyerId::parse(buyer).unwrap(),
+        lines: lines
+            .iter()
+            .map(|&(p, q)| CheckoutLine { product_id: ProductId(p), quantity: Quantity::parse(q).unwrap() })
+            .collect(),
+        gateway: "pg".into(),
+        card_type: CardType::Kb,
+        card_last4: "1451".into(),
+        now_ms: NOW,
+    }
+}
+
+fn success(key: &str) -> Settlement {
+    Settlement {
+        status: PaymentStatus::Success,
+        transaction_key: Some(key.into()),
+        reason: Some("정상 승인되었습니다.".into()),
+    }
+}
+
+fn failure(key: &str) -> Settlement {
+    Settlement {
+        status: PaymentStatus::Failed,
+        transaction_key: Some(key.into()),
+        reason: Some("한도초과입니다.".into()),
+    }
+}
+
+async fn levels(store: &Arc<dyn Store>, product: i64) -> (i64, i64, i64) {
+    let l = store.stock_levels().await.unwrap().into_iter().find(|l| l.product_id == product).unwrap();
+    (l.available, l.reserved, l.sold)
+}
+
+async fn create(store: &Arc<dyn Store>, buyer: &str, lines: &[(i64, i64)]) -> CreatedOrder {
+    store.create_order(order(buyer, lines)).await.unwrap()
+}
+
+async fn checkout_reserves_stock_and_creates_a_requested_attempt(store: Arc<dyn Store>) {
+    let created = create(&store, "alice", &[(1, 2), (3, 1)]).await;
+    assert_eq!(created.amount.get(), 39_000 * 2 + 289_000);
+    assert_eq!(created.pg_order_id, format!("ORD{:06}-1", created.order_id));
+    assert_eq!(levels(&store, 1).await, (998, 2, 0));
+    assert_eq!(levels(&store, 3).await, (499, 1, 0));
+    let attempt = store.attempt_by_pg_order_id(&created.pg_order_id).await.unwrap().unwrap();
+    assert_eq!(
+        (attempt.status, attempt.amount, attempt.created_at_ms),
+        (PaymentStatus::Requested, created.amount.get(), NOW)
+    );
+    let record = store.order(created.order_id).await.unwrap().unwrap();
+    assert_eq!(record.items.len(), 2);
+    assert_eq!((record.items[0].product_id, record.items[0].quantity, record.items[0].amount), (1, 2, 78_000));
+    assert_eq!(record.created_at_ms, NOW);
+    assert_eq!(record.attempt.card_last4, "1451");
+}
+
+async fn a_shortage_reserves_nothing(store: Arc<dyn Store>) {
+    let error = store.create_order(order("alice", &[(1, 5), (3, 501)])).await.unwrap_err();
+    assert!(matches!(error, StoreError::OutOfStock { product: 3, available: 500 }), "{error}");
+    assert_eq!(levels(&store, 1).await, (1000, 0, 0), "the first line's reservation was rolled back too");
+    assert!(matches!(
+        store.create_order(order("alice", &[(42, 1)])).await.unwrap_err(),
+        StoreError::ProductNotFound(42)
+    ));
+    assert_eq!(store.row_counts().await.unwrap().iter().map(|(_, n)| n).sum::<i64>(), 0);
+}
+
+async fn of_racing_settlements_exactly_one_wins(store: Arc<dyn Store>) {
+    for round in 0..5 {
+        let created = create(&store, "alice", &[(2, 1)]).await;
+        let key = format!("20250101:TR:{round:06x}");
+        store.mark_pending(created.attempt_id, Some(&key), NOW).await.unwrap();
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let (store, key) = (store.clone(), key.clone());
+                let settlement = if i % 2 == 0 { success(&key) } else { failure(&key) };
+                tokio::spawn(async move { store.settle(created.attempt_id, &settlement, "race", NOW).await.unwrap() })
+            })
+            .collect();
+        let mut applied = 0;
+        for racer in racers {
+            if racer.await.unwrap() == Transition::Applied {
+                applied += 1;
+            }
+        }
+        assert_eq!(applied, 1, "round {round}");
+    }
+    let (available, reserved, sold) = levels(&store, 2).await;
+    assert_eq!(reserved, 0);
+    assert_eq!(available + sold, 1000, "each order's stock moved exactly once");
+}
+
+async fn a_final_status_is_never_left(store: Arc<dyn Store>) {
+    let created = create(&store, "alice", &[(1, 1)]).await;
+    assert_eq!(
+        store.settle(created.attempt_id, &success("k-final"), "callback", NOW).await.unwrap(),
+        Transition::Applied
+    );
+    let moved = Transition::AlreadyMoved { current: PaymentStatus::Success, transaction_key: Some("k-final".into()) };
+    assert_eq!(store.settle(created.attempt_id, &failure("k-final"), "reconciler", NOW).await.unwrap(), moved);
+    assert_eq!(store.mark_pending(created.attempt_id, None, NOW).await.unwrap(), moved);
+    assert_eq!(store.roll_back(created.attempt_id).await.unwrap(), moved);
+    assert!(!store.adopt_key(created.attempt_id, "other", NOW).await.unwrap());
+    assert_eq!(levels(&store, 1).await, (999, 0, 1));
+}
+
+async fn only_a_requested_attempt_is_rolled_back(store: Arc<dyn Store>) {
+    let requested = create(&store, "alice", &[(4, 3)]).await;
+    assert_eq!(store.roll_back(requested.attempt_id).await.unwrap(), Transition::Applied);
+    assert!(store.order(requested.order_id).await.unwrap().is_none(), "the order is gone");
+    assert_eq!(levels(&store, 4).await, (1000, 0, 0));
+    let pending = create(&store, "alice", &[(4, 1)]).await;
+    store.mark_pending(pending.attempt_id, None, NOW).await.unwrap();
+    assert!(matches!(
+        store.roll_back(pending.attempt_id).await.unwrap(),
+        Transition::AlreadyMoved { current: PaymentStatus::Pending, .. }
+    ));
+    assert_eq!(levels(&store, 4).await, (999, 1, 0));
+}
+
+async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Store>) {
+    for _ in 0..20 {
+        let created = create(&store, "alice", &[(5, 1)]).await;
+        store.mark_pending(created.attempt_id, None, NOW).await.unwrap();
+    }
+    let claim = |owner: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move { store.claim_due_attempts(owner, NOW + 30_000, NOW, NOW + 1, 15).await.unwrap() })
+    };
+    let (a, b) = (claim("a"), claim("b"));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(a.len() + b.len(), 20, "every due attempt claimed once");
+    assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)), "no attempt claimed twice");
+    assert!(
+        store.claim_due_attempts("c", NOW + 30_000, NOW, NOW + 2, 50).await.unwrap().is_empty(),
+        "live leases hold"
+    );
+
+    // A check ends the lease; a crashed owner's lease expires; a stopping owner releases.
+    let checked = &a[0];
+    store.record_check(checked.id, NOW + 1, "still pending", false, NOW + 2).await.unwrap();
+    let retaken = store.claim_due_attempts("c", NOW + 60_000, NOW, NOW + 3, 50).await.unwrap();
+    assert_eq!(retaken.iter().map(|x| x.id).collect::<Vec<_>>(), [checked.id]);
+    assert_eq!(retaken[0].checks, 1);
+    let released = store.release_leases("b").await.unwrap() as usize;
+    assert_eq!(released, b.len());
+    assert_eq!(store.claim_due_attempts("d", NOW + 60_000, NOW, NOW + 4, 50).await.unwrap().len(), b.len());
+    let expired = store.claim_due_attempts("e", NOW + 90_000, NOW, NOW + 30_001, 50).await.unwrap();
+    assert_eq!(expired.len(), a.len() - 1, "a's expired leases are taken over");
+    // Settled attempts are never claimed.
+    store.settle(checked.id, &success("k-claimed"), "callback", NOW).await.unwrap();
+    assert!(
+        store
+            .claim_due_attempts("f", NOW + 200_000, NOW, NOW + 100_000, 50)
+            .await
+            .unwrap()
+            .iter()
+            .all(|x| x.id != checked.id)
+    );
+}
+
+async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Store>) {
+    let alice = BuyerId::parse("alice").unwrap();
+    let bob = BuyerId::parse("bob").unwrap();
+    let racers: Vec<_> = (0..10)
+        .map(|_| {
+            let (store, alice) = (store.clone(), alice.clone());
+            tokio::spawn(async move { store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - 1_000).await.unwrap() })
+        })
+        .collect();
+    let mut started = 0;
+    for racer in racers {
+        match racer.await.unwrap() {
+            IdempotencyStart::Started => started += 1,
+            other => assert_eq!(other, IdempotencyStart::InFlight),
+        }
+    }
+    assert_eq!(started, 1);
+    assert_eq!(store.begin_idempotent(&alice, "k1", "h2", NOW, NOW - 1_000).await.unwrap(), IdempotencyStart::Mismatch);
+    assert_eq!(
+        store.begin_idempotent(&bob, "k1", "h2", NOW, NOW - 1_000).await.unwrap(),
+        IdempotencyStart::Started,
+        "per buyer"
+    );
+    store.finish_idempotent(&alice, "k1", 202, b"{\"saved\":true}").await.unwrap();
+    assert_eq!(
+        store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - 1_000).await.unwrap(),
+        IdempotencyStart::Saved { status: 202, body: b"{\"saved\":true}".to_vec() }
+    );
+    assert_eq!(
+        store.begin_idempotent(&alice, "k1", "h1", NOW + 10, NOW + 5).await.unwrap(),
+        IdempotencyStart::Started,
+        "expired"
+    );
+    store.release_idempotent(&alice, "k1").await.unwrap();
+    assert_eq!(
+        store.begin_idempotent(&alice, "k1", "h9", NOW + 20, NOW).await.unwrap(),
+        IdempotencyStart::Started,
+        "released"
+    );
+}
+
+async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Store>) {
+    let first = create(&store, "alice", &[(1, 1)]).await;
+    let second = create(&store, "bob", &[(1, 1)]).await;
+    store.mark_pending(first.attempt_id, Some("shared-key"), NOW).await.unwrap();
+    assert!(matches!(
+        store.settle(second.attempt_id, &success("shared-key"), "callback", NOW).await,
+        Err(StoreError::KeyTaken(_))
+    ));
+    assert!(matches!(store.adopt_key(second.attempt_id, "shared-key", NOW).await, Err(StoreError::KeyTaken(_))));
+    let attempt = store.attempt_by_pg_order_id(&second.pg_order_id).await.unwrap().unwrap();
+    assert_eq!(attempt.status, PaymentStatus::Requested, "nothing changed");
+}
+
+async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Store>) {
+    assert_eq!(store.unsettled().await.unwrap(), (0, None));
+    let older = store.create_order(NewOrder { now_ms: NOW - 5_000, ..order("alice", &[(1, 1)]) }).await.unwrap();
+    let newer = create(&store, "alice", &[(2, 1)]).await;
+    assert_eq!(store.unsettled().await.unwrap(), (2, Some(NOW - 5_000)));
+    store.record_event(older.attempt_id, EventKind::DuplicateDelivery, "dup", NOW).await.unwrap();
+    assert_eq!(store.order(older.order_id).await.unwrap().unwrap().anomaly, None, "a duplicate is not an anomaly");
+    store.record_event(newer.attempt_id, EventKind::DoubleCharge, "second success", NOW).await.unwrap();
+    assert_eq!(store.order(newer.order_id).await.unwrap().unwrap().anomaly.as_deref(), Some("double_charge"));
+    assert_eq!(
+        store.events(newer.attempt_id).await.unwrap(),
+        [("double_charge".to_string(), "second success".to_string())]
+    );
+    store.record_check(older.attempt_id, NOW + 1_000, "pending at the PG", true, NOW).await.unwrap();
+    assert!(store.order(older.order_id).await.unwrap().unwrap().attempt.stuck);
+}
+
+async fn orders_are_listed_per_buyer_newest_first(store: Arc<dyn Store>) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(create(&store, "alice", &[(1, 1)]).await.order_id);
+    }
+    create(&store, "bob", &[(1, 1)]).await;
+    let alice = BuyerId::parse("alice").unwrap();
+    let page: Vec<i64> = store.orders_for_buyer(&alice, 0, 2).await.unwrap().iter().map(|o| o.order_id).collect();
+    assert_eq!(page, [ids[2], ids[1]]);
+    let rest: Vec<i64> = store.orders_for_buyer(&alice, 2, 2).await.unwrap().iter().map(|o| o.order_id).collect();
+    assert_eq!(rest, [ids[0]]);
+}
