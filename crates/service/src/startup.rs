@@ -30,6 +30,10 @@ pub enum StartupError {
     DatabaseUrl(String),
 }
 
+/// In-flight requests get this long after a shutdown signal: more than the PG client's
+/// total deadline, so a payment call in flight ends with a known outcome.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
@@ -113,13 +117,27 @@ impl Application {
     }
 
     /// Serves until `signal` completes, then stops taking requests, lets in-flight ones
-    /// finish, and stops the reconciler.
+    /// (and their PG calls) finish within `SHUTDOWN_GRACE`, stops the reconciler and
+    /// releases its leases.
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let reconciler = tokio::spawn(self.state.reconciler.clone().run(stop_rx.clone()));
         let sampler = tokio::spawn(self.state.activity.clone().run_sampler(stop_rx));
         tracing::info!(addr = %self.addr, "payguard service listening");
-        let served = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(signal).await;
+        let stopping = Arc::new(tokio::sync::Notify::new());
+        let notify = stopping.clone();
+        let serve = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(async move {
+            signal.await;
+            tracing::info!("shutting down: no new requests; finishing in-flight ones");
+            notify.notify_one();
+        });
+        let served = tokio::select! {
+            served = serve => served,
+            _ = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; stopping anyway");
+                Ok(())
+            }
+        };
         stop_tx.send_replace(true);
         let _ = reconciler.await;
         let _ = sampler.await;
