@@ -32,6 +32,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run the PG simulator alone: the reference PG's API plus fault injection.
     GatewaySim(Box<SimArgs>),
+    /// Drive checkouts under PG faults and audit that nothing was lost or doubled.
+    Chaos(crate::chaos::ChaosArgs),
 }
 
 /// Options of `payguard serve`. Every setting, these included, can also come from the
@@ -65,6 +67,7 @@ impl Cli {
     pub async fn run(self) -> Result<(), Box<dyn std::error::Error>> {
         match self.command {
             Command::Dev => crate::dev::run().await,
+            Command::Chaos(args) => crate::chaos::run(args).await,
             Command::Serve(args) => {
                 let mut settings = service::Settings::load(args.config.as_deref())?;
                 settings.gateway.base_url = args.gateway_url;

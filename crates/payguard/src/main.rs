@@ -1,5 +1,6 @@
 //! `payguard`: one binary for the shop service, the bundled PG simulator and tools.
 
+mod chaos;
 mod cli;
 mod dev;
 mod shutdown;

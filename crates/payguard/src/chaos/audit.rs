@@ -1,0 +1,290 @@
+//! After a run: waits for every payment to settle, then audits our database against
+//! the simulator's ledger and computes the run's figures.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+
+use super::drive::Driven;
+use super::profile::Profile;
+use super::stack::{Stack, metric_sum};
+
+const CARD: &str = "1234-5678-9814-1451";
+const CARD_DIGITS: &str = "1234567898141451";
+/// Seeded stock per product (crates/service/migrations).
+const INITIAL_STOCK: [(i64, i64); 5] = [(1, 1000), (2, 1000), (3, 500), (4, 1000), (5, 1000)];
+
+enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+/// Attempt rows, times in unix ms.
+struct AttemptRow {
+    order_id: i64,
+    pg_order_id: String,
+    status: String,
+    key: Option<String>,
+    settled_by: Option<String>,
+    finalized_at: Option<i64>,
+    anomaly: Option<String>,
+}
+
+impl Db {
+    async fn connect(url: &str) -> Result<Db, String> {
+        if url.starts_with("sqlite:") {
+            Ok(Db::Sqlite(sqlx::SqlitePool::connect(url).await.map_err(|e| e.to_string())?))
+        } else {
+            Ok(Db::Postgres(sqlx::PgPool::connect(url).await.map_err(|e| e.to_string())?))
+        }
+    }
+
+    async fn scalar(&self, sql: &'static str) -> Result<i64, String> {
+        match self {
+            Db::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+            Db::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    async fn attempts(&self) -> Result<Vec<AttemptRow>, String> {
+        const SQLITE: &str =
+            "SELECT a.order_id, a.pg_order_id, a.status, a.transaction_key, a.settled_by, a.finalized_at, o.anomaly
+                              FROM payment_attempts a JOIN orders o ON o.id = a.order_id";
+        const PG: &str = "SELECT a.order_id, a.pg_order_id, a.status, a.transaction_key, a.settled_by,
+                            (extract(epoch from a.finalized_at) * 1000)::bigint AS finalized_at, o.anomaly
+                          FROM payment_attempts a JOIN orders o ON o.id = a.order_id";
+        macro_rules! rows {
+            ($rows:expr) => {
+                $rows
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .map(|r| AttemptRow {
+                        order_id: r.get("order_id"),
+                        pg_order_id: r.get("pg_order_id"),
+                        status: r.get("status"),
+                        key: r.get("transaction_key"),
+                        settled_by: r.get("settled_by"),
+                        finalized_at: r.get("finalized_at"),
+                        anomaly: r.get("anomaly"),
+                    })
+                    .collect()
+            };
+        }
+        Ok(match self {
+            Db::Sqlite(p) => rows!(sqlx::query(SQLITE).fetch_all(p).await),
+            Db::Postgres(p) => rows!(sqlx::query(PG).fetch_all(p).await),
+        })
+    }
+
+    async fn stock(&self) -> Result<Vec<(i64, i64, i64, i64)>, String> {
+        const SQL: &str = "SELECT id, available, reserved, sold FROM products ORDER BY id";
+        match self {
+            Db::Sqlite(p) => sqlx::query_as(SQL).fetch_all(p).await,
+            Db::Postgres(p) => sqlx::query_as(SQL).fetch_all(p).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Each invariant and how many times it was broken.
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Violations {
+    pub not_final: usize,
+    pub status_differs_from_pg: usize,
+    pub pg_transaction_without_order: usize,
+    pub accepted_order_missing: usize,
+    pub double_success_not_flagged: usize,
+    pub stock_not_conserved: usize,
+    pub card_number_exposed: usize,
+}
+
+impl Violations {
+    pub fn total(&self) -> usize {
+        self.not_final
+            + self.status_differs_from_pg
+            + self.pg_transaction_without_order
+            + self.accepted_order_missing
+            + self.double_success_not_flagged
+            + self.stock_not_conserved
+            + self.card_number_exposed
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    pub checkouts: usize,
+    pub accepted: usize,
+    pub unavailable: usize,
+    pub no_answer: usize,
+    pub other: usize,
+    pub throughput_per_second: f64,
+    /// Checkout latency by outcome: (p50, p95, p99) in ms.
+    pub accepted_latency_ms: Option<(f64, f64, f64)>,
+    pub unavailable_latency_ms: Option<(f64, f64, f64)>,
+    /// 503s started while the breaker was open: (p50, p99) in ms.
+    pub fast_fail_ms: Option<(f64, f64)>,
+    /// Our final status after the PG's, settled by callback / by the reconciler: (p50, p99) in ms.
+    pub consistency_callback_ms: Option<(f64, f64)>,
+    pub consistency_reconciler_ms: Option<(f64, f64)>,
+    pub settled_by_callback: usize,
+    pub settled_by_reconciler: usize,
+    pub time_to_open_s: Option<f64>,
+    pub breaker_opens: usize,
+    pub retries_share_of_pg_requests: Option<f64>,
+    pub pg_requests: usize,
+    pub settle_wait_s: f64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Audit {
+    pub profile: Profile,
+    pub violations: Violations,
+    pub figures: Figures,
+}
+
+fn quantiles(mut values: Vec<f64>, ps: &[f64]) -> Option<Vec<f64>> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(ps.iter().map(|p| values[((values.len() - 1) as f64 * p).round() as usize]).collect())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1_000.0
+}
+
+pub async fn audit(
+    stack: &Stack,
+    profile: Profile,
+    driven: &Driven,
+    settle_timeout: Duration,
+) -> Result<Audit, String> {
+    let db = Db::connect(&stack.database_url).await?;
+    let waited = Instant::now();
+    let mut unsettled =
+        db.scalar("SELECT COUNT(*) FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')").await?;
+    while unsettled > 0 && waited.elapsed() < settle_timeout {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        unsettled = db.scalar("SELECT COUNT(*) FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')").await?;
+    }
+    let settle_wait_s = waited.elapsed().as_secs_f64();
+
+    let ledger =
+        stack.get_json(&format!("{}/sim/ledger", stack.pg)).await.ok_or("the simulator's ledger is unreachable")?;
+    let pg: Vec<&Value> = ledger["transactions"].as_array().ok_or("no ledger")?.iter().collect();
+    let mut pg_by_order: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for tx in &pg {
+        pg_by_order.entry(tx["orderId"].as_str().unwrap_or_default()).or_default().push(tx);
+    }
+    let attempts = db.attempts().await?;
+    let mut v = Violations { not_final: unsettled as usize, ..Violations::default() };
+    let mut consistency: HashMap<&str, Vec<f64>> = HashMap::new();
+    for a in &attempts {
+        let transactions = pg_by_order.get(a.pg_order_id.as_str()).cloned().unwrap_or_default();
+        match transactions.iter().find(|t| Some(t["transactionKey"].as_str().unwrap_or_default()) == a.key.as_deref()) {
+            Some(tx) => {
+                if tx["status"].as_str() != Some(a.status.as_str()) {
+                    v.status_differs_from_pg += 1;
+                }
+                let pg_final = tx["finalizedAt"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                if let (Some(pg_final), Some(ours), Some(by)) = (pg_final, a.finalized_at, a.settled_by.as_deref()) {
+                    let lag = (ours - pg_final.timestamp_millis()).max(0) as f64;
+                    consistency.entry(if by == "callback" { "callback" } else { "reconciler" }).or_default().push(lag);
+                }
+            }
+            // No transaction of ours at the PG: only right for an attempt the PG never got.
+            None if transactions.is_empty() && a.status == "FAILED" && a.key.is_none() => {}
+            None => v.status_differs_from_pg += 1,
+        }
+        let successes = transactions.iter().filter(|t| t["status"] == "SUCCESS").count();
+        if successes > 1 && a.anomaly.is_none() {
+            v.double_success_not_flagged += 1;
+        }
+    }
+    v.pg_transaction_without_order =
+        pg_by_order.keys().filter(|id| !attempts.iter().any(|a| a.pg_order_id == **id)).count();
+    let known: std::collections::HashSet<i64> = attempts.iter().map(|a| a.order_id).collect();
+    v.accepted_order_missing = driven
+        .checkouts
+        .iter()
+        .filter(|c| c.status == 202)
+        .filter(|c| c.order_id.is_none_or(|id| !known.contains(&id)))
+        .count();
+    let sold_expected = db
+        .scalar("SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i JOIN payment_attempts a ON a.order_id = i.order_id WHERE a.status = 'SUCCESS'")
+        .await?;
+    let stock = db.stock().await?;
+    v.stock_not_conserved = stock
+        .iter()
+        .zip(INITIAL_STOCK)
+        .filter(|((id, available, reserved, sold), (initial_id, initial))| {
+            id != initial_id || available + reserved + sold != *initial || (v.not_final == 0 && *reserved != 0)
+        })
+        .count()
+        + usize::from(stock.iter().map(|s| s.3).sum::<i64>() != sold_expected);
+    let mut scanned = stack.log_files();
+    if let Some(path) = stack.database_url.strip_prefix("sqlite://") {
+        scanned.extend(["", "-wal"].iter().map(|s| std::path::PathBuf::from(format!("{path}{s}"))));
+    }
+    v.card_number_exposed = scanned
+        .iter()
+        .filter(|p| !p.ends_with("sim.log")) // the PG itself holds card numbers
+        .filter_map(|p| std::fs::read(p).ok())
+        .filter(|bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            text.contains(CARD) || text.contains(CARD_DIGITS)
+        })
+        .count();
+
+    let c = &driven.checkouts;
+    let latencies = |status: u16| c.iter().filter(|x| x.status == status).map(|x| ms(x.latency)).collect::<Vec<_>>();
+    let three = |v: Vec<f64>| quantiles(v, &[0.5, 0.95, 0.99]).map(|q| (q[0], q[1], q[2]));
+    let two = |v: Vec<f64>| quantiles(v, &[0.5, 0.99]).map(|q| (q[0], q[1]));
+    let metrics = stack.metrics().await.unwrap_or_default();
+    let pg_requests = metric_sum(&metrics, "payguard_gateway_requests_total", &["request_payment"]);
+    let retries = metric_sum(&metrics, "payguard_gateway_retries_total", &["request_payment"]);
+    let state = stack.get_json(&format!("{}/ops/state", stack.shop)).await.unwrap_or(Value::Null);
+    let transitions = state["data"]["transitions"].as_array().cloned().unwrap_or_default();
+    let opened: Vec<chrono::DateTime<chrono::FixedOffset>> = transitions
+        .iter()
+        .filter(|t| t["breaker"] == "pg.payments" && t["to"] == "open" && t["from"] == "closed")
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t["at"].as_str()?).ok())
+        .collect();
+    let time_to_open_s = driven.outage_started.and_then(|start| {
+        opened
+            .iter()
+            .filter(|at| **at >= start)
+            .min()
+            .map(|at| (*at - start.fixed_offset()).num_milliseconds() as f64 / 1_000.0)
+    });
+    let figures = Figures {
+        checkouts: c.len(),
+        accepted: c.iter().filter(|x| x.status == 202).count(),
+        unavailable: c.iter().filter(|x| x.status == 503).count(),
+        no_answer: c.iter().filter(|x| x.status == 0).count(),
+        other: c.iter().filter(|x| ![0, 202, 503].contains(&x.status)).count(),
+        throughput_per_second: c.len() as f64 / driven.elapsed.as_secs_f64(),
+        accepted_latency_ms: three(latencies(202)),
+        unavailable_latency_ms: three(latencies(503)),
+        fast_fail_ms: two(c.iter().filter(|x| x.status == 503 && x.breaker_open).map(|x| ms(x.latency)).collect()),
+        consistency_callback_ms: two(consistency.get("callback").cloned().unwrap_or_default()),
+        consistency_reconciler_ms: two(consistency.get("reconciler").cloned().unwrap_or_default()),
+        settled_by_callback: consistency.get("callback").map_or(0, Vec::len),
+        settled_by_reconciler: consistency.get("reconciler").map_or(0, Vec::len),
+        time_to_open_s,
+        breaker_opens: opened.len(),
+        retries_share_of_pg_requests: (pg_requests > 0.0).then(|| retries / pg_requests),
+        pg_requests: pg_requests as usize,
+        settle_wait_s,
+        peak_rss_mb: driven.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+    };
+    Ok(Audit { profile, violations: v, figures })
+}

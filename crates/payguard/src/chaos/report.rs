@@ -1,0 +1,109 @@
+//! The results as tables: invariants (each must be 0) and figures per profile, and
+//! payguard against the naive client when both ran.
+
+use super::audit::Audit;
+
+fn q3(v: Option<(f64, f64, f64)>) -> String {
+    v.map_or("-".into(), |(a, b, c)| format!("{a:.1} / {b:.1} / {c:.1}"))
+}
+
+fn q2(v: Option<(f64, f64)>) -> String {
+    v.map_or("-".into(), |(a, b)| format!("{a:.1} / {b:.1}"))
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or("-".into(), |x| format!("{x:.2}{unit}"))
+}
+
+pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
+    println!("\n{command}\n");
+    println!("Invariants (violations; every one must be 0)\n");
+    println!(
+        "| profile | not final | status != PG | PG tx without order | 202 order missing | double success unflagged | stock | card number exposed |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for a in protected {
+        let v = &a.violations;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            a.profile.name(),
+            v.not_final,
+            v.status_differs_from_pg,
+            v.pg_transaction_without_order,
+            v.accepted_order_missing,
+            v.double_success_not_flagged,
+            v.stock_not_conserved,
+            v.card_number_exposed
+        );
+    }
+    println!("\nFigures (latencies in ms as p50 / p95 / p99, or p50 / p99)\n");
+    println!(
+        "| profile | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for a in protected {
+        row(a);
+    }
+    if !naive.is_empty() {
+        println!("\nWithout payguard's protections (breaker disabled, one attempt, 10 s timeouts)\n");
+        println!(
+            "| profile | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for a in naive {
+            row(a);
+        }
+        println!("\npayguard vs naive\n");
+        println!(
+            "| profile | accepted: payguard / naive | checkout p99 ms: payguard / naive (ratio) | invariant violations: payguard / naive |"
+        );
+        println!("|---|---|---|---|");
+        for (p, n) in protected.iter().zip(naive) {
+            let p99 = |a: &Audit| {
+                let mut all: Vec<f64> = [a.figures.accepted_latency_ms, a.figures.unavailable_latency_ms]
+                    .iter()
+                    .flatten()
+                    .map(|q| q.2)
+                    .collect();
+                all.sort_by(f64::total_cmp);
+                all.last().copied()
+            };
+            let ratio = match (p99(p), p99(n)) {
+                (Some(a), Some(b)) if a > 0.0 => format!("{a:.0} / {b:.0} ({:.1}x)", b / a),
+                (a, b) => format!("{} / {}", opt(a, ""), opt(b, "")),
+            };
+            println!(
+                "| {} | {} / {} | {ratio} | {} / {} |",
+                p.profile.name(),
+                p.figures.accepted,
+                n.figures.accepted,
+                p.violations.total(),
+                n.violations.total()
+            );
+        }
+    }
+    println!();
+}
+
+fn row(a: &Audit) {
+    let f = &a.figures;
+    println!(
+        "| {} | {} / {} / {} | {:.0} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} | {} |",
+        a.profile.name(),
+        f.accepted,
+        f.unavailable,
+        f.no_answer,
+        f.throughput_per_second,
+        q3(f.accepted_latency_ms),
+        q3(f.unavailable_latency_ms),
+        q2(f.fast_fail_ms),
+        q2(f.consistency_callback_ms),
+        f.settled_by_callback,
+        q2(f.consistency_reconciler_ms),
+        f.settled_by_reconciler,
+        opt(f.time_to_open_s, " s"),
+        f.breaker_opens,
+        f.retries_share_of_pg_requests.map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
+        opt(f.peak_rss_mb, " MB"),
+    );
+}

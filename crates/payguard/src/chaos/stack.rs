@@ -1,0 +1,217 @@
+//! The system under test: a simulator and a service as child processes of this binary,
+//! or already running ones. Knows how to change faults, kill and restart the service,
+//! and read what the service and the PG know.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+pub const ADMIN_TOKEN: &str = "chaos-harness-admin-token";
+
+/// How the service is configured for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protection {
+    /// payguard's defaults.
+    On,
+    /// What a client without payguard gets: breaker disabled, one attempt, 10 s timeouts.
+    Naive,
+}
+
+pub struct Stack {
+    pub shop: String,
+    pub pg: String,
+    pub database_url: String,
+    pub dir: PathBuf,
+    service: Option<Child>,
+    sim: Option<Child>,
+    service_args: Vec<String>,
+    service_env: Vec<(String, String)>,
+    restarts: usize,
+    http: reqwest::Client,
+}
+
+async fn free_port() -> std::io::Result<u16> {
+    Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
+}
+
+fn spawn(args: &[String], env: &[(String, String)], log: &Path) -> std::io::Result<Child> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(args).stdout(Stdio::null()).stderr(std::fs::File::create(log)?).kill_on_drop(true);
+    command.env("RUST_LOG", "info").env("PAYGUARD_LOG_FORMAT", "json");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn()
+}
+
+impl Stack {
+    /// Starts a fresh simulator and service (SQLite in `dir`, or `database_url`).
+    pub async fn start(
+        dir: &Path,
+        seed: u64,
+        reference_timing: bool,
+        protection: Protection,
+        database_url: Option<&str>,
+    ) -> Result<Stack, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let (pg_port, shop_port) =
+            (free_port().await.map_err(|e| e.to_string())?, free_port().await.map_err(|e| e.to_string())?);
+        let pg = format!("http://127.0.0.1:{pg_port}");
+        let shop = format!("http://127.0.0.1:{shop_port}");
+        let mut sim_args: Vec<String> =
+            ["gateway-sim", "--listen", &format!("127.0.0.1:{pg_port}"), "--seed", &seed.to_string()]
+                .map(String::from)
+                .to_vec();
+        if !reference_timing {
+            sim_args.extend(["--latency-ms", "0-5", "--processing-delay-ms", "0-50"].map(String::from));
+        }
+        let sim =
+            spawn(&sim_args, &[], &dir.join("sim.log")).map_err(|e| format!("cannot start the simulator: {e}"))?;
+        let database_url =
+            database_url.map(String::from).unwrap_or_else(|| format!("sqlite://{}", dir.join("shop.db").display()));
+        let service_args: Vec<String> =
+            ["serve", "--listen", &format!("127.0.0.1:{shop_port}"), "--gateway-url", &pg, "--public-url", &shop]
+                .map(String::from)
+                .to_vec();
+        let mut env: Vec<(String, String)> = vec![
+            ("PAYGUARD_DATABASE_URL".into(), database_url.clone()),
+            ("PAYGUARD_ADMIN__TOKEN".into(), ADMIN_TOKEN.into()),
+            ("PAYGUARD_CHECKOUT__RATE_LIMIT_BURST".into(), "1000000".into()),
+            ("PAYGUARD_CHECKOUT__RATE_LIMIT_PER_SECOND".into(), "1000000".into()),
+            ("PAYGUARD_RECONCILER__INTERVAL_MS".into(), "200".into()),
+        ];
+        if !reference_timing {
+            env.extend([
+                ("PAYGUARD_RECONCILER__GRACE_MS".into(), "500".into()),
+                ("PAYGUARD_RECONCILER__ACCEPTANCE_WINDOW_MS".into(), "6000".into()),
+                ("PAYGUARD_RECONCILER__BACKOFF_INITIAL_MS".into(), "200".into()),
+                ("PAYGUARD_RECONCILER__BACKOFF_MAX_MS".into(), "1000".into()),
+            ]);
+        }
+        if protection == Protection::Naive {
+            env.extend([
+                ("PAYGUARD_GATEWAY__RESILIENCE__RETRY__MAX_ATTEMPTS".into(), "1".into()),
+                ("PAYGUARD_GATEWAY__RESILIENCE__RESPONSE_TIMEOUT".into(), "10000".into()),
+                ("PAYGUARD_GATEWAY__RESILIENCE__DEADLINE".into(), "10000".into()),
+            ]);
+        }
+        let mut stack = Stack {
+            shop,
+            pg,
+            database_url,
+            dir: dir.to_path_buf(),
+            service: None,
+            sim: Some(sim),
+            service_args,
+            service_env: env,
+            restarts: 0,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().map_err(|e| e.to_string())?,
+        };
+        stack.wait_ready(&format!("{}/sim/faults", stack.pg)).await?;
+        stack.start_service().await?;
+        if protection == Protection::Naive {
+            for breaker in ["pg.payments", "pg.status"] {
+                stack.admin(&format!("/breakers/{breaker}/disable")).await?;
+            }
+        }
+        Ok(stack)
+    }
+
+    async fn start_service(&mut self) -> Result<(), String> {
+        let log = self.dir.join(format!("service-{}.log", self.restarts));
+        self.service = Some(
+            spawn(&self.service_args, &self.service_env, &log).map_err(|e| format!("cannot start the service: {e}"))?,
+        );
+        self.wait_ready(&format!("{}/readyz", self.shop)).await
+    }
+
+    async fn wait_ready(&self, url: &str) -> Result<(), String> {
+        for _ in 0..400 {
+            if self.http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(format!("{url} never became ready"))
+    }
+
+    /// SIGKILL, then start again on the same port and database.
+    pub async fn crash_and_restart(&mut self) -> Result<(), String> {
+        if let Some(mut service) = self.service.take() {
+            let _ = service.start_kill();
+            let _ = service.wait().await;
+        }
+        self.restarts += 1;
+        self.start_service().await
+    }
+
+    pub fn service_pid(&self) -> Option<u32> {
+        self.service.as_ref().and_then(|s| s.id())
+    }
+
+    pub async fn set_faults(&self, patch: &Value) -> Result<(), String> {
+        let response =
+            self.http.put(format!("{}/sim/faults", self.pg)).json(patch).send().await.map_err(|e| e.to_string())?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("faults refused: {}", response.text().await.unwrap_or_default()))
+        }
+    }
+
+    pub async fn admin(&self, path: &str) -> Result<Value, String> {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/admin{path}", self.shop))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("X-OPERATOR", "chaos-harness")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        response.json().await.map_err(|e| e.to_string())
+    }
+
+    pub async fn get_json(&self, url: &str) -> Option<Value> {
+        self.http.get(url).send().await.ok()?.json().await.ok()
+    }
+
+    pub async fn metrics(&self) -> Option<String> {
+        self.http.get(format!("{}/metrics", self.shop)).send().await.ok()?.text().await.ok()
+    }
+
+    /// Peak resident memory of the service process so far, in bytes.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.service_pid()?)).ok()?;
+        let kb: u64 = status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    pub async fn stop(mut self) {
+        for child in [self.service.take(), self.sim.take()].into_iter().flatten() {
+            if let Some(pid) = child.id() {
+                let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+            }
+            let mut child = child;
+            let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        }
+    }
+
+    pub fn log_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(&self.dir)
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The value of a sample line in a Prometheus exposition, summed over label sets that
+/// contain every one of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
