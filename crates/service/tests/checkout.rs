@@ -10,8 +10,10 @@ use serde_json::json;
 
 #[tokio::test]
 async fn accepted_payment_answers_202_pending_and_the_callback_makes_it_paid() {
+    // The PG decides a second later, so the 202 is answered before the callback lands.
+    let approve = OutcomeSplit { limit_exceeded: 0.0, invalid_card: 0.0 };
     let app =
-        spawn_app(Faults { outcome: OutcomeSplit { limit_exceeded: 0.0, invalid_card: 0.0 }, ..reliable() }).await;
+        spawn_app(Faults { outcome: approve, processing_delay_ms: MsRange::new(1_000, 1_000), ..reliable() }).await;
     let (status, body) = app.checkout("buyer-1", &[(1, 2), (2, 1)]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let order = &body["data"];

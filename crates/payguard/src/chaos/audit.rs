@@ -119,6 +119,8 @@ impl Violations {
 #[serde(rename_all = "camelCase")]
 pub struct Figures {
     pub checkouts: usize,
+    /// Orders whose payment ended SUCCESS: what the shop actually sold.
+    pub paid: usize,
     pub accepted: usize,
     pub unavailable: usize,
     pub no_answer: usize,
@@ -267,6 +269,7 @@ pub async fn audit(
     });
     let figures = Figures {
         checkouts: c.len(),
+        paid: attempts.iter().filter(|a| a.status == "SUCCESS").count(),
         accepted: c.iter().filter(|x| x.status == 202).count(),
         unavailable: c.iter().filter(|x| x.status == 503).count(),
         no_answer: c.iter().filter(|x| x.status == 0).count(),

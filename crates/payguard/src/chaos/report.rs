@@ -38,26 +38,26 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
     }
     println!("\nFigures (latencies in ms as p50 / p95 / p99, or p50 / p99)\n");
     println!(
-        "| profile | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
+        "| profile | paid | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for a in protected {
         row(a);
     }
     if !naive.is_empty() {
         println!("\nWithout payguard's protections (breaker disabled, one attempt, 10 s timeouts)\n");
         println!(
-            "| profile | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
+            "| profile | paid | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for a in naive {
             row(a);
         }
         println!("\npayguard vs naive\n");
         println!(
-            "| profile | accepted: payguard / naive | checkout p99 ms: payguard / naive (ratio) | invariant violations: payguard / naive |"
+            "| profile | paid: payguard / naive | 202 answers: payguard / naive | checkout p99 ms: payguard / naive (ratio) | violations: payguard / naive |"
         );
-        println!("|---|---|---|---|");
+        println!("|---|---|---|---|---|");
         for (p, n) in protected.iter().zip(naive) {
             let p99 = |a: &Audit| {
                 let mut all: Vec<f64> = [a.figures.accepted_latency_ms, a.figures.unavailable_latency_ms]
@@ -73,8 +73,10 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
                 (a, b) => format!("{} / {}", opt(a, ""), opt(b, "")),
             };
             println!(
-                "| {} | {} / {} | {ratio} | {} / {} |",
+                "| {} | {} / {} | {} / {} | {ratio} | {} / {} |",
                 p.profile.name(),
+                p.figures.paid,
+                n.figures.paid,
                 p.figures.accepted,
                 n.figures.accepted,
                 p.violations.total(),
@@ -88,8 +90,9 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
 fn row(a: &Audit) {
     let f = &a.figures;
     println!(
-        "| {} | {} / {} / {} | {:.0} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} | {} |",
+        "| {} | {} | {} / {} / {} | {:.0} | {} | {} | {} | {} ({}) | {} ({}) | {} | {} | {} | {} |",
         a.profile.name(),
+        f.paid,
         f.accepted,
         f.unavailable,
         f.no_answer,

@@ -267,6 +267,25 @@ pub fn pg_order_id(order_id: i64, attempt_no: i64) -> String {
     format!("ORD{order_id:06}-{attempt_no}")
 }
 
+/// A transaction key already recorded on another attempt (the UNIQUE constraint).
+pub(crate) fn key_taken(error: sqlx::Error, key: Option<&str>) -> StoreError {
+    match &error {
+        sqlx::Error::Database(e) if e.is_unique_violation() => {
+            StoreError::KeyTaken(key.unwrap_or_default().to_string())
+        }
+        _ => StoreError::Database(error),
+    }
+}
+
+/// The tables `row_counts` reports, with the query for each.
+pub(crate) const COUNTED_TABLES: [(&str, &str); 5] = [
+    ("orders", "SELECT COUNT(*) FROM orders"),
+    ("order_items", "SELECT COUNT(*) FROM order_items"),
+    ("payment_attempts", "SELECT COUNT(*) FROM payment_attempts"),
+    ("payment_events", "SELECT COUNT(*) FROM payment_events"),
+    ("idempotency_keys", "SELECT COUNT(*) FROM idempotency_keys"),
+];
+
 /// Parses a status column; a value outside the CHECK constraint means corruption.
 pub(crate) fn status_of(raw: &str) -> Result<PaymentStatus, StoreError> {
     PaymentStatus::parse(raw).ok_or_else(|| StoreError::Corrupt(format!("payment status '{raw}'")))

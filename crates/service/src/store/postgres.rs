@@ -12,7 +12,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use super::{
     Attempt, AttemptView, CreatedOrder, EventKind, IdempotencyStart, NewOrder, OrderItem, OrderRecord, Product,
-    StockLevels, Store, StoreError, Transition, pg_order_id, product_id, status_of,
+    StockLevels, Store, StoreError, Transition, key_taken, pg_order_id, product_id, status_of,
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
 
@@ -26,15 +26,6 @@ pub struct PoolSettings {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-}
-
-fn key_taken(error: sqlx::Error, key: Option<&str>) -> StoreError {
-    match &error {
-        sqlx::Error::Database(e) if e.is_unique_violation() => {
-            StoreError::KeyTaken(key.unwrap_or_default().to_string())
-        }
-        _ => StoreError::Database(error),
-    }
 }
 
 const ATTEMPT: &str = "id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, \
@@ -578,13 +569,7 @@ impl Store for PgStore {
 
     async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut counts = Vec::new();
-        for (table, sql) in [
-            ("orders", "SELECT COUNT(*) FROM orders"),
-            ("order_items", "SELECT COUNT(*) FROM order_items"),
-            ("payment_attempts", "SELECT COUNT(*) FROM payment_attempts"),
-            ("payment_events", "SELECT COUNT(*) FROM payment_events"),
-            ("idempotency_keys", "SELECT COUNT(*) FROM idempotency_keys"),
-        ] {
+        for (table, sql) in super::COUNTED_TABLES {
             counts.push((table.to_string(), sqlx::query_scalar(sql).fetch_one(&self.pool).await?));
         }
         Ok(counts)

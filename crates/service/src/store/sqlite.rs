@@ -13,19 +13,9 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     Attempt, AttemptView, CreatedOrder, EventKind, IdempotencyStart, NewOrder, OrderItem, OrderRecord, Product,
-    StockLevels, Store, StoreError, Transition, pg_order_id, product_id, status_of,
+    StockLevels, Store, StoreError, Transition, key_taken, pg_order_id, product_id, status_of,
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
-
-/// A transaction key already recorded on another attempt (the UNIQUE constraint).
-fn key_taken(error: sqlx::Error, key: Option<&str>) -> StoreError {
-    match &error {
-        sqlx::Error::Database(e) if e.is_unique_violation() => {
-            StoreError::KeyTaken(key.unwrap_or_default().to_string())
-        }
-        _ => StoreError::Database(error),
-    }
-}
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -501,13 +491,7 @@ impl Store for SqliteStore {
 
     async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut counts = Vec::new();
-        for (table, sql) in [
-            ("orders", "SELECT COUNT(*) FROM orders"),
-            ("order_items", "SELECT COUNT(*) FROM order_items"),
-            ("payment_attempts", "SELECT COUNT(*) FROM payment_attempts"),
-            ("payment_events", "SELECT COUNT(*) FROM payment_events"),
-            ("idempotency_keys", "SELECT COUNT(*) FROM idempotency_keys"),
-        ] {
+        for (table, sql) in super::COUNTED_TABLES {
             counts.push((table.to_string(), sqlx::query_scalar(sql).fetch_one(&self.pool).await?));
         }
         Ok(counts)
