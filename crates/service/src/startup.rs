@@ -13,7 +13,7 @@ use crate::app::callbacks::CallbackIntake;
 use crate::app::checkout::Checkout;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
-use crate::http::{AppState, router};
+use crate::http::{AppParts, AppState, router};
 use crate::metrics::Metrics;
 use crate::ops::{Activity, Tee};
 use crate::store::{PgStore, PoolSettings, SqliteStore, Store, StoreError};
@@ -78,7 +78,7 @@ impl Application {
         )?;
         metrics.watch_breakers(&gateway);
         activity.watch_breakers(&gateway);
-        let state = AppState {
+        let state = AppState::new(AppParts {
             store: store.clone(),
             checkout: Checkout::new(store.clone(), gateway.clone(), settings.callback_url(), metrics.clone()),
             callbacks: CallbackIntake::new(
@@ -95,7 +95,7 @@ impl Application {
             checkout_settings: settings.checkout.clone(),
             admin_token: settings.admin.token.as_deref().map(crate::http::admin::AdminToken::new),
             activity,
-        };
+        });
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         Ok(Application { listener, addr, state, gateway })
     }

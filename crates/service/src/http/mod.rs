@@ -27,8 +27,27 @@ use crate::store::Store;
 /// Bodies above this are refused before they are read.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// What every handler shares. axum clones the state into every route for every
+/// connection, so it is one `Arc`: a clone is a reference count, not a copy of the
+/// gateway clients (that cost ~180 KB per open connection; docs/benchmarks.md).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+pub struct AppParts {
     pub store: Arc<dyn Store>,
     pub checkout: Checkout,
     pub callbacks: CallbackIntake,
