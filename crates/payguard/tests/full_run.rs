@@ -3,45 +3,15 @@
 //! card number may appear in any log line or anywhere in the database files, every
 //! `serve` log line is JSON, and both processes exit cleanly.
 
-use std::path::Path;
-use std::process::Stdio;
+mod common;
+
 use std::time::Duration;
 
+use common::{free_port, start, terminate, wait_ready};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
 
 const CARD: &str = "1234-5678-9814-1451";
 const CARD_DIGITS: &str = "1234567898141451";
-
-async fn free_port() -> u16 {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
-}
-
-fn start(args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_payguard"));
-    command.args(args).env("RUST_LOG", "debug").stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
-    for (k, v) in envs {
-        command.env(k, v);
-    }
-    command.kill_on_drop(true).spawn().expect("payguard starts")
-}
-
-async fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let pid = child.id().expect("still running").to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-    assert!(killed.success());
-    tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits after SIGTERM").unwrap()
-}
-
-async fn wait_ready(url: &str) {
-    for _ in 0..200 {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{url} never became ready");
-}
 
 #[tokio::test]
 async fn a_full_run_never_logs_or_stores_a_card_number_and_shuts_down_cleanly() {
@@ -62,7 +32,7 @@ async fn a_full_run_never_logs_or_stores_a_card_number_and_shuts_down_cleanly() 
             "--callback-drop-rate",
             "0.3",
         ],
-        &[],
+        &[("RUST_LOG", "debug".into())],
         &dir.join("sim.log"),
     );
     wait_ready(&format!("{pg}/sim/faults")).await;
@@ -73,6 +43,7 @@ async fn a_full_run_never_logs_or_stores_a_card_number_and_shuts_down_cleanly() 
             ("PAYGUARD_RECONCILER__INTERVAL_MS", "100".into()),
             ("PAYGUARD_RECONCILER__GRACE_MS", "200".into()),
             ("PAYGUARD_CHECKOUT__RATE_LIMIT_BURST", "1000".into()),
+            ("RUST_LOG", "debug".into()),
         ],
         &dir.join("serve.log"),
     );

@@ -6,43 +6,15 @@
 //! Needs `PAYGUARD_TEST_DATABASE_URL` (a PostgreSQL server where it may create a
 //! database); without it the test prints why and returns, except under CI.
 
+mod common;
+
 use std::collections::HashMap;
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{free_port, signal, start, wait_ready};
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
-
-async fn free_port() -> u16 {
-    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
-}
-
-fn start(args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_payguard"));
-    command.args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
-    for (k, v) in envs {
-        command.env(k, v);
-    }
-    command.kill_on_drop(true).spawn().expect("payguard starts")
-}
-
-async fn wait_ready(url: &str) {
-    for _ in 0..400 {
-        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{url} never became ready");
-}
-
-async fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("running").to_string();
-    assert!(Command::new("kill").args([sig, &pid]).status().await.unwrap().success());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_one_killed_every_payment_settled_exactly_once() {

@@ -3,6 +3,11 @@
 
 use super::audit::Audit;
 
+/// The figures table's header and rule, shared by the payguard and naive tables.
+const FIGURES_HEADER: &str = "| profile | paid | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency \
+| fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens \
+| retries / PG requests | peak RSS |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
 fn q3(v: Option<(f64, f64, f64)>) -> String {
     v.map_or("-".into(), |(a, b, c)| format!("{a:.1} / {b:.1} / {c:.1}"))
 }
@@ -37,19 +42,13 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
         );
     }
     println!("\nFigures (latencies in ms as p50 / p95 / p99, or p50 / p99)\n");
-    println!(
-        "| profile | paid | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("{FIGURES_HEADER}");
     for a in protected {
         row(a);
     }
     if !naive.is_empty() {
         println!("\nWithout payguard's protections (breaker disabled, one attempt, 10 s timeouts)\n");
-        println!(
-            "| profile | paid | checkouts: 202 / 503 / no answer | checkouts/s | 202 latency | 503 latency | fast-fail while open | to consistency: callback (n) | reconciler (n) | time to open | breaker opens | retries / PG requests | peak RSS |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("{FIGURES_HEADER}");
         for a in naive {
             row(a);
         }

@@ -1,0 +1,45 @@
+//! Running the real `payguard` binary from tests.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+pub async fn free_port() -> u16 {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `payguard <args>` with stderr (its logs) in `log`; `RUST_LOG=info` unless `envs` says otherwise.
+pub fn start(args: &[&str], envs: &[(&str, String)], log: &Path) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_payguard"));
+    command.args(args).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(std::fs::File::create(log).unwrap());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.kill_on_drop(true).spawn().expect("payguard starts")
+}
+
+pub async fn wait_ready(url: &str) {
+    for _ in 0..400 {
+        if reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{url} never became ready");
+}
+
+/// Sends a signal (`-TERM`, `-KILL`) to a running child.
+pub async fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("running").to_string();
+    assert!(Command::new("kill").args([sig, &pid]).status().await.unwrap().success());
+}
+
+/// SIGTERM, then the exit status (bounded).
+pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    signal(child, "-TERM").await;
+    tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("exits after SIGTERM").unwrap()
+}
