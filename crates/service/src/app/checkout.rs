@@ -50,13 +50,6 @@ impl Checkout {
 
     pub async fn place(&self, request: CheckoutRequest) -> Result<Placed, CheckoutError> {
         let started = tokio::time::Instant::now();
-        let (result, label) = self.attempt(request).await;
-        self.metrics.checkout(label, started.elapsed());
-        result
-    }
-
-    /// The checkout and its metric label.
-    async fn attempt(&self, request: CheckoutRequest) -> (Result<Placed, CheckoutError>, &'static str) {
         let result = self.run(request).await;
         let label = match &result {
             Ok((_, label)) => label,
@@ -66,9 +59,11 @@ impl Checkout {
             Err(CheckoutError::Store(crate::store::StoreError::ProductNotFound(_))) => "product_not_found",
             Err(CheckoutError::Store(_)) => "error",
         };
-        (result.map(|(placed, _)| placed), label)
+        self.metrics.checkout(label, started.elapsed());
+        result.map(|(placed, _)| placed)
     }
 
+    /// The checkout, and its label for the checkout metrics.
     async fn run(&self, request: CheckoutRequest) -> Result<(Placed, &'static str), CheckoutError> {
         // 1. A cheap pre-check: with the breaker open nothing is written and nothing sent.
         let breaker = self.gateway.payment_breaker();

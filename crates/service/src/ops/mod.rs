@@ -41,6 +41,9 @@ struct OpsState {
 struct BreakerView {
     name: String,
     state: &'static str,
+    /// The circuit-open alert's rule, decided once by `alerting`.
+    #[serde(skip)]
+    alerting: bool,
     since_seconds: f64,
     failure_rate: f64,
     slow_call_rate: f64,
@@ -80,6 +83,7 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
             BreakerView {
                 name: s.name,
                 state: s.state.as_str(),
+                alerting: alerting(s.state),
                 since_seconds: s.since.elapsed().as_secs_f64(),
                 failure_rate: s.metrics.failure_rate,
                 slow_call_rate: s.metrics.slow_call_rate,
@@ -97,7 +101,7 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     let five_minutes = app.activity.traffic(Duration::from_secs(300));
     let mut alerts = Vec::new();
     for b in &breakers {
-        if matches!(b.state, "open" | "forced_open" | "half_open") {
+        if b.alerting {
             let effect = if b.name.ends_with(".payments") {
                 "new checkouts are refused"
             } else {

@@ -10,7 +10,7 @@ use gateway::wire::CardType;
 
 pub use self::postgres::{PgStore, PoolSettings};
 pub use self::sqlite::SqliteStore;
-use crate::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, ProductId, Settlement};
+use crate::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, Settlement};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -289,10 +289,6 @@ pub(crate) const COUNTED_TABLES: [(&str, &str); 5] = [
 /// Parses a status column; a value outside the CHECK constraint means corruption.
 pub(crate) fn status_of(raw: &str) -> Result<PaymentStatus, StoreError> {
     PaymentStatus::parse(raw).ok_or_else(|| StoreError::Corrupt(format!("payment status '{raw}'")))
-}
-
-pub(crate) fn product_id(id: ProductId) -> i64 {
-    id.0
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
     Attempt, AttemptView, CreatedOrder, EventKind, IdempotencyStart, NewOrder, OrderItem, OrderRecord, Product,
-    StockLevels, Store, StoreError, Transition, key_taken, pg_order_id, product_id, status_of,
+    StockLevels, Store, StoreError, Transition, key_taken, pg_order_id, status_of,
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
 
@@ -115,7 +115,7 @@ impl Store for SqliteStore {
         let mut total = Money::default();
         let mut priced = Vec::with_capacity(order.lines.len());
         for line in &order.lines {
-            let id = product_id(line.product_id);
+            let id = line.product_id.0;
             let row = sqlx::query("SELECT name, price, available FROM products WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
