@@ -25,7 +25,11 @@ pub struct Settings {
     pub database_max_connections: u32,
     /// How long a request waits for a pooled connection before failing.
     pub database_acquire_timeout_ms: u64,
+    /// The primary PG: every payment goes here while its payment breaker admits calls.
     pub gateway: GatewaySettings,
+    /// Further PGs, in priority order. A payment moves to the next one only when the
+    /// previous one surely did not receive it (see docs/resilience.md, "Failover").
+    pub failover_gateways: Vec<GatewaySettings>,
     pub reconciler: ReconcilerSettings,
     pub checkout: CheckoutSettings,
     pub admin: AdminSettings,
@@ -107,6 +111,7 @@ impl Default for Settings {
             database_max_connections: 10,
             database_acquire_timeout_ms: 5_000,
             gateway: GatewaySettings::default(),
+            failover_gateways: Vec::new(),
             reconciler: ReconcilerSettings::default(),
             checkout: CheckoutSettings::default(),
             admin: AdminSettings::default(),
@@ -129,13 +134,14 @@ impl Default for GatewaySettings {
 
 /// Top-level keys; other `PAYGUARD_*` variables (the CLI's own, the simulator's) are
 /// not settings of the service and are left alone.
-const KEYS: [&str; 9] = [
+const KEYS: [&str; 10] = [
     "listen",
     "public_url",
     "database_url",
     "database_max_connections",
     "database_acquire_timeout_ms",
     "gateway",
+    "failover_gateways",
     "reconciler",
     "checkout",
     "admin",
@@ -160,12 +166,27 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        for (name, url) in [("public_url", &self.public_url), ("gateway.base_url", &self.gateway.base_url)] {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("{name} must be an http(s) URL, got '{url}'"));
-            }
+        let http = |url: &str| url.starts_with("http://") || url.starts_with("https://");
+        if !http(&self.public_url) {
+            return Err(format!("public_url must be an http(s) URL, got '{}'", self.public_url));
         }
-        self.gateway.resilience.validate().map_err(|e| format!("gateway.resilience: {e}"))?;
+        let mut names = std::collections::HashSet::new();
+        for g in self.gateways() {
+            // The name is a URL path segment (its callback URL) and a metric label value.
+            let well_formed = !g.name.is_empty()
+                && g.name.len() <= 32
+                && g.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !well_formed {
+                return Err(format!("gateway name '{}' must be 1-32 of a-z, 0-9, '-', '_'", g.name));
+            }
+            if !names.insert(g.name.as_str()) {
+                return Err(format!("gateway name '{}' is used twice: each gateway needs its own", g.name));
+            }
+            if !http(&g.base_url) {
+                return Err(format!("gateway '{}': base_url must be an http(s) URL, got '{}'", g.name, g.base_url));
+            }
+            g.resilience.validate().map_err(|e| format!("gateway '{}' resilience: {e}", g.name))?;
+        }
         if self.checkout.rate_limit_per_second == 0 || self.checkout.rate_limit_burst == 0 {
             return Err("checkout.rate_limit_per_second and rate_limit_burst must be positive".into());
         }
@@ -178,8 +199,17 @@ impl Settings {
         Ok(())
     }
 
-    pub fn callback_url(&self) -> String {
-        format!("{}/api/v1/payments/callback", self.public_url.trim_end_matches('/'))
+    /// Every gateway in priority order: the primary, then the failover ones.
+    pub fn gateways(&self) -> impl Iterator<Item = &GatewaySettings> {
+        std::iter::once(&self.gateway).chain(&self.failover_gateways)
+    }
+
+    /// Where the named gateway posts its results. The primary keeps the original path,
+    /// so a one-gateway setup is unchanged; each failover gateway has its own path,
+    /// which tells whose callback it is.
+    pub fn callback_url(&self, gateway: &str) -> String {
+        let base = format!("{}/api/v1/payments/callback", self.public_url.trim_end_matches('/'));
+        if gateway == self.gateway.name { base } else { format!("{base}/{gateway}") }
     }
 }
 
@@ -193,7 +223,8 @@ mod tests {
     fn defaults_are_the_local_dev_setup() {
         let s = Settings::default();
         assert_eq!(s.validate(), Ok(()));
-        assert_eq!(s.callback_url(), "http://127.0.0.1:8080/api/v1/payments/callback");
+        assert_eq!(s.callback_url("pg"), "http://127.0.0.1:8080/api/v1/payments/callback");
+        assert_eq!(s.gateways().count(), 1, "one gateway unless more are configured");
         assert!(!format!("{s:?}").contains("secret\":"));
     }
 
@@ -228,6 +259,40 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn failover_gateways_come_in_priority_order_with_their_own_callback_paths() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "two.toml",
+                "[gateway]\nname = \"toss\"\n[[failover_gateways]]\nname = \"nice\"\nbase_url = \"http://127.0.0.1:8083\"\ncallback_secret = \"n1ce\"\n[failover_gateways.resilience.retry]\nmax_attempts = 2\n",
+            )?;
+            let s = Settings::load(Some(Path::new("two.toml"))).expect("loads");
+            let order: Vec<&str> = s.gateways().map(|g| g.name.as_str()).collect();
+            assert_eq!(order, ["toss", "nice"]);
+            assert_eq!(s.failover_gateways[0].resilience.retry.max_attempts, 2, "settings of its own");
+            assert_eq!(s.gateway.resilience.retry.max_attempts, 6, "the primary keeps the defaults");
+            assert_eq!(s.callback_url("toss"), "http://127.0.0.1:8080/api/v1/payments/callback");
+            assert_eq!(s.callback_url("nice"), "http://127.0.0.1:8080/api/v1/payments/callback/nice");
+            // Also as one environment variable (a list cannot be spelled key by key).
+            jail.set_env("PAYGUARD_FAILOVER_GATEWAYS", "[{name=\"env2\",base_url=\"http://10.0.0.2:8082\"}]");
+            let s = Settings::load(None).expect("loads from env");
+            assert_eq!(s.failover_gateways[0].base_url, "http://10.0.0.2:8082");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn gateway_names_are_unique_and_path_safe() {
+        let mut s = Settings::default();
+        s.failover_gateways.push(GatewaySettings::default());
+        assert!(s.validate().unwrap_err().contains("used twice"));
+        s.failover_gateways[0].name = "Second PG/2".into();
+        assert!(s.validate().unwrap_err().contains("must be 1-32"));
+        s.failover_gateways[0].name = "pg2".into();
+        s.failover_gateways[0].base_url = "tcp://x".into();
+        assert!(s.validate().unwrap_err().contains("base_url"));
     }
 
     #[test]

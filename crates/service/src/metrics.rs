@@ -1,7 +1,8 @@
 //! Prometheus metrics, one registry per app instance (tests run many apps in one
 //! process). Counters and histograms are updated where things happen; gauges that
 //! describe the present (breaker states, the pending backlog) are read at scrape time,
-//! so every scrape shows every breaker with exactly one state at 1.
+//! so every scrape shows every breaker with exactly one state at 1. Every gateway metric
+//! carries a `gateway` label (several PGs may be configured).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,34 +20,40 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationOutcome {
+    gateway: String,
     operation: &'static str,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationReason {
+    gateway: String,
     operation: &'static str,
     reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
+    gateway: String,
     operation: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BreakerState {
+    gateway: String,
     breaker: String,
     state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BreakerLabel {
+    gateway: String,
     breaker: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Transition {
+    gateway: String,
     breaker: String,
     from: &'static str,
     to: &'static str,
@@ -55,6 +62,12 @@ struct Transition {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Failover {
+    from: String,
+    to: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +100,7 @@ pub struct Metrics {
     breaker_slow_rate: Family<BreakerLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     transitions: Family<Transition, Counter>,
     checkouts: Family<ResultLabel, Counter>,
+    failovers: Family<Failover, Counter>,
     checkout_duration: HistogramFamily<ResultLabel>,
     settle_duration: HistogramFamily<SourceLabel>,
     callbacks: Family<ResultLabel, Counter>,
@@ -120,6 +134,7 @@ impl Metrics {
             breaker_slow_rate: Family::default(),
             transitions: Family::default(),
             checkouts: Family::default(),
+            failovers: Family::default(),
             checkout_duration: Family::new_with_constructor(latency),
             settle_duration: Family::new_with_constructor(settle_latency),
             callbacks: Family::default(),
@@ -166,6 +181,11 @@ impl Metrics {
         );
         r.register("payguard_circuit_breaker_transitions", "Breaker state changes", m.transitions.clone());
         r.register("payguard_checkouts", "Checkouts by result", m.checkouts.clone());
+        r.register(
+            "payguard_gateway_failovers",
+            "Payments moved to the next gateway after the previous one surely did not receive them",
+            m.failovers.clone(),
+        );
         r.register("payguard_checkout_duration_seconds", "Checkout latency by result", m.checkout_duration.clone());
         r.register(
             "payguard_payment_settle_duration_seconds",
@@ -193,14 +213,28 @@ impl Metrics {
     pub fn watch_breakers(self: &Arc<Self>, gateway: &GatewayClient) {
         for breaker in [gateway.payment_breaker(), gateway.status_breaker()] {
             let metrics = Arc::downgrade(self);
+            let gateway = gateway.name().to_string();
             breaker.subscribe(move |name, event| {
                 if let (Some(m), Event::StateTransition { from, to, .. }) = (metrics.upgrade(), event) {
-                    m.transitions
-                        .get_or_create(&Transition { breaker: name.to_string(), from: from.as_str(), to: to.as_str() })
-                        .inc();
+                    let labels = Transition {
+                        gateway: gateway.clone(),
+                        breaker: name.to_string(),
+                        from: from.as_str(),
+                        to: to.as_str(),
+                    };
+                    m.transitions.get_or_create(&labels).inc();
                 }
             });
         }
+    }
+
+    /// The observer for one gateway's client: its events carry the `gateway` label.
+    pub fn observer(self: &Arc<Self>, gateway: &str) -> Arc<dyn GatewayObserver> {
+        Arc::new(GatewayMetrics { gateway: gateway.to_string(), metrics: self.clone() })
+    }
+
+    pub fn failover(&self, from: &str, to: &str) {
+        self.failovers.get_or_create(&Failover { from: from.to_string(), to: to.to_string() }).inc();
     }
 
     pub fn checkout(&self, result: &'static str, elapsed: Duration) {
@@ -241,14 +275,19 @@ impl Metrics {
     }
 
     /// The text exposition, after refreshing the gauges that describe the present.
-    pub fn render(&self, breakers: &[&CircuitBreaker], pending: i64, oldest_pending_age: Duration) -> String {
-        for breaker in breakers {
+    /// `breakers` are (gateway name, breaker) pairs.
+    pub fn render(&self, breakers: &[(&str, &CircuitBreaker)], pending: i64, oldest_pending_age: Duration) -> String {
+        for (gateway, breaker) in breakers {
             let snapshot = breaker.snapshot();
             for state in State::ALL {
-                let labels = BreakerState { breaker: snapshot.name.clone(), state: state.as_str() };
+                let labels = BreakerState {
+                    gateway: gateway.to_string(),
+                    breaker: snapshot.name.clone(),
+                    state: state.as_str(),
+                };
                 self.breaker_state.get_or_create(&labels).set((state == snapshot.state) as i64);
             }
-            let label = BreakerLabel { breaker: snapshot.name.clone() };
+            let label = BreakerLabel { gateway: gateway.to_string(), breaker: snapshot.name.clone() };
             self.breaker_failure_rate.get_or_create(&label).set(snapshot.metrics.failure_rate);
             self.breaker_slow_rate.get_or_create(&label).set(snapshot.metrics.slow_call_rate);
         }
@@ -260,8 +299,22 @@ impl Metrics {
     }
 }
 
-impl GatewayObserver for Metrics {
+/// One gateway's view of the metrics (see `Metrics::observer`).
+struct GatewayMetrics {
+    gateway: String,
+    metrics: Arc<Metrics>,
+}
+
+impl GatewayObserver for GatewayMetrics {
     fn on_event(&self, event: &GatewayEvent) {
+        self.metrics.gateway_event(&self.gateway, event);
+    }
+}
+
+impl Metrics {
+    /// Counts what one gateway's client reported.
+    pub fn gateway_event(&self, gateway: &str, event: &GatewayEvent) {
+        let gateway = gateway.to_string();
         match event {
             GatewayEvent::Attempt { operation, outcome, elapsed } => {
                 let operation = operation.as_str();
@@ -269,21 +322,25 @@ impl GatewayObserver for Metrics {
                     "ok" => "success",
                     "rejected" | "not_found" => outcome,
                     reason => {
-                        self.failures.get_or_create(&OperationReason { operation, reason }).inc();
+                        let labels = OperationReason { gateway: gateway.clone(), operation, reason };
+                        self.failures.get_or_create(&labels).inc();
                         "failure"
                     }
                 };
-                self.requests.get_or_create(&OperationOutcome { operation, outcome: class }).inc();
-                self.durations.get_or_create(&OperationLabel { operation }).observe(elapsed.as_secs_f64());
+                let labels = OperationOutcome { gateway: gateway.clone(), operation, outcome: class };
+                self.requests.get_or_create(&labels).inc();
+                self.durations.get_or_create(&OperationLabel { gateway, operation }).observe(elapsed.as_secs_f64());
             }
             GatewayEvent::Refused { operation, reason } => {
-                self.refused.get_or_create(&OperationReason { operation: operation.as_str(), reason }).inc();
+                let labels = OperationReason { gateway, operation: operation.as_str(), reason };
+                self.refused.get_or_create(&labels).inc();
             }
             GatewayEvent::Retry { operation, .. } => {
-                self.retries.get_or_create(&OperationLabel { operation: operation.as_str() }).inc();
+                self.retries.get_or_create(&OperationLabel { gateway, operation: operation.as_str() }).inc();
             }
             GatewayEvent::RetryBudgetExhausted { operation } => {
-                self.budget_exhausted.get_or_create(&OperationLabel { operation: operation.as_str() }).inc();
+                let labels = OperationLabel { gateway, operation: operation.as_str() };
+                self.budget_exhausted.get_or_create(&labels).inc();
             }
             GatewayEvent::RetryDeadlineReached { .. } => {}
         }

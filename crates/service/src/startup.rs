@@ -1,4 +1,4 @@
-//! Assembles the application: database, gateway client, use cases, router, reconciler.
+//! Assembles the application: database, gateway clients, use cases, router, reconciler.
 //! Nothing else knows how the parts are wired.
 
 use std::net::SocketAddr;
@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use crate::app::callbacks::CallbackIntake;
 use crate::app::checkout::Checkout;
+use crate::app::gateways::{Gateway, Gateways};
 use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
 use crate::http::{AppParts, AppState, router};
@@ -38,7 +39,6 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
-    gateway: GatewayClient,
 }
 
 impl Application {
@@ -64,40 +64,50 @@ impl Application {
         } else {
             return Err(StartupError::DatabaseUrl(settings.database_url.clone()));
         };
-        let g = &settings.gateway;
         let metrics = Arc::new(Metrics::new());
-        let activity = Arc::new(Activity::default());
-        let gateway = GatewayClient::with_observer(
-            gateway::GatewaySettings {
-                name: g.name.clone(),
-                base_url: g.base_url.clone(),
-                merchant_id: g.merchant_id.clone(),
-            },
-            g.resilience.clone(),
-            Arc::new(Tee(vec![metrics.clone(), activity.clone()])),
-        )?;
-        metrics.watch_breakers(&gateway);
-        activity.watch_breakers(&gateway);
+        let mut gateways = Vec::new();
+        for g in settings.gateways() {
+            let activity = Arc::new(Activity::default());
+            let client = GatewayClient::with_observer(
+                gateway::GatewaySettings {
+                    name: g.name.clone(),
+                    base_url: g.base_url.clone(),
+                    merchant_id: g.merchant_id.clone(),
+                },
+                g.resilience.clone(),
+                Arc::new(Tee(vec![metrics.observer(&g.name), activity.clone()])),
+            )?;
+            metrics.watch_breakers(&client);
+            activity.watch_breakers(&client);
+            gateways.push(Gateway { client, callback_url: settings.callback_url(&g.name), activity });
+        }
+        let gateways = Gateways::new(gateways);
+        let callbacks = settings
+            .gateways()
+            .zip(gateways.all())
+            .map(|(g, gateway)| {
+                CallbackIntake::new(
+                    store.clone(),
+                    gateway.client.clone(),
+                    metrics.clone(),
+                    g.callback_secret.clone(),
+                    Duration::from_secs(g.callback_replay_window_secs),
+                )
+            })
+            .collect();
         let state = AppState::new(AppParts {
             store: store.clone(),
-            checkout: Checkout::new(store.clone(), gateway.clone(), settings.callback_url(), metrics.clone()),
-            callbacks: CallbackIntake::new(
-                store.clone(),
-                gateway.clone(),
-                metrics.clone(),
-                g.callback_secret.clone(),
-                Duration::from_secs(g.callback_replay_window_secs),
-            ),
-            reconciler: Reconciler::new(store, gateway.clone(), metrics.clone(), settings.reconciler.clone()),
-            gateway: gateway.clone(),
+            checkout: Checkout::new(store.clone(), gateways.clone(), metrics.clone()),
+            callbacks,
+            reconciler: Reconciler::new(store, gateways.clone(), metrics.clone(), settings.reconciler.clone()),
+            gateways: gateways.clone(),
             metrics,
             limiter: Arc::new(crate::http::buyer_limiter(&settings.checkout)),
             checkout_settings: settings.checkout.clone(),
             admin_token: settings.admin.token.as_deref().map(crate::http::admin::AdminToken::new),
-            activity,
         });
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
-        Ok(Application { listener, addr, state, gateway })
+        Ok(Application { listener, addr, state })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -112,8 +122,8 @@ impl Application {
         &self.state
     }
 
-    pub fn gateway(&self) -> &GatewayClient {
-        &self.gateway
+    pub fn gateways(&self) -> &Gateways {
+        &self.state.gateways
     }
 
     /// Serves until `signal` completes, then stops taking requests, lets in-flight ones
@@ -122,7 +132,9 @@ impl Application {
     pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let reconciler = tokio::spawn(self.state.reconciler.clone().run(stop_rx.clone()));
-        let sampler = tokio::spawn(self.state.activity.clone().run_sampler(stop_rx));
+        let samplers: Vec<_> = (self.state.gateways.all().iter())
+            .map(|g| tokio::spawn(g.activity.clone().run_sampler(stop_rx.clone())))
+            .collect();
         tracing::info!(addr = %self.addr, "payguard service listening");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let notify = stopping.clone();
@@ -140,7 +152,9 @@ impl Application {
         };
         stop_tx.send_replace(true);
         let _ = reconciler.await;
-        let _ = sampler.await;
+        for sampler in samplers {
+            let _ = sampler.await;
+        }
         served
     }
 }

@@ -36,21 +36,31 @@ async fn a_live_scrape_has_the_required_metrics_with_their_labels() {
     let text = scrape(&app).await;
 
     let ok =
-        sample(&text, r#"payguard_gateway_requests_total{operation="request_payment",outcome="success"}"#).unwrap();
+        sample(&text, r#"payguard_gateway_requests_total{gateway="pg",operation="request_payment",outcome="success"}"#)
+            .unwrap();
     let failed =
-        sample(&text, r#"payguard_gateway_requests_total{operation="request_payment",outcome="failure"}"#).unwrap();
+        sample(&text, r#"payguard_gateway_requests_total{gateway="pg",operation="request_payment",outcome="failure"}"#)
+            .unwrap();
     assert_eq!(ok, 10.0, "every checkout got through");
     assert!(failed >= 1.0, "the 50% failures were counted");
     assert_eq!(
-        sample(&text, r#"payguard_gateway_failures_total{operation="request_payment",reason="unavailable"}"#),
+        sample(
+            &text,
+            r#"payguard_gateway_failures_total{gateway="pg",operation="request_payment",reason="unavailable"}"#
+        ),
         Some(failed)
     );
     assert_eq!(ok + failed, app.pg_requests() as f64, "one count per PG request");
-    assert_eq!(sample(&text, r#"payguard_gateway_retries_total{operation="request_payment"}"#), Some(failed));
+    assert_eq!(
+        sample(&text, r#"payguard_gateway_retries_total{gateway="pg",operation="request_payment"}"#),
+        Some(failed)
+    );
     assert!(
-        text.contains(r#"payguard_gateway_request_duration_seconds_bucket{le="+Inf",operation="request_payment"}"#)
-            || text
-                .contains(r#"payguard_gateway_request_duration_seconds_bucket{operation="request_payment",le="+Inf"}"#),
+        text.contains(
+            r#"payguard_gateway_request_duration_seconds_bucket{le="+Inf",gateway="pg",operation="request_payment"}"#
+        ) || text.contains(
+            r#"payguard_gateway_request_duration_seconds_bucket{gateway="pg",operation="request_payment",le="+Inf"}"#
+        ),
         "{text}"
     );
     assert_eq!(sample(&text, r#"payguard_checkouts_total{result="accepted"}"#), Some(10.0));
@@ -65,8 +75,11 @@ async fn a_live_scrape_has_the_required_metrics_with_their_labels() {
             .map(|s| {
                 (
                     s.to_string(),
-                    sample(&text, &format!(r#"payguard_circuit_breaker_state{{breaker="{breaker}",state="{s}"}}"#))
-                        .unwrap(),
+                    sample(
+                        &text,
+                        &format!(r#"payguard_circuit_breaker_state{{gateway="pg",breaker="{breaker}",state="{s}"}}"#),
+                    )
+                    .unwrap(),
                 )
             })
             .collect();
@@ -86,14 +99,17 @@ async fn breaker_state_and_transitions_follow_the_breaker_at_every_scrape() {
     app.gateway.payment_breaker().force_open();
     let text = scrape(&app).await;
     assert_eq!(
-        sample(&text, r#"payguard_circuit_breaker_state{breaker="pg.payments",state="forced_open"}"#),
+        sample(&text, r#"payguard_circuit_breaker_state{gateway="pg",breaker="pg.payments",state="forced_open"}"#),
         Some(1.0)
     );
-    assert_eq!(sample(&text, r#"payguard_circuit_breaker_state{breaker="pg.payments",state="closed"}"#), Some(0.0));
+    assert_eq!(
+        sample(&text, r#"payguard_circuit_breaker_state{gateway="pg",breaker="pg.payments",state="closed"}"#),
+        Some(0.0)
+    );
     assert_eq!(
         sample(
             &text,
-            r#"payguard_circuit_breaker_transitions_total{breaker="pg.payments",from="closed",to="forced_open"}"#
+            r#"payguard_circuit_breaker_transitions_total{gateway="pg",breaker="pg.payments",from="closed",to="forced_open"}"#
         ),
         Some(1.0)
     );
@@ -103,11 +119,14 @@ async fn breaker_state_and_transitions_follow_the_breaker_at_every_scrape() {
     app.gateway.payment_breaker().reset();
     let text = scrape(&app).await;
     assert_eq!(
-        sample(&text, r#"payguard_circuit_breaker_state{breaker="pg.payments",state="forced_open"}"#),
+        sample(&text, r#"payguard_circuit_breaker_state{gateway="pg",breaker="pg.payments",state="forced_open"}"#),
         Some(0.0),
         "the old state is reset to 0"
     );
-    assert_eq!(sample(&text, r#"payguard_circuit_breaker_state{breaker="pg.payments",state="closed"}"#), Some(1.0));
+    assert_eq!(
+        sample(&text, r#"payguard_circuit_breaker_state{gateway="pg",breaker="pg.payments",state="closed"}"#),
+        Some(1.0)
+    );
     assert_eq!(sample(&text, r#"payguard_checkouts_total{result="gateway_unavailable"}"#), Some(1.0));
 }
 

@@ -186,7 +186,7 @@ async fn a_pg_outage_during_reconciliation_postpones_and_later_settles() {
     assert_eq!(order["data"]["status"], "PENDING", "nothing decided without the PG");
 
     app.gateway.status_breaker().force_open();
-    assert!(app.reconcile().await.paused, "an open status breaker pauses reconciliation");
+    assert_eq!(app.reconcile().await.paused, ["pg"], "an open status breaker pauses reconciliation");
     app.gateway.status_breaker().reset();
     app.sim.sim().set_faults(reliable()).unwrap();
     assert_eq!(app.reconcile().await.settled, 1);

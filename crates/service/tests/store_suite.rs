@@ -108,6 +108,7 @@ store_suite!(
     a_transaction_key_belongs_to_one_attempt,
     events_flag_anomalies_and_the_backlog_is_counted,
     orders_are_listed_per_buyer_newest_first,
+    only_a_requested_attempt_moves_to_another_gateway,
 );
 
 const NOW: i64 = 1_800_000_000_000;
@@ -240,33 +241,35 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Store>) {
     }
     let claim = |owner: &'static str| {
         let store = store.clone();
-        tokio::spawn(async move { store.claim_due_attempts(owner, NOW + 30_000, NOW, NOW + 1, 15).await.unwrap() })
+        tokio::spawn(
+            async move { store.claim_due_attempts("pg", owner, NOW + 30_000, NOW, NOW + 1, 15).await.unwrap() },
+        )
     };
     let (a, b) = (claim("a"), claim("b"));
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!(a.len() + b.len(), 20, "every due attempt claimed once");
     assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)), "no attempt claimed twice");
     assert!(
-        store.claim_due_attempts("c", NOW + 30_000, NOW, NOW + 2, 50).await.unwrap().is_empty(),
+        store.claim_due_attempts("pg", "c", NOW + 30_000, NOW, NOW + 2, 50).await.unwrap().is_empty(),
         "live leases hold"
     );
 
     // A check ends the lease; a crashed owner's lease expires; a stopping owner releases.
     let checked = &a[0];
     store.record_check(checked.id, NOW + 1, "still pending", false, NOW + 2).await.unwrap();
-    let retaken = store.claim_due_attempts("c", NOW + 60_000, NOW, NOW + 3, 50).await.unwrap();
+    let retaken = store.claim_due_attempts("pg", "c", NOW + 60_000, NOW, NOW + 3, 50).await.unwrap();
     assert_eq!(retaken.iter().map(|x| x.id).collect::<Vec<_>>(), [checked.id]);
     assert_eq!(retaken[0].checks, 1);
     let released = store.release_leases("b").await.unwrap() as usize;
     assert_eq!(released, b.len());
-    assert_eq!(store.claim_due_attempts("d", NOW + 60_000, NOW, NOW + 4, 50).await.unwrap().len(), b.len());
-    let expired = store.claim_due_attempts("e", NOW + 90_000, NOW, NOW + 30_001, 50).await.unwrap();
+    assert_eq!(store.claim_due_attempts("pg", "d", NOW + 60_000, NOW, NOW + 4, 50).await.unwrap().len(), b.len());
+    let expired = store.claim_due_attempts("pg", "e", NOW + 90_000, NOW, NOW + 30_001, 50).await.unwrap();
     assert_eq!(expired.len(), a.len() - 1, "a's expired leases are taken over");
     // Settled attempts are never claimed.
     store.settle(checked.id, &success("k-claimed"), "callback", NOW).await.unwrap();
     assert!(
         store
-            .claim_due_attempts("f", NOW + 200_000, NOW, NOW + 100_000, 50)
+            .claim_due_attempts("pg", "f", NOW + 200_000, NOW, NOW + 100_000, 50)
             .await
             .unwrap()
             .iter()
@@ -356,4 +359,33 @@ async fn orders_are_listed_per_buyer_newest_first(store: Arc<dyn Store>) {
     assert_eq!(page, [ids[2], ids[1]]);
     let rest: Vec<i64> = store.orders_for_buyer(&alice, 2, 2).await.unwrap().iter().map(|o| o.order_id).collect();
     assert_eq!(rest, [ids[0]]);
+}
+
+async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Store>) {
+    let moved = create(&store, "alice", &[(1, 1)]).await;
+    assert!(!store.reassign_gateway(moved.attempt_id, "other", "pg2", NOW).await.unwrap(), "only from its gateway");
+    assert!(store.reassign_gateway(moved.attempt_id, "pg", "pg2", NOW).await.unwrap());
+    let attempt = store.attempt_by_pg_order_id(&moved.pg_order_id).await.unwrap().unwrap();
+    assert_eq!(attempt.gateway, "pg2");
+    // Once the PG may have it (PENDING), it stays where it is.
+    store.mark_pending(moved.attempt_id, None, NOW).await.unwrap();
+    assert!(!store.reassign_gateway(moved.attempt_id, "pg2", "pg3", NOW).await.unwrap());
+    assert_eq!(store.attempt_by_pg_order_id(&moved.pg_order_id).await.unwrap().unwrap().gateway, "pg2");
+    // The reconciler claims per gateway.
+    let stays = create(&store, "alice", &[(1, 1)]).await;
+    let on_pg: Vec<i64> = store
+        .claim_due_attempts("pg", "a", NOW + 30_000, NOW, NOW + 1, 50)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    let on_pg2: Vec<i64> = store
+        .claim_due_attempts("pg2", "a", NOW + 30_000, NOW, NOW + 1, 50)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!((on_pg, on_pg2), (vec![stays.attempt_id], vec![moved.attempt_id]));
 }

@@ -3,7 +3,9 @@
 //! transaction is fetched back from the PG and the PG's answer is what counts. Amount
 //! and orderId must match our attempt either way. A signature is accepted once: a
 //! replay within the window is refused (per instance; with several instances a replay
-//! that reaches another one is still harmless, since settling is idempotent).
+//! that reaches another one is still harmless, since settling is idempotent). There is
+//! one intake per gateway, each with its own URL and secret; a gateway's callback about
+//! an attempt sent to another gateway is refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +27,8 @@ pub enum CallbackError {
     Unauthorized,
     #[error("no payment attempt has this transaction")]
     UnknownTransaction,
+    #[error("the payment was sent to gateway {attempt_gateway}, not to the one calling back")]
+    WrongGateway { attempt_gateway: String },
     #[error("the callback does not match our payment: {0}")]
     Mismatch(String),
     #[error("the PG could not confirm the callback now: {0}")]
@@ -63,6 +67,11 @@ impl CallbackIntake {
         }
     }
 
+    /// The gateway this intake hears from.
+    pub fn gateway(&self) -> &str {
+        self.gateway.name()
+    }
+
     pub async fn receive(&self, raw: &[u8], signature: Option<&str>) -> Result<Applied, CallbackError> {
         let body: TransactionDetail =
             serde_json::from_slice(raw).map_err(|e| CallbackError::Malformed(e.to_string()))?;
@@ -77,12 +86,22 @@ impl CallbackIntake {
             }
             None => self.fetch_back(&body).await?,
         };
-        let attempt = self
-            .store
-            .attempt_by_pg_order_id(&truth.order_id)
-            .await?
-            .filter(|a| a.gateway == self.gateway.name())
-            .ok_or(CallbackError::UnknownTransaction)?;
+        let attempt =
+            self.store.attempt_by_pg_order_id(&truth.order_id).await?.ok_or(CallbackError::UnknownTransaction)?;
+        if attempt.gateway != self.gateway.name() {
+            // A gateway speaks only for payments it was sent; settling another one's
+            // attempt on its word could mark an unpaid order paid.
+            let detail = format!(
+                "gateway {} called back about {} ({}), which was sent to {}",
+                self.gateway.name(),
+                attempt.pg_order_id,
+                body.transaction_key,
+                attempt.gateway
+            );
+            self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
+            tracing::warn!(attempt = attempt.id, "callback refused: {detail}");
+            return Err(CallbackError::WrongGateway { attempt_gateway: attempt.gateway });
+        }
         if body.amount != attempt.amount || truth.amount != attempt.amount || body.order_id != attempt.pg_order_id {
             let detail = format!(
                 "callback for {} says amount {} / orderId {}, ours is {} / {}",

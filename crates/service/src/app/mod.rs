@@ -3,6 +3,7 @@
 
 pub mod callbacks;
 pub mod checkout;
+pub mod gateways;
 pub mod reconciler;
 pub mod settlement;
 

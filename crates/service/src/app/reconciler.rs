@@ -1,13 +1,16 @@
 //! The reconciler: asks the PG about attempts left unsettled past a grace period (lost
 //! callback, unknown outcome, crash between the two checkout transactions) until each
-//! one matches the PG. It shares the gateway's breakers: while the status breaker is
-//! open it pauses instead of hammering a PG that is down.
+//! one matches the PG. Each attempt is checked at the gateway it was sent to, through
+//! that gateway's client: while a gateway's status breaker is open its attempts wait
+//! instead of hammering a PG that is down; the other gateways' attempts go on.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::wire::{OrderTransactions, TransactionStatus};
 use gateway::{GatewayClient, LookupOutcome};
+
+use super::gateways::Gateways;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -62,14 +65,14 @@ pub struct PassReport {
     pub not_received: usize,
     pub errors: usize,
     pub double_charges: usize,
-    /// True when the pass did not run because the status breaker is open.
-    pub paused: bool,
+    /// Gateways skipped by this pass because their status breaker is open.
+    pub paused: Vec<String>,
 }
 
 #[derive(Clone)]
 pub struct Reconciler {
     store: Arc<dyn Store>,
-    gateway: GatewayClient,
+    gateways: Gateways,
     settler: Settler,
     metrics: Arc<Metrics>,
     settings: ReconcilerSettings,
@@ -80,13 +83,13 @@ pub struct Reconciler {
 impl Reconciler {
     pub fn new(
         store: Arc<dyn Store>,
-        gateway: GatewayClient,
+        gateways: Gateways,
         metrics: Arc<Metrics>,
         settings: ReconcilerSettings,
     ) -> Reconciler {
         let settler = Settler::new(store.clone(), metrics.clone());
         let owner = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::random::<u32>());
-        Reconciler { store, gateway, settler, metrics, settings, owner }
+        Reconciler { store, gateways, settler, metrics, settings, owner }
     }
 
     /// Runs passes every interval until `shutdown` turns true.
@@ -119,20 +122,27 @@ impl Reconciler {
 
     pub async fn run_once(&self) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
-        if self.gateway.status_breaker().state().rejects_calls() {
-            report.paused = true;
-            return Ok(report);
+        for gateway in self.gateways.all() {
+            if gateway.client.status_breaker().state().rejects_calls() {
+                report.paused.push(gateway.name().to_string());
+                continue;
+            }
+            self.pass_over(&gateway.client, &mut report).await?;
         }
+        Ok(report)
+    }
+
+    async fn pass_over(&self, gateway: &GatewayClient, report: &mut PassReport) -> Result<(), StoreError> {
         let now = super::now_ms();
         let lease_until = now + self.settings.lease_ms as i64;
         let created_before = now - self.settings.grace_ms as i64;
         let due = self
             .store
-            .claim_due_attempts(&self.owner, lease_until, created_before, now, self.settings.batch_size)
+            .claim_due_attempts(gateway.name(), &self.owner, lease_until, created_before, now, self.settings.batch_size)
             .await?;
         for attempt in due {
             report.examined += 1;
-            let verdict = self.reconcile(&attempt).await;
+            let verdict = self.reconcile(gateway, &attempt).await;
             self.metrics.reconciliation(match &verdict {
                 Ok(Verdict::Settled) => "settled",
                 Ok(Verdict::NotReceived) => "not_received",
@@ -165,12 +175,12 @@ impl Reconciler {
                 }
             }
         }
-        Ok(report)
+        Ok(())
     }
 
-    async fn reconcile(&self, attempt: &Attempt) -> Result<Verdict, StoreError> {
+    async fn reconcile(&self, gateway: &GatewayClient, attempt: &Attempt) -> Result<Verdict, StoreError> {
         match &attempt.transaction_key {
-            Some(key) => match self.gateway.transaction(key).await {
+            Some(key) => match gateway.transaction(key).await {
                 LookupOutcome::Found(detail) => {
                     let observed = Observed {
                         transaction_key: detail.transaction_key,
@@ -184,7 +194,7 @@ impl Reconciler {
                 LookupOutcome::NotDelivered(why) => Ok(Verdict::Unreachable(why.to_string())),
                 LookupOutcome::Unknown(why) => Ok(Verdict::Unreachable(why.to_string())),
             },
-            None => match self.gateway.transactions_for_order(&attempt.pg_order_id).await {
+            None => match gateway.transactions_for_order(&attempt.pg_order_id).await {
                 LookupOutcome::Found(list) => self.adopt_one_of(attempt, list).await,
                 LookupOutcome::NotFound => self.not_found(attempt).await,
                 LookupOutcome::Rejected(r) => Ok(Verdict::Unreachable(r.reason)),

@@ -46,9 +46,11 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> 
 
 pub async fn breakers(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let list: Vec<_> = [state.gateway.payment_breaker(), state.gateway.status_breaker()]
-        .iter()
-        .map(|b| json!({"name": b.name(), "state": b.state().as_str()}))
+    let list: Vec<_> = state
+        .gateways
+        .breakers()
+        .into_iter()
+        .map(|(gateway, b)| json!({"name": b.name(), "gateway": gateway, "state": b.state().as_str()}))
         .collect();
     Ok(ok(StatusCode::OK, list))
 }
@@ -59,8 +61,11 @@ pub async fn breaker_action(
     Path((name, action)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let operator = authorize(&state, &headers)?;
-    let breaker = [state.gateway.payment_breaker(), state.gateway.status_breaker()]
+    let breaker = state
+        .gateways
+        .breakers()
         .into_iter()
+        .map(|(_, b)| b)
         .find(|b| b.name() == name)
         .ok_or_else(|| ApiError::invalid("breaker", format!("알 수 없는 서킷 브레이커입니다: {name}")))?;
     let before = breaker.state();

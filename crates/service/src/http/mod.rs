@@ -9,7 +9,7 @@ pub mod response;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use serde_json::json;
 use self::response::{ApiError, ok};
 use crate::app::callbacks::CallbackIntake;
 use crate::app::checkout::Checkout;
+use crate::app::gateways::Gateways;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::CheckoutSettings;
 use crate::metrics::Metrics;
@@ -50,14 +51,14 @@ impl std::ops::Deref for AppState {
 pub struct AppParts {
     pub store: Arc<dyn Store>,
     pub checkout: Checkout,
-    pub callbacks: CallbackIntake,
+    /// One per gateway, in the gateways' order (the primary first).
+    pub callbacks: Vec<CallbackIntake>,
     pub reconciler: Reconciler,
-    pub gateway: gateway::GatewayClient,
+    pub gateways: Gateways,
     pub metrics: Arc<Metrics>,
     pub checkout_settings: CheckoutSettings,
     pub limiter: Arc<BuyerLimiter>,
     pub admin_token: Option<admin::AdminToken>,
-    pub activity: Arc<crate::ops::Activity>,
 }
 
 /// Per-buyer checkout rate limit (a keyed token bucket).
@@ -74,7 +75,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/products", get(products))
         .route("/api/v1/orders", post(orders::checkout).get(orders::list))
         .route("/api/v1/orders/{order_id}", get(orders::detail))
-        .route("/api/v1/payments/callback", post(callback))
+        .route("/api/v1/payments/callback", post(primary_callback))
+        .route("/api/v1/payments/callback/{gateway}", post(callback))
         .route("/api/v1/admin/breakers", get(admin::breakers))
         .route("/api/v1/admin/breakers/{name}/{action}", post(admin::breaker_action))
         .route("/api/v1/admin/reconcile", post(admin::reconcile_now))
@@ -93,15 +95,28 @@ async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, state.store.products().await?))
 }
 
-async fn callback(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+/// The primary gateway's callbacks keep the original path.
+async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    let primary = state.gateways.primary().name().to_string();
+    callback(state, Path(primary), headers, body).await
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    Path(gateway): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     use crate::app::callbacks::CallbackError::*;
+    let intake = state.callbacks.iter().find(|c| c.gateway() == gateway).ok_or(ApiError::UnknownPath)?;
     let signature = headers.get(gateway::wire::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    let received = state.callbacks.receive(&body, signature).await;
+    let received = intake.receive(&body, signature).await;
     state.metrics.callback(match &received {
         Ok(applied) => applied.as_str(),
         Err(Malformed(_)) => "malformed",
         Err(Unauthorized) => "unauthorized",
         Err(UnknownTransaction) => "unknown_transaction",
+        Err(WrongGateway { .. }) => "wrong_gateway",
         Err(Mismatch(_)) => "mismatch",
         Err(Unverifiable(_)) => "unverifiable",
         Err(Store(_)) => "error",
@@ -112,7 +127,7 @@ async fn callback(State(state): State<AppState>, headers: HeaderMap, body: Bytes
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (pending, oldest) = state.store.unsettled().await?;
     let age = oldest.map_or(0, |t| (crate::app::now_ms() - t).max(0)) as u64;
-    let breakers = [state.gateway.payment_breaker(), state.gateway.status_breaker()];
+    let breakers = state.gateways.breakers();
     let body = state.metrics.render(&breakers, pending, std::time::Duration::from_millis(age));
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())

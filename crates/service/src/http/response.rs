@@ -130,6 +130,7 @@ impl IntoResponse for ApiError {
                     CallbackError::Malformed(_) => (StatusCode::BAD_REQUEST, "CALLBACK_MALFORMED"),
                     CallbackError::Unauthorized => (StatusCode::UNAUTHORIZED, "CALLBACK_UNAUTHORIZED"),
                     CallbackError::UnknownTransaction => (StatusCode::NOT_FOUND, "TRANSACTION_NOT_FOUND"),
+                    CallbackError::WrongGateway { .. } => (StatusCode::CONFLICT, "CALLBACK_WRONG_GATEWAY"),
                     CallbackError::Mismatch(_) => (StatusCode::BAD_REQUEST, "CALLBACK_MISMATCH"),
                     CallbackError::Unverifiable(_) => (StatusCode::SERVICE_UNAVAILABLE, "CALLBACK_UNVERIFIABLE"),
                     CallbackError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),

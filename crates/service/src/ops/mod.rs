@@ -1,7 +1,8 @@
-//! The live ops page (`/ops`) and its data (`/ops/state`): breaker states with their
-//! rates against thresholds, PG payment traffic and latency, the pending backlog, the
-//! last transitions with reasons, and the active alert conditions (the Prometheus
-//! rules' expressions, without their `for` delay). Assets are embedded: no network use.
+//! The live ops page (`/ops`) and its data (`/ops/state`): the gateways side by side
+//! (breaker states with their rates against thresholds, payment traffic and latency),
+//! the pending backlog, the last transitions with reasons, and the active alert
+//! conditions (the Prometheus rules' expressions, without their `for` delay). Assets
+//! are embedded: no network use.
 
 mod activity;
 
@@ -26,10 +27,10 @@ pub async fn page() -> Response {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct OpsState {
+    /// Every breaker of every gateway, the primary's first.
     breakers: Vec<BreakerView>,
-    traffic: activity::Traffic,
-    series: Vec<activity::Sample>,
-    latency: activity::Latency,
+    /// The gateways side by side, in priority order.
+    gateways: Vec<GatewayView>,
     pending: Pending,
     transitions: Vec<activity::TransitionRecord>,
     alerts: Vec<Alert>,
@@ -38,8 +39,22 @@ struct OpsState {
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
+struct GatewayView {
+    name: String,
+    /// "primary", or "failover 1", "failover 2", ...
+    role: String,
+    /// Its payment breaker admits new payments.
+    taking_payments: bool,
+    traffic: activity::Traffic,
+    series: Vec<activity::Sample>,
+    latency: activity::Latency,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct BreakerView {
     name: String,
+    gateway: String,
     state: &'static str,
     /// The circuit-open alert's rule, decided once by `alerting`.
     #[serde(skip)]
@@ -76,12 +91,15 @@ pub const ANOMALY_LOOKBACK: Duration = Duration::from_secs(15 * 60);
 pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     let (count, oldest) = app.store.unsettled().await?;
     let oldest_age_seconds = oldest.map_or(0.0, |t| (crate::app::now_ms() - t).max(0) as f64 / 1_000.0);
-    let breakers: Vec<BreakerView> = [app.gateway.payment_breaker(), app.gateway.status_breaker()]
+    let breakers: Vec<BreakerView> = app
+        .gateways
+        .breakers()
         .into_iter()
-        .map(|b| {
+        .map(|(gateway, b)| {
             let s = b.snapshot();
             BreakerView {
                 name: s.name,
+                gateway: gateway.to_string(),
                 state: s.state.as_str(),
                 alerting: alerting(s.state),
                 since_seconds: s.since.elapsed().as_secs_f64(),
@@ -97,15 +115,33 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
             }
         })
         .collect();
-    let traffic = app.activity.traffic(Duration::from_secs(60));
-    let five_minutes = app.activity.traffic(Duration::from_secs(300));
+    let gateways: Vec<GatewayView> = (app.gateways.all().iter().enumerate())
+        .map(|(i, g)| GatewayView {
+            name: g.name().to_string(),
+            role: if i == 0 { "primary".into() } else { format!("failover {i}") },
+            taking_payments: g.admits_payments(),
+            traffic: g.activity.traffic(Duration::from_secs(60)),
+            series: g.activity.series(),
+            latency: g.activity.latency(Duration::from_secs(60)),
+        })
+        .collect();
     let mut alerts = Vec::new();
+    if gateways.iter().all(|g| !g.taking_payments) {
+        alerts.push(Alert {
+            name: "AllPaymentGatewaysOpen",
+            severity: "critical",
+            detail: format!(
+                "the payment breaker of every gateway ({}) is open: no checkout can be taken",
+                gateways.iter().map(|g| g.name.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
     for b in &breakers {
         if b.alerting {
             let effect = if b.name.ends_with(".payments") {
-                "new checkouts are refused"
+                "new checkouts skip this gateway"
             } else {
-                "callbacks cannot be verified and reconciliation pauses"
+                "this gateway's callbacks cannot be verified and its reconciliation pauses"
             };
             alerts.push(Alert {
                 name: "PaymentGatewayCircuitOpen",
@@ -114,15 +150,19 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
             });
         }
     }
-    if five_minutes.total >= FAILURE_SHARE_MIN_REQUESTS && five_minutes.failure_share > FAILURE_SHARE_THRESHOLD {
-        alerts.push(Alert {
-            name: "PaymentGatewayFailureRateHigh",
-            severity: "warning",
-            detail: format!(
-                "{:.0}% of PG payment requests failed over 5 min (threshold 50%)",
-                five_minutes.failure_share * 100.0
-            ),
-        });
+    for g in app.gateways.all() {
+        let five_minutes = g.activity.traffic(Duration::from_secs(300));
+        if five_minutes.total >= FAILURE_SHARE_MIN_REQUESTS && five_minutes.failure_share > FAILURE_SHARE_THRESHOLD {
+            alerts.push(Alert {
+                name: "PaymentGatewayFailureRateHigh",
+                severity: "warning",
+                detail: format!(
+                    "{:.0}% of payment requests to {} failed over 5 min (threshold 50%)",
+                    five_minutes.failure_share * 100.0,
+                    g.name()
+                ),
+            });
+        }
     }
     if oldest_age_seconds > STUCK_PENDING_SECONDS {
         alerts.push(Alert {
@@ -138,13 +178,14 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
             detail: "a charge to refund was found in the last 15 min (see orders with an anomaly)".into(),
         });
     }
+    let mut transitions: Vec<_> = app.gateways.all().iter().flat_map(|g| g.activity.transitions()).collect();
+    // RFC 3339 times in UTC with fixed precision sort as text; newest first.
+    transitions.sort_by(|a, b| b.at.cmp(&a.at));
     let view = OpsState {
         breakers,
-        traffic,
-        series: app.activity.series(),
-        latency: app.activity.latency(Duration::from_secs(60)),
+        gateways,
         pending: Pending { count, oldest_age_seconds },
-        transitions: app.activity.transitions(),
+        transitions,
         alerts,
         admin_enabled: app.admin_token.is_some(),
     };

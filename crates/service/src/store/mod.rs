@@ -199,6 +199,11 @@ pub trait Store: Send + Sync + 'static {
     /// is removed and its stock released. Only a REQUESTED attempt can be rolled back.
     async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError>;
 
+    /// Hands a REQUESTED attempt of gateway `from` to gateway `to` (failover after the
+    /// first surely did not receive it). False when the attempt is no longer REQUESTED at
+    /// `from`: then it must not be sent anywhere else.
+    async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError>;
+
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError>;
 
     async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
@@ -206,11 +211,12 @@ pub trait Store: Send + Sync + 'static {
     /// A buyer's orders, newest first; `limit + 1` are read to tell whether more follow.
     async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError>;
 
-    /// Claims unsettled attempts created before `created_before_ms` whose next check is
-    /// due and that no live lease holds: each gets a lease for `owner` until
-    /// `lease_until_ms`. Concurrent claimers never get the same attempt.
+    /// Claims unsettled attempts of `gateway` created before `created_before_ms` whose
+    /// next check is due and that no live lease holds: each gets a lease for `owner`
+    /// until `lease_until_ms`. Concurrent claimers never get the same attempt.
     async fn claim_due_attempts(
         &self,
+        gateway: &str,
         owner: &str,
         lease_until_ms: i64,
         created_before_ms: i64,

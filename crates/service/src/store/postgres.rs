@@ -333,6 +333,21 @@ impl Store for PgStore {
         Ok(Transition::Applied)
     }
 
+    async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE payment_attempts SET gateway = $1, version = version + 1,
+               updated_at = to_timestamp($2::float8 / 1000)
+             WHERE id = $3 AND gateway = $4 AND status = 'REQUESTED'",
+        )
+        .bind(to)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!("SELECT {ATTEMPT} FROM payment_attempts WHERE pg_order_id = $1"));
         let row = sqlx::query(sql).bind(pg_order_id).fetch_optional(&self.pool).await?;
@@ -372,6 +387,7 @@ impl Store for PgStore {
 
     async fn claim_due_attempts(
         &self,
+        gateway: &str,
         owner: &str,
         lease_until_ms: i64,
         created_before_ms: i64,
@@ -382,7 +398,7 @@ impl Store for PgStore {
             "UPDATE payment_attempts SET lease_owner = $1, lease_until = to_timestamp($2::float8 / 1000)
              WHERE id IN (
                SELECT id FROM payment_attempts
-               WHERE status IN ('REQUESTED', 'PENDING')
+               WHERE gateway = $6 AND status IN ('REQUESTED', 'PENDING')
                  AND created_at <= to_timestamp($3::float8 / 1000)
                  AND next_check_at <= to_timestamp($4::float8 / 1000)
                  AND (lease_until IS NULL OR lease_until < to_timestamp($4::float8 / 1000))
@@ -396,6 +412,7 @@ impl Store for PgStore {
             .bind(created_before_ms)
             .bind(now_ms)
             .bind(limit)
+            .bind(gateway)
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(attempt).collect()

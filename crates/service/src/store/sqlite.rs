@@ -270,6 +270,20 @@ impl Store for SqliteStore {
         Ok(Transition::Applied)
     }
 
+    async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE payment_attempts SET gateway = ?, version = version + 1, updated_at = ?
+             WHERE id = ? AND gateway = ? AND status = 'REQUESTED'",
+        )
+        .bind(to)
+        .bind(now_ms)
+        .bind(attempt_id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError> {
         let sql =
             "SELECT id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks
@@ -308,6 +322,7 @@ impl Store for SqliteStore {
 
     async fn claim_due_attempts(
         &self,
+        gateway: &str,
         owner: &str,
         lease_until_ms: i64,
         created_before_ms: i64,
@@ -319,8 +334,8 @@ impl Store for SqliteStore {
             "UPDATE payment_attempts SET lease_owner = ?1, lease_until = ?2
              WHERE id IN (
                SELECT id FROM payment_attempts
-               WHERE status IN ('REQUESTED', 'PENDING') AND created_at <= ?3 AND next_check_at <= ?4
-                 AND (lease_until IS NULL OR lease_until < ?4)
+               WHERE gateway = ?6 AND status IN ('REQUESTED', 'PENDING') AND created_at <= ?3
+                 AND next_check_at <= ?4 AND (lease_until IS NULL OR lease_until < ?4)
                ORDER BY next_check_at LIMIT ?5)
              RETURNING id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks",
         )
@@ -329,6 +344,7 @@ impl Store for SqliteStore {
         .bind(created_before_ms)
         .bind(now_ms)
         .bind(limit)
+        .bind(gateway)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

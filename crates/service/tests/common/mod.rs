@@ -14,6 +14,7 @@ use gateway::config::RetryConfig;
 use gateway_sim::{Faults, RunningSim, SimConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use service::app::gateways::Gateways;
 use service::configuration::GatewaySettings;
 use service::http::AppState;
 use service::store::{StockLevels, Store};
@@ -21,10 +22,15 @@ use service::{Application, Settings};
 
 pub struct TestApp {
     pub url: String,
+    /// The primary gateway's simulator.
     pub sim: RunningSim,
+    /// The failover gateway's simulator (gateway `pg2`), when spawned with one.
+    pub secondary: Option<RunningSim>,
     pub state: AppState,
     pub store: Arc<dyn Store>,
+    /// The primary gateway's client.
     pub gateway: GatewayClient,
+    pub gateways: Gateways,
     pub http: reqwest::Client,
     pub db: PathBuf,
     /// Set on a second app over another's database: it must not delete the files.
@@ -56,8 +62,21 @@ pub fn sim_config() -> SimConfig {
 }
 
 pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_app_on(sim, None, tweak).await
+}
+
+/// The name of the failover gateway in `spawn_app_on`.
+pub const SECONDARY: &str = "pg2";
+
+/// Spawns the app on the primary simulator and, if given, a second one configured as
+/// the failover gateway `pg2` with the same test settings.
+pub async fn spawn_app_on(sim: SimConfig, secondary: Option<SimConfig>, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let sim = gateway_sim::spawn(sim).await.expect("simulator starts");
+    let secondary = match secondary {
+        Some(config) => Some(gateway_sim::spawn(config).await.expect("second simulator starts")),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let db = std::env::temp_dir().join(format!(
@@ -82,6 +101,15 @@ pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -
         ..r.retry.clone()
     };
     // Tests drive the reconciler by hand (`reconcile()`): the background loop sleeps.
+    if let Some(second) = &secondary {
+        let failover = GatewaySettings {
+            name: SECONDARY.into(),
+            base_url: second.base_url(),
+            resilience: settings.gateway.resilience.clone(),
+            ..GatewaySettings::default()
+        };
+        settings.failover_gateways.push(failover);
+    }
     settings.reconciler.interval_ms = 3_600_000;
     settings.reconciler.grace_ms = 0;
     settings.reconciler.acceptance_window_ms = 300;
@@ -95,14 +123,17 @@ pub async fn spawn_app_with(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -
     let db_is_shared = settings.database_url != format!("sqlite://{}", db.display());
     let app = Application::build_on(settings, listener).await.expect("app builds");
     let state = app.state().clone();
-    let gateway = app.gateway().clone();
+    let gateways = app.gateways().clone();
+    let gateway = gateways.primary().client.clone();
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         url: format!("http://{addr}"),
         store: state.store.clone(),
         state,
         gateway,
+        gateways,
         sim,
+        secondary,
         http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
         shares_db: db_is_shared,
         db,

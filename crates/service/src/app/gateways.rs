@@ -1,0 +1,62 @@
+//! The configured PGs in priority order. Each has its own client (and so its own
+//! breakers, bulkhead and retry budget), its own callback URL and its own activity
+//! record for the ops page. An attempt names its gateway; everything that talks to the
+//! PG about that attempt afterwards looks the gateway up here by that name.
+
+use std::sync::Arc;
+
+use gateway::GatewayClient;
+use gateway::breaker::CircuitBreaker;
+
+use crate::ops::Activity;
+
+pub struct Gateway {
+    pub client: GatewayClient,
+    /// Where this PG posts its results for us.
+    pub callback_url: String,
+    pub activity: Arc<Activity>,
+}
+
+impl Gateway {
+    pub fn name(&self) -> &str {
+        self.client.name()
+    }
+
+    /// Whether a new payment may go here now (its payment breaker admits calls).
+    pub fn admits_payments(&self) -> bool {
+        !self.client.payment_breaker().state().rejects_calls()
+    }
+}
+
+/// At least one gateway, the primary first. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateways(Arc<[Gateway]>);
+
+impl Gateways {
+    /// # Panics
+    /// With no gateway: configuration always has the primary.
+    pub fn new(list: Vec<Gateway>) -> Gateways {
+        assert!(!list.is_empty(), "at least the primary gateway");
+        Gateways(list.into())
+    }
+
+    pub fn primary(&self) -> &Gateway {
+        &self.0[0]
+    }
+
+    pub fn all(&self) -> &[Gateway] {
+        &self.0
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Gateway> {
+        self.0.iter().find(|g| g.name() == name)
+    }
+
+    /// Every breaker with its gateway's name: payments and status of each gateway.
+    pub fn breakers(&self) -> Vec<(&str, &CircuitBreaker)> {
+        self.0
+            .iter()
+            .flat_map(|g| [(g.name(), g.client.payment_breaker()), (g.name(), g.client.status_breaker())])
+            .collect()
+    }
+}
