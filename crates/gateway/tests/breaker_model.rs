@@ -124,7 +124,11 @@ proptest! {
                 Op::Call { failed, slow, gap_ms } => {
                     now_ms += gap_ms;
                     let now = t0 + Duration::from_millis(now_ms);
+                    // Asking without acquiring agrees with acquiring, and changes nothing.
+                    let would = core.would_admit(now);
+                    prop_assert_eq!(core.would_admit(now), would);
                     let (granted, _) = core.try_acquire(now);
+                    prop_assert_eq!(granted.is_ok(), would, "would_admit at {} ms", now_ms);
                     prop_assert_eq!(granted.is_ok(), model.acquire(now_ms), "permission at {} ms", now_ms);
                     if let Ok(grant) = granted {
                         let elapsed = Duration::from_millis(if slow { SLOW_MS + 1 } else { 1 });

@@ -329,6 +329,11 @@ async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Store>) {
     assert!(matches!(store.adopt_key(second.attempt_id, "shared-key", NOW).await, Err(StoreError::KeyTaken(_))));
     let attempt = store.attempt_by_pg_order_id(&second.pg_order_id).await.unwrap().unwrap();
     assert_eq!(attempt.status, PaymentStatus::Requested, "nothing changed");
+    // Keys are unique per PG: another gateway may hand out the same one.
+    let elsewhere = store.create_order(NewOrder { gateway: "pg2".into(), ..order("carol", &[(1, 1)]) }).await.unwrap();
+    store.mark_pending(elsewhere.attempt_id, Some("shared-key"), NOW).await.unwrap();
+    let attempt = store.attempt_by_pg_order_id(&elsewhere.pg_order_id).await.unwrap().unwrap();
+    assert_eq!((attempt.status, attempt.transaction_key.as_deref()), (PaymentStatus::Pending, Some("shared-key")));
 }
 
 async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Store>) {

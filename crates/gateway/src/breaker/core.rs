@@ -225,6 +225,18 @@ impl Core {
         }
     }
 
+    /// Whether `try_acquire` at `now` would grant a call, without taking a permit or
+    /// moving state: an OPEN breaker past its wait would go HALF_OPEN and admit a probe,
+    /// automatic transition or not.
+    pub fn would_admit(&self, now: Instant) -> bool {
+        match &self.phase {
+            Phase::Closed { .. } | Phase::Disabled => true,
+            Phase::HalfOpen { permits_left, .. } => *permits_left > 0,
+            Phase::Open { retry_at, .. } => now > *retry_at,
+            Phase::ForcedOpen => false,
+        }
+    }
+
     pub fn try_acquire(&mut self, now: Instant) -> (Result<Grant, ()>, Effects) {
         let mut fx = Effects::default();
         if let Phase::Open { retry_at, .. } = self.phase

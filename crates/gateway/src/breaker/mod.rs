@@ -79,6 +79,13 @@ impl CircuitBreaker {
         self.core().state()
     }
 
+    /// Whether a call asked for now would be admitted; takes no permit. Callers that
+    /// choose between breakers use it: reading `state()` instead would leave an OPEN
+    /// breaker without automatic transition skipped forever.
+    pub fn admits_calls(&self) -> bool {
+        self.core().would_admit(Instant::now())
+    }
+
     /// Reading the metrics also ages a time window.
     pub fn metrics(&self) -> Metrics {
         self.core().metrics(Instant::now())

@@ -22,9 +22,10 @@ impl Gateway {
         self.client.name()
     }
 
-    /// Whether a new payment may go here now (its payment breaker admits calls).
+    /// Whether a new payment may go here now: its payment breaker would admit the call
+    /// (an OPEN breaker whose wait is over admits a half-open probe).
     pub fn admits_payments(&self) -> bool {
-        !self.client.payment_breaker().state().rejects_calls()
+        self.client.payment_breaker().admits_calls()
     }
 }
 

@@ -123,7 +123,7 @@ impl Reconciler {
     pub async fn run_once(&self) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
         for gateway in self.gateways.all() {
-            if gateway.client.status_breaker().state().rejects_calls() {
+            if !gateway.client.status_breaker().admits_calls() {
                 report.paused.push(gateway.name().to_string());
                 continue;
             }
