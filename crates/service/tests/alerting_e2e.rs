@@ -76,9 +76,11 @@ async fn circuit_open_alert_fires_reaches_the_webhook_and_resolves() {
     let dir = std::env::temp_dir().join(format!("payguard-e2e-{}-{}", std::process::id(), free_port().await));
     std::fs::create_dir_all(&dir).unwrap();
 
-    // The shop, with a reconciler that runs, against the reference PG minus its delays.
+    // The shop, with a reconciler that runs, against the reference PG minus its delays,
+    // and a second such PG to fail over to (so the failover panels have data too).
+    let pg = || gateway_sim::SimConfig { faults: Faults::instant(), ..sim_config() };
     let app = Arc::new(
-        spawn_app_with(gateway_sim::SimConfig { faults: Faults::instant(), ..sim_config() }, |s| {
+        spawn_app_on(pg(), Some(pg()), |s| {
             s.reconciler.interval_ms = 500;
             s.reconciler.grace_ms = 1_000;
             s.gateway.resilience.payment_breaker.wait_in_open = Duration::from_secs(2);
@@ -171,6 +173,7 @@ async fn circuit_open_alert_fires_reaches_the_webhook_and_resolves() {
     })
     .await;
     assert_eq!(firing["labels"]["breaker"], "pg.payments");
+    assert_eq!(firing["labels"]["gateway"], "pg");
     assert_eq!(firing["labels"]["severity"], "critical");
 
     let notified = eventually("the webhook receives the firing alert", async || {
@@ -191,7 +194,8 @@ async fn circuit_open_alert_fires_reaches_the_webhook_and_resolves() {
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "1m");
+            // Grafana's own variables, as Grafana fills them (`$gateway`: All).
+            let expr = target["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$gateway", ".*");
             let answer = query(&prometheus, &expr).await;
             assert_eq!(answer["status"], "success", "panel '{}': {expr}: {answer}", panel["title"]);
             let empty = answer["data"]["result"].as_array().is_none_or(|r| r.is_empty());

@@ -1,8 +1,9 @@
 //! The ops page in a real browser (Debian's chromium, headless, driven over WebDriver
 //! by chromedriver): it shows CLOSED, then OPEN with a reason when the PG goes down,
 //! then HALF_OPEN and CLOSED when it is back, all without a reload; an operator control
-//! is refused without the token and works with it. It saves a screenshot; with
-//! PAYGUARD_UPDATE_SCREENSHOT=1 into docs/ops-page.png for the README.
+//! is refused without the token and works with it. Two gateways run, so the page shows
+//! the primary skipped and the secondary taking payments side by side. It saves a
+//! screenshot; with PAYGUARD_UPDATE_SCREENSHOT=1 into docs/ops-page.png for the README.
 //!
 //! Needs `chromium` and `chromium-driver`; without them the test prints why and returns,
 //! except under CI, where it fails.
@@ -119,18 +120,16 @@ async fn the_ops_page_follows_an_outage_live_and_guards_its_controls() {
         eprintln!("SKIPPED: chromium or chromedriver not installed (apt-get install chromium chromium-driver)");
         return;
     };
+    let pg = || gateway_sim::SimConfig {
+        faults: Faults { request_latency_ms: MsRange::new(5, 20), ..Faults::instant() },
+        ..sim_config()
+    };
     let app = Arc::new(
-        spawn_app_with(
-            gateway_sim::SimConfig {
-                faults: Faults { request_latency_ms: MsRange::new(5, 20), ..Faults::instant() },
-                ..sim_config()
-            },
-            |s| {
-                s.admin.token = Some(TOKEN.into());
-                s.gateway.resilience.payment_breaker.wait_in_open = Duration::from_secs(2);
-                s.gateway.resilience.payment_breaker.permitted_calls_in_half_open = 10;
-            },
-        )
+        spawn_app_on(pg(), Some(pg()), |s| {
+            s.admin.token = Some(TOKEN.into());
+            s.gateway.resilience.payment_breaker.wait_in_open = Duration::from_secs(2);
+            s.gateway.resilience.payment_breaker.permitted_calls_in_half_open = 10;
+        })
         .await,
     );
     let traffic = {
@@ -167,6 +166,13 @@ async fn the_ops_page_follows_an_outage_live_and_guards_its_controls() {
         browser.text(r#"[data-alert="PaymentGatewayCircuitOpen"]"#).await.contains("pg.payments"),
         "the alert condition is shown"
     );
+    // Side by side: the primary is skipped, the secondary takes the payments.
+    browser.wait_text(r#"[data-gateway="pg2"] [data-field="taking"]"#, "pg2 taking", |t| t == "TAKING PAYMENTS").await;
+    browser
+        .wait_text(r#"[data-gateway="pg2"] [data-field="ok-rate"]"#, "pg2 accepting", |t| {
+            t.parse::<f64>().is_ok_and(|rate| rate > 0.0)
+        })
+        .await;
     let shot = browser.screenshot().await;
     assert_eq!(&shot[..8], b"\x89PNG\r\n\x1a\n");
     let shot_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/ops-page.png");
@@ -214,6 +220,9 @@ async fn the_page_and_its_data_need_no_token_and_no_network() {
     let (status, state) = app.get("/ops/state", None).await;
     assert_eq!(status, reqwest::StatusCode::OK);
     assert_eq!(state["data"]["breakers"][0]["name"], "pg.payments");
+    assert_eq!(state["data"]["gateways"][0]["name"], "pg");
+    assert_eq!(state["data"]["gateways"][0]["role"], "primary");
+    assert_eq!(state["data"]["gateways"][0]["takingPayments"], true);
     assert_eq!(state["data"]["breakers"][0]["state"], "closed");
     assert_eq!(state["data"]["adminEnabled"], false);
     assert_eq!(state["data"]["alerts"], json!([]));
