@@ -26,8 +26,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run everything locally: the service on 127.0.0.1:8080 (SQLite ./payguard-dev.db)
-    /// and the bundled PG simulator on 127.0.0.1:8082.
-    Dev,
+    /// and the bundled PG simulator on 127.0.0.1:8082 (with `--gateways 2`, a second one
+    /// on 8083 that payments fail over to).
+    Dev(crate::dev::DevArgs),
     /// Run the service in production mode against a real PG.
     Serve(ServeArgs),
     /// Run the PG simulator alone: the reference PG's API plus fault injection.
@@ -59,14 +60,14 @@ struct ServeArgs {
 impl Cli {
     pub fn log_format(&self) -> LogFormat {
         self.log_format.unwrap_or(match self.command {
-            Command::Dev => LogFormat::Pretty,
+            Command::Dev(_) => LogFormat::Pretty,
             _ => LogFormat::Json,
         })
     }
 
     pub async fn run(self) -> Result<(), Box<dyn std::error::Error>> {
         match self.command {
-            Command::Dev => crate::dev::run().await,
+            Command::Dev(args) => crate::dev::run(args).await,
             Command::Chaos(args) => crate::chaos::run(args).await,
             Command::Serve(args) => {
                 let mut settings = service::Settings::load(args.config.as_deref())?;

@@ -1,11 +1,34 @@
 //! `payguard dev`: the whole thing on one machine, the service and the bundled PG
-//! simulator, with the addresses and a first request printed.
+//! simulator (or several, one per gateway), with the addresses and a first request printed.
 
-use gateway_sim::SimConfig;
+use gateway_sim::{RunningSim, SimConfig};
+use service::configuration::GatewaySettings;
 use service::{Application, Settings};
 
-pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let sim = gateway_sim::spawn(SimConfig::default()).await?;
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// How many bundled PG simulators, each a gateway in priority order: `pg` on 8082,
+    /// `pg2` on 8083, ... Payments go to the first whose breaker admits them.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=4))]
+    gateways: u16,
+}
+
+/// The dev gateways: simulators on 8082, 8083, ..., named pg, pg2, ...
+async fn start_gateways(count: u16) -> Result<Vec<(GatewaySettings, RunningSim)>, Box<dyn std::error::Error>> {
+    let mut gateways = Vec::new();
+    for i in 0..count {
+        let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 8082 + i));
+        let sim = gateway_sim::spawn(SimConfig { listen, ..SimConfig::default() })
+            .await
+            .map_err(|e| format!("cannot start the PG simulator on {listen}: {e}"))?;
+        let name = if i == 0 { "pg".to_string() } else { format!("pg{}", i + 1) };
+        gateways.push((GatewaySettings { name, base_url: sim.base_url(), ..GatewaySettings::default() }, sim));
+    }
+    Ok(gateways)
+}
+
+pub async fn run(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let mut gateways = start_gateways(args.gateways).await?;
     // A fresh admin token each run, so the ops page's controls can be tried at once.
     let token: String = {
         use rand::Rng;
@@ -13,7 +36,8 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         (0..24).map(|_| char::from(b"abcdefghijkmnpqrstuvwxyz23456789"[rng.random_range(0..32)])).collect()
     };
     let settings = Settings {
-        gateway: service::configuration::GatewaySettings { base_url: sim.base_url(), ..Default::default() },
+        gateway: gateways[0].0.clone(),
+        failover_gateways: gateways[1..].iter().map(|(g, _)| g.clone()).collect(),
         admin: service::configuration::AdminSettings { token: Some(token.clone()) },
         ..Settings::default()
     };
@@ -22,12 +46,16 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!();
     println!("payguard dev is running");
     println!("  shop API      {shop}/api/v1/products");
-    println!(
-        "  PG simulator  {}  (faults: {}/sim/faults, ledger: {}/sim/ledger)",
-        sim.base_url(),
-        sim.control_url(),
-        sim.control_url()
-    );
+    for (i, (gateway, sim)) in gateways.iter().enumerate() {
+        let role = if i == 0 { "primary".to_string() } else { format!("failover {i}") };
+        println!(
+            "  PG simulator  {}  gateway {} ({role}; faults: {}/sim/faults, ledger: {}/sim/ledger)",
+            sim.base_url(),
+            gateway.name,
+            sim.control_url(),
+            sim.control_url()
+        );
+    }
     println!("  ops page      {shop}/ops   (admin token for its controls: {token})");
     println!("  metrics       {shop}/metrics");
     println!("  database      ./payguard-dev.db (SQLite)");
@@ -39,6 +67,13 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("Then read it (the PG decides within 1-5 s):");
     println!("  curl -s {shop}/api/v1/orders/1 -H 'X-USER-ID: buyer-1'");
+    if gateways.len() > 1 {
+        println!("Take the primary down; checkouts go on through {}:", gateways[1].0.name);
+        println!(
+            "  curl -s -X PUT {}/sim/faults -H 'Content-Type: application/json' -d '{{\"down\":\"unavailable\"}}'",
+            gateways[0].1.control_url()
+        );
+    }
     println!("Ctrl-C stops.");
     println!();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -48,6 +83,8 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     crate::shutdown::signal().await;
     let _ = stop_tx.send(());
     service.await??;
-    sim.shutdown().await;
+    for (_, sim) in gateways.drain(..) {
+        sim.shutdown().await;
+    }
     Ok(())
 }
