@@ -1,5 +1,6 @@
 //! After a run: waits for every payment to settle, then audits our database against
-//! the simulator's ledger and computes the run's figures.
+//! the simulators' ledgers (each attempt against its own gateway's) and computes the
+//! run's figures.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ enum Db {
 struct AttemptRow {
     order_id: i64,
     pg_order_id: String,
+    gateway: String,
     status: String,
     key: Option<String>,
     settled_by: Option<String>,
@@ -52,9 +54,10 @@ impl Db {
 
     async fn attempts(&self) -> Result<Vec<AttemptRow>, String> {
         const SQLITE: &str =
-            "SELECT a.order_id, a.pg_order_id, a.status, a.transaction_key, a.settled_by, a.finalized_at, o.anomaly
-                              FROM payment_attempts a JOIN orders o ON o.id = a.order_id";
-        const PG: &str = "SELECT a.order_id, a.pg_order_id, a.status, a.transaction_key, a.settled_by,
+            "SELECT a.order_id, a.pg_order_id, a.gateway, a.status, a.transaction_key, a.settled_by, a.finalized_at,
+                    o.anomaly
+             FROM payment_attempts a JOIN orders o ON o.id = a.order_id";
+        const PG: &str = "SELECT a.order_id, a.pg_order_id, a.gateway, a.status, a.transaction_key, a.settled_by,
                             (extract(epoch from a.finalized_at) * 1000)::bigint AS finalized_at, o.anomaly
                           FROM payment_attempts a JOIN orders o ON o.id = a.order_id";
         macro_rules! rows {
@@ -65,6 +68,7 @@ impl Db {
                     .map(|r| AttemptRow {
                         order_id: r.get("order_id"),
                         pg_order_id: r.get("pg_order_id"),
+                        gateway: r.get("gateway"),
                         status: r.get("status"),
                         key: r.get("transaction_key"),
                         settled_by: r.get("settled_by"),
@@ -142,6 +146,13 @@ pub struct Figures {
     pub pg_requests: usize,
     pub settle_wait_s: f64,
     pub peak_rss_mb: Option<f64>,
+    /// Checkouts started while the primary PG was faulty, and of those the ones
+    /// answered 202 and the ones that ended paid.
+    pub outage_checkouts: usize,
+    pub outage_accepted: usize,
+    pub outage_paid: usize,
+    /// Orders paid through each gateway: (name, count).
+    pub paid_by_gateway: Vec<(String, usize)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -179,18 +190,25 @@ pub async fn audit(
     }
     let settle_wait_s = waited.elapsed().as_secs_f64();
 
-    let ledger =
-        stack.get_json(&format!("{}/sim/ledger", stack.pg)).await.ok_or("the simulator's ledger is unreachable")?;
-    let pg: Vec<&Value> = ledger["transactions"].as_array().ok_or("no ledger")?.iter().collect();
-    let mut pg_by_order: HashMap<&str, Vec<&Value>> = HashMap::new();
-    for tx in &pg {
-        pg_by_order.entry(tx["orderId"].as_str().unwrap_or_default()).or_default().push(tx);
+    // Each gateway's books; an attempt is judged against its own gateway's only.
+    let mut ledgers = vec![("pg", stack.pg.clone())];
+    ledgers.extend(stack.secondary.iter().map(|url| ("pg2", url.clone())));
+    let mut books = Vec::new();
+    for (name, url) in &ledgers {
+        let ledger = stack.get_json(&format!("{url}/sim/ledger")).await.ok_or("a simulator's ledger is unreachable")?;
+        books.push((*name, ledger));
+    }
+    let mut pg_by_order: HashMap<(&str, &str), Vec<&Value>> = HashMap::new();
+    for (name, ledger) in &books {
+        for tx in ledger["transactions"].as_array().ok_or("no ledger")? {
+            pg_by_order.entry((name, tx["orderId"].as_str().unwrap_or_default())).or_default().push(tx);
+        }
     }
     let attempts = db.attempts().await?;
     let mut v = Violations { not_final: unsettled as usize, ..Violations::default() };
     let mut consistency: HashMap<&str, Vec<f64>> = HashMap::new();
     for a in &attempts {
-        let transactions = pg_by_order.get(a.pg_order_id.as_str()).cloned().unwrap_or_default();
+        let transactions = pg_by_order.get(&(a.gateway.as_str(), a.pg_order_id.as_str())).cloned().unwrap_or_default();
         match transactions.iter().find(|t| Some(t["transactionKey"].as_str().unwrap_or_default()) == a.key.as_deref()) {
             Some(tx) => {
                 if tx["status"].as_str() != Some(a.status.as_str()) {
@@ -211,8 +229,10 @@ pub async fn audit(
             v.double_success_not_flagged += 1;
         }
     }
-    v.pg_transaction_without_order =
-        pg_by_order.keys().filter(|id| !attempts.iter().any(|a| a.pg_order_id == **id)).count();
+    v.pg_transaction_without_order = pg_by_order
+        .keys()
+        .filter(|(gateway, id)| !attempts.iter().any(|a| a.gateway == *gateway && a.pg_order_id == *id))
+        .count();
     let known: std::collections::HashSet<i64> = attempts.iter().map(|a| a.order_id).collect();
     v.accepted_order_missing = driven
         .checkouts
@@ -238,7 +258,8 @@ pub async fn audit(
     }
     v.card_number_exposed = scanned
         .iter()
-        .filter(|p| !p.ends_with("sim.log")) // the PG itself holds card numbers
+        // The PGs themselves hold card numbers.
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sim")))
         .filter_map(|p| std::fs::read(p).ok())
         .filter(|bytes| {
             let text = String::from_utf8_lossy(bytes);
@@ -288,6 +309,21 @@ pub async fn audit(
         pg_requests: pg_requests as usize,
         settle_wait_s,
         peak_rss_mb: driven.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
+        outage_checkouts: c.iter().filter(|x| x.during_outage).count(),
+        outage_accepted: c.iter().filter(|x| x.during_outage && x.status == 202).count(),
+        outage_paid: c
+            .iter()
+            .filter(|x| x.during_outage)
+            .filter_map(|x| x.order_id)
+            .filter(|id| attempts.iter().any(|a| a.order_id == *id && a.status == "SUCCESS"))
+            .count(),
+        paid_by_gateway: ledgers
+            .iter()
+            .map(|(name, _)| {
+                let paid = attempts.iter().filter(|a| a.gateway == *name && a.status == "SUCCESS").count();
+                (name.to_string(), paid)
+            })
+            .collect(),
     };
     Ok(Audit { profile, violations: v, figures })
 }

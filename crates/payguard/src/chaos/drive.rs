@@ -19,6 +19,8 @@ pub struct Checkout {
     pub latency: Duration,
     /// The payment breaker was not closed when the request started.
     pub breaker_open: bool,
+    /// Started while the profile had the primary PG faulty.
+    pub during_outage: bool,
 }
 
 pub struct Driven {
@@ -69,6 +71,7 @@ pub async fn drive(
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (started, open, bar, shop) = (started.clone(), open.clone(), bar.clone(), stack.shop.clone());
+            let window = profile.outage_window();
             let mut up = up_rx.clone();
             tokio::spawn(async move {
                 let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
@@ -93,7 +96,9 @@ pub async fn drive(
                         }
                         Err(_) => (0, None),
                     };
-                    done.push(Checkout { status, order_id, latency: t.elapsed(), breaker_open });
+                    let share = n as f64 / total as f64;
+                    let during_outage = window.is_some_and(|(from, to)| share >= from && share < to);
+                    done.push(Checkout { status, order_id, latency: t.elapsed(), breaker_open, during_outage });
                     bar.inc(1);
                 }
             })

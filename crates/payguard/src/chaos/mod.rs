@@ -43,6 +43,10 @@ pub struct ChaosArgs {
     /// Run each profile again with payguard's protections off, and compare.
     #[arg(long)]
     compare_naive: bool,
+    /// PGs: with 2, a second simulator (gateway `pg2`, reference behaviour throughout)
+    /// takes the payments the faulty primary cannot.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=2))]
+    gateways: u8,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -90,9 +94,15 @@ async fn run_one(
         Some(server) => Some(fresh_postgres(server).await?),
         None => None,
     };
-    let mut stack =
-        Stack::start(dir, args.seed, args.reference_timing, protection, database.as_ref().map(|d| d.1.as_str()))
-            .await?;
+    let mut stack = Stack::start(
+        dir,
+        args.seed,
+        args.reference_timing,
+        protection,
+        database.as_ref().map(|d| d.1.as_str()),
+        args.gateways,
+    )
+    .await?;
     let driven = drive::drive(&mut stack, profile, args.checkouts as usize, args.concurrency, args.quiet).await;
     let settle = if args.reference_timing { Duration::from_secs(180) } else { Duration::from_secs(60) };
     let audited = match driven {
@@ -142,6 +152,9 @@ fn args_line(args: &ChaosArgs) -> String {
     }
     if args.compare_naive {
         line.push_str(" --compare-naive");
+    }
+    if args.gateways > 1 {
+        line.push_str(&format!(" --gateways {}", args.gateways));
     }
     line
 }

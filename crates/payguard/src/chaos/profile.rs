@@ -89,6 +89,15 @@ impl Profile {
     }
 
     /// Whether a PG outage starts in this profile (for time-to-open).
+    /// The share of checkouts started during which the primary PG is faulty (the middle
+    /// 40% of the outage, hang and slow profiles).
+    pub fn outage_window(self) -> Option<(f64, f64)> {
+        match self {
+            Profile::Outage | Profile::Hang | Profile::Slow => Some((0.3, 0.7)),
+            _ => None,
+        }
+    }
+
     pub fn outage_starts_at(self) -> Option<f64> {
         match self {
             Profile::Outage | Profile::Hang => Some(0.3),

@@ -46,6 +46,7 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
     for a in protected {
         row(a);
     }
+    outage_table(protected);
     if !naive.is_empty() {
         println!("\nWithout payguard's protections (breaker disabled, one attempt, 10 s timeouts)\n");
         println!("{FIGURES_HEADER}");
@@ -84,6 +85,33 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
         }
     }
     println!();
+}
+
+/// What the shop could still sell while the primary PG was faulty.
+fn outage_table(audits: &[Audit]) {
+    let during: Vec<&Audit> = audits.iter().filter(|a| a.figures.outage_checkouts > 0).collect();
+    if during.is_empty() {
+        return;
+    }
+    println!("\nWhile the primary PG was faulty (checkouts started in the middle 40% of the run)\n");
+    println!(
+        "| profile | gateways | checkouts | answered 202 | accepted share | paid | paid per gateway (whole run) |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for a in during {
+        let f = &a.figures;
+        let per_gateway: Vec<String> = f.paid_by_gateway.iter().map(|(name, n)| format!("{name} {n}")).collect();
+        println!(
+            "| {} | {} | {} | {} | {:.1}% | {} | {} |",
+            a.profile.name(),
+            f.paid_by_gateway.len(),
+            f.outage_checkouts,
+            f.outage_accepted,
+            100.0 * f.outage_accepted as f64 / f.outage_checkouts as f64,
+            f.outage_paid,
+            per_gateway.join(", ")
+        );
+    }
 }
 
 fn row(a: &Audit) {

@@ -1,4 +1,4 @@
-//! The system under test: a simulator and a service as child processes of this binary,
+//! The system under test: simulators and a service as child processes of this binary,
 //! or already running ones. Knows how to change faults, kill and restart the service,
 //! and read what the service and the PG know.
 
@@ -22,11 +22,15 @@ pub enum Protection {
 
 pub struct Stack {
     pub shop: String,
+    /// The primary PG: the one the fault profile acts on.
     pub pg: String,
+    /// The failover PG (gateway `pg2`) when the run has two; it keeps the reference behaviour.
+    pub secondary: Option<String>,
     pub database_url: String,
     pub dir: PathBuf,
     service: Option<Child>,
     sim: Option<Child>,
+    secondary_sim: Option<Child>,
     service_args: Vec<String>,
     service_env: Vec<(String, String)>,
     restarts: usize,
@@ -48,13 +52,15 @@ fn spawn(args: &[String], env: &[(String, String)], log: &Path) -> std::io::Resu
 }
 
 impl Stack {
-    /// Starts a fresh simulator and service (SQLite in `dir`, or `database_url`).
+    /// Starts fresh simulators (one per gateway) and a service (SQLite in `dir`, or
+    /// `database_url`).
     pub async fn start(
         dir: &Path,
         seed: u64,
         reference_timing: bool,
         protection: Protection,
         database_url: Option<&str>,
+        gateways: u8,
     ) -> Result<Stack, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
         let (pg_port, shop_port) =
@@ -70,6 +76,17 @@ impl Stack {
         }
         let sim =
             spawn(&sim_args, &[], &dir.join("sim.log")).map_err(|e| format!("cannot start the simulator: {e}"))?;
+        let (secondary, secondary_sim) = if gateways > 1 {
+            let port = free_port().await.map_err(|e| e.to_string())?;
+            let mut args = sim_args.clone();
+            args[2] = format!("127.0.0.1:{port}");
+            args[4] = (seed + 1).to_string();
+            let child = spawn(&args, &[], &dir.join("sim-pg2.log"))
+                .map_err(|e| format!("cannot start the second simulator: {e}"))?;
+            (Some(format!("http://127.0.0.1:{port}")), Some(child))
+        } else {
+            (None, None)
+        };
         let database_url =
             database_url.map(String::from).unwrap_or_else(|| format!("sqlite://{}", dir.join("shop.db").display()));
         let service_args: Vec<String> =
@@ -91,12 +108,22 @@ impl Stack {
                 ("PAYGUARD_RECONCILER__BACKOFF_MAX_MS".into(), "1000".into()),
             ]);
         }
-        if protection == Protection::Naive {
+        // The naive client's settings, for every gateway.
+        let naive = protection == Protection::Naive;
+        if naive {
             env.extend([
                 ("PAYGUARD_GATEWAY__RESILIENCE__RETRY__MAX_ATTEMPTS".into(), "1".into()),
                 ("PAYGUARD_GATEWAY__RESILIENCE__RESPONSE_TIMEOUT".into(), "10000".into()),
                 ("PAYGUARD_GATEWAY__RESILIENCE__DEADLINE".into(), "10000".into()),
             ]);
+        }
+        if let Some(url) = &secondary {
+            let resilience =
+                if naive { ",resilience={retry={max_attempts=1},response_timeout=10000,deadline=10000}" } else { "" };
+            env.push((
+                "PAYGUARD_FAILOVER_GATEWAYS".into(),
+                format!("[{{name=\"pg2\",base_url=\"{url}\"{resilience}}}]"),
+            ));
         }
         let mut stack = Stack {
             shop,
@@ -105,16 +132,24 @@ impl Stack {
             dir: dir.to_path_buf(),
             service: None,
             sim: Some(sim),
+            secondary,
+            secondary_sim,
             service_args,
             service_env: env,
             restarts: 0,
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().map_err(|e| e.to_string())?,
         };
         stack.wait_ready(&format!("{}/sim/faults", stack.pg)).await?;
+        if let Some(url) = &stack.secondary {
+            stack.wait_ready(&format!("{url}/sim/faults")).await?;
+        }
         stack.start_service().await?;
-        if protection == Protection::Naive {
-            for breaker in ["pg.payments", "pg.status"] {
-                stack.admin(&format!("/breakers/{breaker}/disable")).await?;
+        if naive {
+            let names = if stack.secondary.is_some() { &["pg", "pg2"][..] } else { &["pg"][..] };
+            for name in names {
+                for kind in ["payments", "status"] {
+                    stack.admin(&format!("/breakers/{name}.{kind}/disable")).await?;
+                }
             }
         }
         Ok(stack)
@@ -190,7 +225,7 @@ impl Stack {
     }
 
     pub async fn stop(mut self) {
-        for child in [self.service.take(), self.sim.take()].into_iter().flatten() {
+        for child in [self.service.take(), self.sim.take(), self.secondary_sim.take()].into_iter().flatten() {
             if let Some(pid) = child.id() {
                 let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
             }
