@@ -257,6 +257,8 @@ mod tests {
                 s.gateway.resilience.payment_breaker.sliding_window,
                 gateway::breaker::SlidingWindow::Count(100)
             );
+            assert_eq!(s.failover_gateways[0].name, "pg2");
+            assert_eq!(s.failover_gateways[0].resilience.retry.max_attempts, 4);
             Ok(())
         });
     }
@@ -279,6 +281,24 @@ mod tests {
             jail.set_env("PAYGUARD_FAILOVER_GATEWAYS", "[{name=\"env2\",base_url=\"http://10.0.0.2:8082\"}]");
             let s = Settings::load(None).expect("loads from env");
             assert_eq!(s.failover_gateways[0].base_url, "http://10.0.0.2:8082");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_failover_gateway_of_deploy_docker_compose_loads() {
+        let compose = include_str!("../../../deploy/docker-compose.yml");
+        let value = compose
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("PAYGUARD_FAILOVER_GATEWAYS: '")?.strip_suffix('\''))
+            .expect("docker-compose sets the failover gateway");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PAYGUARD_FAILOVER_GATEWAYS", value);
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(
+                (s.failover_gateways[0].name.as_str(), s.failover_gateways[0].base_url.as_str()),
+                ("pg2", "http://pg-sim-2:8082")
+            );
             Ok(())
         });
     }
