@@ -1,0 +1,141 @@
+//! Upgrading a database that holds payments: the schema before transaction keys became
+//! unique per gateway (SQLite rebuilds the table for it) is migrated with its data kept.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use service::store::{PgStore, PoolSettings, SqliteStore, Store, StoreError};
+
+/// The migrations of `backend` before `first_new`, copied to a directory of their own.
+fn migrations_before(backend: &str, first_new: &str) -> tempdir::Dir {
+    let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
+    let dir = tempdir::Dir::new(backend);
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.as_str() < first_new {
+            std::fs::copy(entry.path(), dir.0.join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+
+    impl Dir {
+        pub fn new(tag: &str) -> Dir {
+            let path = std::env::temp_dir().join(format!(
+                "payguard-migrations-{tag}-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// What every backend must show after the upgrade.
+async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Store>) {
+    let attempt = store.attempt_by_pg_order_id("ORD000001-1").await.unwrap().expect("the old attempt survived");
+    assert_eq!((attempt.gateway.as_str(), attempt.transaction_key.as_deref()), ("pg", Some("20261124:TR:aaaaaa")));
+    assert_eq!(attempt.amount, 39_000);
+    let events = store.events(attempt.id).await.unwrap();
+    assert_eq!(events, [("duplicate_delivery".to_string(), "kept".to_string())]);
+    let order = store.order(1).await.unwrap().expect("the order survived");
+    assert_eq!((order.items.len(), order.total_amount), (1, 39_000));
+
+    // New orders get new ids; another gateway may reuse the key, the same gateway may not.
+    let elsewhere = new_order(&store, "pg2").await;
+    assert!(elsewhere.order_id > 1 && elsewhere.attempt_id > attempt.id);
+    store.mark_pending(elsewhere.attempt_id, Some("20261124:TR:aaaaaa"), 1_800_000_000_000).await.unwrap();
+    let same = new_order(&store, "pg").await;
+    let taken = store.mark_pending(same.attempt_id, Some("20261124:TR:aaaaaa"), 1_800_000_000_000).await;
+    assert!(matches!(taken, Err(StoreError::KeyTaken(_))), "{taken:?}");
+}
+
+async fn new_order(store: &Arc<dyn Store>, gateway: &str) -> service::store::CreatedOrder {
+    store
+        .create_order(service::store::NewOrder {
+            buyer: service::domain::BuyerId::parse("buyer-2").unwrap(),
+            lines: vec![service::domain::CheckoutLine {
+                product_id: service::domain::ProductId(1),
+                quantity: service::domain::Quantity::parse(1).unwrap(),
+            }],
+            gateway: gateway.into(),
+            card_type: gateway::wire::CardType::Kb,
+            card_last4: "1451".into(),
+            now_ms: 1_800_000_000_000,
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_sqlite_database_with_payments_upgrades_in_place() {
+    let dir = tempdir::Dir::new("sqlite-db");
+    let url = format!("sqlite://{}", dir.0.join("shop.db").display());
+    let options =
+        sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true).foreign_keys(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let old = migrations_before("sqlite", "0004");
+    sqlx::migrate::Migrator::new(old.0.as_path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO orders (id, buyer_id, total_amount, created_at) VALUES (1, 'buyer-1', 39000, 1);
+         INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
+           VALUES (1, 1, 1, '무선 키보드', 39000, 1, 39000);
+         INSERT INTO payment_attempts (id, order_id, pg_order_id, gateway, card_type, card_last4, amount, status,
+             transaction_key, created_at, updated_at, next_check_at, lease_owner, lease_until)
+           VALUES (7, 1, 'ORD000001-1', 'pg', 'KB', '1451', 39000, 'PENDING', '20261124:TR:aaaaaa', 1, 1, 1, 'x', 5);
+         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', 1);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::connect(&url).await.expect("the new migrations apply over the old ones");
+    the_old_payment_is_intact_and_keys_are_per_gateway(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn a_postgres_database_with_payments_upgrades_in_place() {
+    let Ok(url) = std::env::var("PAYGUARD_TEST_DATABASE_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set PAYGUARD_TEST_DATABASE_URL");
+        eprintln!("SKIPPED: PAYGUARD_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let schema = format!("payguard_migrate_{}_{:x}", std::process::id(), rand::random::<u32>());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
+    let old = migrations_before("postgres", "0002");
+    sqlx::migrate::Migrator::new(old.0.as_path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO orders (id, buyer_id, total_amount, created_at) VALUES (1, 'buyer-1', 39000, now());
+         SELECT setval('orders_id_seq', 1);
+         INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
+           VALUES (1, 1, 1, '무선 키보드', 39000, 1, 39000);
+         INSERT INTO payment_attempts (id, order_id, pg_order_id, gateway, card_type, card_last4, amount, status,
+             transaction_key, created_at, updated_at, next_check_at)
+           VALUES (7, 1, 'ORD000001-1', 'pg', 'KB', '1451', 39000, 'PENDING', '20261124:TR:aaaaaa', now(), now(), now());
+         SELECT setval('payment_attempts_id_seq', 7);
+         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', now());",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let settings = PoolSettings { max_connections: 4, acquire_timeout: std::time::Duration::from_secs(10) };
+    let store = PgStore::connect_with(options, settings).await.expect("the new migrations apply over the old ones");
+    the_old_payment_is_intact_and_keys_are_per_gateway(Arc::new(store)).await;
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
+}
