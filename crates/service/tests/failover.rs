@@ -314,3 +314,58 @@ async fn a_gateway_cannot_settle_another_gateways_payment() {
     assert_eq!((status, &body["data"]["result"]), (StatusCode::OK, &json!("settled_success")), "{body}");
     app.wait_for_status("buyer-1", order, "PAID").await;
 }
+
+#[tokio::test]
+async fn a_primary_with_a_full_bulkhead_passes_the_payment_to_the_secondary() {
+    let slow = Faults { request_latency_ms: gateway_sim::faults::MsRange::new(1_000, 1_000), ..approving() };
+    let app = std::sync::Arc::new(
+        spawn_app_on(sim(slow), Some(sim(approving())), |s| {
+            s.gateway.resilience.bulkhead.max_concurrent_calls = 1;
+            s.gateway.resilience.response_timeout = Duration::from_secs(2);
+            s.gateway.resilience.deadline = Duration::from_secs(3);
+        })
+        .await,
+    );
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { app.checkout("buyer-1", &[(1, 1)]).await })
+    };
+    // The first payment holds the primary's only slot while the PG takes its second.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.pg_requests() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the first payment never reached the primary");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, body) = app.checkout("buyer-2", &[(1, 1)]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(gateway_of(&app, body["data"]["orderId"].as_i64().unwrap()).await, SECONDARY);
+    assert_eq!(app.pg_requests(), 1, "the second payment was never sent to the primary");
+    let (status, body) = first.await.unwrap();
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(gateway_of(&app, body["data"]["orderId"].as_i64().unwrap()).await, "pg");
+}
+
+#[tokio::test]
+async fn an_open_status_breaker_pauses_reconciliation_of_its_own_gateway_only() {
+    let silent = Faults { callback: CallbackFaults { drop_rate: 1.0, ..Default::default() }, ..approving() };
+    let app = spawn_app_on(sim(silent), Some(sim(silent)), |_| {}).await;
+    let (_, body) = app.checkout("buyer-1", &[(1, 1)]).await;
+    let on_primary = body["data"]["orderId"].as_i64().unwrap();
+    app.gateway.payment_breaker().force_open();
+    let (_, body) = app.checkout("buyer-1", &[(1, 1)]).await;
+    let on_secondary = body["data"]["orderId"].as_i64().unwrap();
+    app.pg_settled().await;
+    secondary(&app).sim().settled().await;
+
+    app.gateways.all()[1].client.status_breaker().force_open();
+    let report = app.reconcile().await;
+    assert_eq!((report.paused.as_slice(), report.settled), (&["pg2".to_string()][..], 1), "{report:?}");
+    app.wait_for_status("buyer-1", on_primary, "PAID").await;
+    assert_eq!(app.order("buyer-1", on_secondary).await.1["data"]["status"], "PENDING");
+    assert_eq!(secondary(&app).sim().ledger().counts.status_queries, 0, "nothing asked of pg2");
+
+    app.gateways.all()[1].client.status_breaker().reset();
+    let report = app.reconcile().await;
+    assert_eq!((report.paused.len(), report.settled), (0, 1), "{report:?}");
+    app.wait_for_status("buyer-1", on_secondary, "PAID").await;
+}
