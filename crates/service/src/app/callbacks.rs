@@ -79,7 +79,7 @@ impl CallbackIntake {
             Some(secret) => {
                 if let Err(refused) = self.verify_signature(secret, raw, signature) {
                     // The key only: never the body's card data.
-                    tracing::warn!(transaction_key = %body.transaction_key, "callback refused: bad, stale or replayed signature");
+                    tracing::warn!(gateway = self.gateway.name(), transaction_key = %body.transaction_key, "callback refused: bad, stale or replayed signature");
                     return Err(refused);
                 }
                 body.clone()
@@ -99,7 +99,7 @@ impl CallbackIntake {
                 attempt.gateway
             );
             self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
-            tracing::warn!(attempt = attempt.id, "callback refused: {detail}");
+            tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, "callback refused: {detail}");
             return Err(CallbackError::WrongGateway { attempt_gateway: attempt.gateway });
         }
         if body.amount != attempt.amount || truth.amount != attempt.amount || body.order_id != attempt.pg_order_id {
@@ -108,7 +108,7 @@ impl CallbackIntake {
                 body.transaction_key, body.amount, body.order_id, attempt.amount, attempt.pg_order_id
             );
             self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
-            tracing::warn!(attempt = attempt.id, transaction_key = %body.transaction_key, "callback refused: {detail}");
+            tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, transaction_key = %body.transaction_key, "callback refused: {detail}");
             return Err(CallbackError::Mismatch(detail));
         }
         let observed = Observed { transaction_key: truth.transaction_key, status: truth.status, reason: truth.reason };

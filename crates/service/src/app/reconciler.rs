@@ -171,7 +171,7 @@ impl Reconciler {
                 }
                 Err(error) => {
                     report.errors += 1;
-                    tracing::error!(attempt = attempt.id, %error, "reconciling an attempt failed");
+                    tracing::error!(attempt = attempt.id, gateway = %attempt.gateway, %error, "reconciling an attempt failed");
                 }
             }
         }
@@ -237,7 +237,7 @@ impl Reconciler {
                 extra.transaction_key, chosen.transaction_key, attempt.pg_order_id
             );
             self.store.record_event(attempt.id, EventKind::DoubleCharge, &detail, super::now_ms()).await?;
-            tracing::error!(attempt = attempt.id, pg_order_id = %attempt.pg_order_id, transaction_key = %extra.transaction_key, "double charge detected");
+            tracing::error!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, transaction_key = %extra.transaction_key, "double charge detected");
             self.metrics.double_charge();
             verdict = Verdict::DoubleCharge;
         }
@@ -256,7 +256,7 @@ impl Reconciler {
         };
         match self.store.settle(attempt.id, &failed, Source::Reconciler.as_str(), super::now_ms()).await? {
             Transition::Applied => {
-                tracing::warn!(attempt = attempt.id, pg_order_id = %attempt.pg_order_id, "the PG never received this payment: FAILED");
+                tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, "the PG never received this payment: FAILED");
                 Ok(Verdict::NotReceived)
             }
             _ => Ok(Verdict::Settled),
@@ -270,7 +270,7 @@ impl Reconciler {
         let wait = exp.min(s.backoff_max_ms) as i64;
         let stuck = attempt.checks + 1 >= s.stuck_after_checks;
         if stuck {
-            tracing::error!(attempt = attempt.id, pg_order_id = %attempt.pg_order_id, checks = attempt.checks + 1, note, "payment stuck: still unsettled after many checks");
+            tracing::error!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, checks = attempt.checks + 1, note, "payment stuck: still unsettled after many checks");
         }
         let now = super::now_ms();
         self.store.record_check(attempt.id, now + wait, note, stuck, now).await
