@@ -82,6 +82,13 @@ impl Application {
             gateways.push(Gateway { client, callback_url: settings.callback_url(&g.name), activity });
         }
         let gateways = Gateways::new(gateways);
+        // Payments of a gateway that is no longer configured are neither reconciled nor
+        // accepted from its callbacks: say so loudly (PaymentsStuckPending follows).
+        for (name, unsettled) in store.unsettled_by_gateway().await? {
+            if gateways.get(&name).is_none() {
+                tracing::error!(gateway = %name, unsettled, "unsettled payments belong to a gateway that is not configured: they are not reconciled and its callbacks are refused; configure it again until they settle");
+            }
+        }
         let callbacks = settings
             .gateways()
             .zip(gateways.all())

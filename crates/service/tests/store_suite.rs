@@ -393,4 +393,5 @@ async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Store>
         .map(|a| a.id)
         .collect();
     assert_eq!((on_pg, on_pg2), (vec![stays.attempt_id], vec![moved.attempt_id]));
+    assert_eq!(store.unsettled_by_gateway().await.unwrap(), [("pg".to_string(), 1), ("pg2".to_string(), 1)]);
 }

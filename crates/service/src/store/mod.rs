@@ -247,6 +247,9 @@ pub trait Store: Send + Sync + 'static {
     /// Unsettled attempts now, and the creation time of the oldest.
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError>;
 
+    /// Unsettled attempts per gateway, by gateway name.
+    async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
     /// Claims `key` for a request; atomically, so of concurrent duplicates one starts.
     /// Keys older than `expires_before_ms` are forgotten.
     async fn begin_idempotent(

@@ -521,6 +521,12 @@ impl Store for SqliteStore {
         .await?;
         Ok((row.try_get("n")?, row.try_get("oldest")?))
     }
+
+    async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let sql = "SELECT gateway, COUNT(*) FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')
+                   GROUP BY gateway ORDER BY gateway";
+        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
+    }
 }
 
 impl SqliteStore {
