@@ -119,6 +119,12 @@ impl GatewayClient {
         &self.status_breaker
     }
 
+    /// Where this client reports what happens to its calls; a caller that refuses a call
+    /// on the client's behalf (a router skipping an open gateway) reports it here too.
+    pub fn observer(&self) -> &dyn GatewayObserver {
+        self.observer.as_ref()
+    }
+
     /// Asks the PG to take a payment. Never retries unless the request surely did not arrive.
     pub async fn request_payment(&self, request: PaymentRequest) -> PaymentOutcome {
         let result = self.call(&self.payments, &self.payment_budget, PgCall::RequestPayment(request)).await;

@@ -313,7 +313,7 @@ impl GatewayObserver for GatewayMetrics {
 
 impl Metrics {
     /// Counts what one gateway's client reported.
-    pub fn gateway_event(&self, gateway: &str, event: &GatewayEvent) {
+    fn gateway_event(&self, gateway: &str, event: &GatewayEvent) {
         let gateway = gateway.to_string();
         match event {
             GatewayEvent::Attempt { operation, outcome, elapsed } => {

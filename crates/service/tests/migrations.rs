@@ -7,38 +7,16 @@ use std::sync::Arc;
 use service::store::{PgStore, PoolSettings, SqliteStore, Store, StoreError};
 
 /// The migrations of `backend` before `first_new`, copied to a directory of their own.
-fn migrations_before(backend: &str, first_new: &str) -> tempdir::Dir {
+fn migrations_before(backend: &str, first_new: &str) -> tempfile::TempDir {
     let from = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
-    let dir = tempdir::Dir::new(backend);
+    let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if name.as_str() < first_new {
-            std::fs::copy(entry.path(), dir.0.join(&name)).unwrap();
+            std::fs::copy(entry.path(), dir.path().join(&name)).unwrap();
         }
     }
     dir
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let path = std::env::temp_dir().join(format!(
-                "payguard-migrations-{tag}-{}-{}",
-                std::process::id(),
-                rand::random::<u32>()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// What every backend must show after the upgrade.
@@ -79,13 +57,13 @@ async fn new_order(store: &Arc<dyn Store>, gateway: &str) -> service::store::Cre
 
 #[tokio::test]
 async fn a_sqlite_database_with_payments_upgrades_in_place() {
-    let dir = tempdir::Dir::new("sqlite-db");
-    let url = format!("sqlite://{}", dir.0.join("shop.db").display());
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shop.db").display());
     let options =
         sqlx::sqlite::SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true).foreign_keys(true);
     let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
     let old = migrations_before("sqlite", "0004");
-    sqlx::migrate::Migrator::new(old.0.as_path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
     sqlx::raw_sql(
         "INSERT INTO orders (id, buyer_id, total_amount, created_at) VALUES (1, 'buyer-1', 39000, 1);
          INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
@@ -117,7 +95,7 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
     let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
     let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
     let old = migrations_before("postgres", "0002");
-    sqlx::migrate::Migrator::new(old.0.as_path()).await.unwrap().run(&pool).await.unwrap();
+    sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
     sqlx::raw_sql(
         "INSERT INTO orders (id, buyer_id, total_amount, created_at) VALUES (1, 'buyer-1', 39000, now());
          SELECT setval('orders_id_seq', 1);

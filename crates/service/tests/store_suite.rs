@@ -378,20 +378,13 @@ async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Store>
     assert_eq!(store.attempt_by_pg_order_id(&moved.pg_order_id).await.unwrap().unwrap().gateway, "pg2");
     // The reconciler claims per gateway.
     let stays = create(&store, "alice", &[(1, 1)]).await;
-    let on_pg: Vec<i64> = store
-        .claim_due_attempts("pg", "a", NOW + 30_000, NOW, NOW + 1, 50)
-        .await
-        .unwrap()
-        .iter()
-        .map(|a| a.id)
-        .collect();
-    let on_pg2: Vec<i64> = store
-        .claim_due_attempts("pg2", "a", NOW + 30_000, NOW, NOW + 1, 50)
-        .await
-        .unwrap()
-        .iter()
-        .map(|a| a.id)
-        .collect();
-    assert_eq!((on_pg, on_pg2), (vec![stays.attempt_id], vec![moved.attempt_id]));
+    let claim = |gateway: &'static str| {
+        let store = store.clone();
+        async move {
+            let claimed = store.claim_due_attempts(gateway, "a", NOW + 30_000, NOW, NOW + 1, 50).await.unwrap();
+            claimed.iter().map(|a| a.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!((claim("pg").await, claim("pg2").await), (vec![stays.attempt_id], vec![moved.attempt_id]));
     assert_eq!(store.unsettled_by_gateway().await.unwrap(), [("pg".to_string(), 1), ("pg2".to_string(), 1)]);
 }

@@ -288,9 +288,11 @@ pub async fn audit(
             .min()
             .map(|at| (*at - start.fixed_offset()).num_milliseconds() as f64 / 1_000.0)
     });
+    let paid: std::collections::HashSet<i64> =
+        attempts.iter().filter(|a| a.status == "SUCCESS").map(|a| a.order_id).collect();
     let figures = Figures {
         checkouts: c.len(),
-        paid: attempts.iter().filter(|a| a.status == "SUCCESS").count(),
+        paid: paid.len(),
         accepted: c.iter().filter(|x| x.status == 202).count(),
         unavailable: c.iter().filter(|x| x.status == 503).count(),
         no_answer: c.iter().filter(|x| x.status == 0).count(),
@@ -315,7 +317,7 @@ pub async fn audit(
             .iter()
             .filter(|x| x.during_outage)
             .filter_map(|x| x.order_id)
-            .filter(|id| attempts.iter().any(|a| a.order_id == *id && a.status == "SUCCESS"))
+            .filter(|id| paid.contains(id))
             .count(),
         paid_by_gateway: ledgers
             .iter()

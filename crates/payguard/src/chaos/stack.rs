@@ -67,21 +67,21 @@ impl Stack {
             (free_port().await.map_err(|e| e.to_string())?, free_port().await.map_err(|e| e.to_string())?);
         let pg = format!("http://127.0.0.1:{pg_port}");
         let shop = format!("http://127.0.0.1:{shop_port}");
-        let mut sim_args: Vec<String> =
-            ["gateway-sim", "--listen", &format!("127.0.0.1:{pg_port}"), "--seed", &seed.to_string()]
-                .map(String::from)
-                .to_vec();
-        if !reference_timing {
-            sim_args.extend(["--latency-ms", "0-5", "--processing-delay-ms", "0-50"].map(String::from));
-        }
-        let sim =
-            spawn(&sim_args, &[], &dir.join("sim.log")).map_err(|e| format!("cannot start the simulator: {e}"))?;
+        let sim_args = |port: u16, seed: u64| {
+            let mut args: Vec<String> =
+                ["gateway-sim", "--listen", &format!("127.0.0.1:{port}"), "--seed", &seed.to_string()]
+                    .map(String::from)
+                    .to_vec();
+            if !reference_timing {
+                args.extend(["--latency-ms", "0-5", "--processing-delay-ms", "0-50"].map(String::from));
+            }
+            args
+        };
+        let sim = spawn(&sim_args(pg_port, seed), &[], &dir.join("sim.log"))
+            .map_err(|e| format!("cannot start the simulator: {e}"))?;
         let (secondary, secondary_sim) = if gateways > 1 {
             let port = free_port().await.map_err(|e| e.to_string())?;
-            let mut args = sim_args.clone();
-            args[2] = format!("127.0.0.1:{port}");
-            args[4] = (seed + 1).to_string();
-            let child = spawn(&args, &[], &dir.join("sim-pg2.log"))
+            let child = spawn(&sim_args(port, seed + 1), &[], &dir.join("sim-pg2.log"))
                 .map_err(|e| format!("cannot start the second simulator: {e}"))?;
             (Some(format!("http://127.0.0.1:{port}")), Some(child))
         } else {

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use gateway::PaymentOutcome;
-use gateway::observer::{GatewayEvent, GatewayObserver, Operation};
+use gateway::observer::{GatewayEvent, Operation};
 use gateway::wire::{CardType, PaymentRequest};
 
 use super::gateways::Gateways;
@@ -73,8 +73,7 @@ impl Checkout {
         let chosen = (from..all.len()).find(|&i| all[i].admits_payments());
         for skipped in &all[from..chosen.unwrap_or(all.len())] {
             let refused = GatewayEvent::Refused { operation: Operation::RequestPayment, reason: "circuit_open" };
-            self.metrics.gateway_event(skipped.name(), &refused);
-            skipped.activity.on_event(&refused);
+            skipped.client.observer().on_event(&refused);
         }
         chosen
     }

@@ -90,7 +90,8 @@ impl Settler {
             Err(StoreError::KeyTaken(_)) => {
                 self.note(attempt, EventKind::ConflictingDelivery, source, observed).await?;
                 tracing::warn!(
-                    attempt = attempt.id, gateway = %attempt.gateway,
+                    attempt = attempt.id,
+                    gateway = %attempt.gateway,
                     transaction_key = key,
                     "news names a transaction of another attempt: ignored"
                 );
@@ -113,7 +114,8 @@ impl Settler {
         self.note(attempt, EventKind::DoubleCharge, source, observed).await?;
         self.metrics.double_charge();
         tracing::error!(
-            attempt = attempt.id, gateway = %attempt.gateway,
+            attempt = attempt.id,
+            gateway = %attempt.gateway,
             pg_order_id = %attempt.pg_order_id,
             transaction_key = %observed.transaction_key,
             own_key = attempt.transaction_key.as_deref().unwrap_or("-"),
@@ -138,7 +140,8 @@ impl Settler {
         let (current, current_key) = match self.store.settle(attempt.id, &settlement, source.as_str(), now).await? {
             Transition::Applied => {
                 tracing::info!(
-                    attempt = attempt.id, gateway = %attempt.gateway,
+                    attempt = attempt.id,
+                    gateway = %attempt.gateway,
                     pg_order_id = %attempt.pg_order_id,
                     transaction_key = key,
                     status = settlement.status.as_str(),
@@ -173,7 +176,8 @@ impl Settler {
         }
         match applied {
             Applied::DoubleCharge | Applied::RefundNeeded => tracing::error!(
-                attempt = attempt.id, gateway = %attempt.gateway,
+                attempt = attempt.id,
+                gateway = %attempt.gateway,
                 pg_order_id = %attempt.pg_order_id,
                 transaction_key = key,
                 settled_key = current_key.as_deref().unwrap_or("-"),
@@ -181,7 +185,8 @@ impl Settler {
                 "the PG charged a payment that must be refunded"
             ),
             Applied::Conflict => tracing::warn!(
-                attempt = attempt.id, gateway = %attempt.gateway,
+                attempt = attempt.id,
+                gateway = %attempt.gateway,
                 transaction_key = key,
                 settled = current.as_str(),
                 reported = settlement.status.as_str(),
