@@ -40,6 +40,10 @@ pub struct Settings {
 pub struct CheckoutSettings {
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl_secs: u64,
+    /// A key still in flight after this long belongs to a request whose process died:
+    /// it then answers with the order that request created (or starts afresh when
+    /// none stands). Longer than any checkout can run (its PG deadlines).
+    pub idempotency_in_flight_secs: u64,
     /// Checkouts per second per buyer, sustained.
     pub rate_limit_per_second: u32,
     /// Checkouts a buyer may make at once before the rate applies.
@@ -53,6 +57,7 @@ impl Default for CheckoutSettings {
     fn default() -> Self {
         CheckoutSettings {
             idempotency_ttl_secs: 24 * 3600,
+            idempotency_in_flight_secs: 60,
             rate_limit_per_second: 10,
             rate_limit_burst: 20,
             require_luhn: false,
@@ -86,6 +91,10 @@ pub struct GatewaySettings {
     pub callback_secret: Option<String>,
     /// Accepted age of a signed callback.
     pub callback_replay_window_secs: u64,
+    /// Without a secret, each callback costs a status query at the PG: at most this
+    /// many per second (more are answered 503 and left to the reconciler), so forged
+    /// callbacks cannot spend the status API.
+    pub callback_fetch_backs_per_second: u32,
     pub resilience: ResilienceConfig,
 }
 
@@ -97,6 +106,7 @@ impl std::fmt::Debug for GatewaySettings {
             .field("merchant_id", &self.merchant_id)
             .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
             .field("callback_replay_window_secs", &self.callback_replay_window_secs)
+            .field("callback_fetch_backs_per_second", &self.callback_fetch_backs_per_second)
             .field("resilience", &self.resilience)
             .finish()
     }
@@ -127,10 +137,14 @@ impl Default for GatewaySettings {
             merchant_id: "payguard".into(),
             callback_secret: None,
             callback_replay_window_secs: 300,
+            callback_fetch_backs_per_second: 100,
             resilience: ResilienceConfig::default(),
         }
     }
 }
+
+/// The shortest callback secret accepted: 256 bits, the HMAC-SHA256 key size.
+pub const MIN_CALLBACK_SECRET_BYTES: usize = 32;
 
 /// Top-level keys; other `PAYGUARD_*` variables (the CLI's own, the simulator's) are
 /// not settings of the service and are left alone.
@@ -185,7 +199,21 @@ impl Settings {
             if !http(&g.base_url) {
                 return Err(format!("gateway '{}': base_url must be an http(s) URL, got '{}'", g.name, g.base_url));
             }
+            if g.callback_secret.as_ref().is_some_and(|s| s.len() < MIN_CALLBACK_SECRET_BYTES) {
+                // An empty or short key makes every callback forgeable: HMAC under a
+                // guessable key proves nothing.
+                return Err(format!(
+                    "gateway '{}': callback_secret must be at least {MIN_CALLBACK_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`); leave it unset to verify callbacks by asking the PG",
+                    g.name
+                ));
+            }
+            if g.callback_fetch_backs_per_second == 0 {
+                return Err(format!("gateway '{}': callback_fetch_backs_per_second must be positive", g.name));
+            }
             g.resilience.validate().map_err(|e| format!("gateway '{}' resilience: {e}", g.name))?;
+        }
+        if self.checkout.idempotency_in_flight_secs == 0 {
+            return Err("checkout.idempotency_in_flight_secs must be positive".into());
         }
         if self.checkout.rate_limit_per_second == 0 || self.checkout.rate_limit_burst == 0 {
             return Err("checkout.rate_limit_per_second and rate_limit_burst must be positive".into());
@@ -219,6 +247,8 @@ impl Settings {
 mod tests {
     use super::*;
 
+    const SECRET: &str = "s3cret-s3cret-s3cret-s3cret-s3cret";
+
     #[test]
     fn defaults_are_the_local_dev_setup() {
         let s = Settings::default();
@@ -233,14 +263,14 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("payguard.toml", "public_url = \"https://shop.example\"\n[reconciler]\ngrace_ms = 1234\n[gateway.resilience.retry]\nmax_attempts = 3\n")?;
             jail.set_env("PAYGUARD_RECONCILER__GRACE_MS", "777");
-            jail.set_env("PAYGUARD_GATEWAY__CALLBACK_SECRET", "s3cret");
+            jail.set_env("PAYGUARD_GATEWAY__CALLBACK_SECRET", SECRET);
             jail.set_env("PAYGUARD_SIM_SEED", "1"); // the simulator's, ignored here
             let s = Settings::load(Some(Path::new("payguard.toml"))).expect("loads");
             assert_eq!(s.public_url, "https://shop.example");
             assert_eq!(s.reconciler.grace_ms, 777);
             assert_eq!(s.gateway.resilience.retry.max_attempts, 3);
-            assert_eq!(s.gateway.callback_secret.as_deref(), Some("s3cret"));
-            assert!(!format!("{:?}", s.gateway).contains("s3cret"), "secrets never printed");
+            assert_eq!(s.gateway.callback_secret.as_deref(), Some(SECRET));
+            assert!(!format!("{:?}", s.gateway).contains(SECRET), "secrets never printed");
             Ok(())
         });
     }
@@ -268,7 +298,7 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
                 "two.toml",
-                "[gateway]\nname = \"toss\"\n[[failover_gateways]]\nname = \"nice\"\nbase_url = \"http://127.0.0.1:8083\"\ncallback_secret = \"n1ce\"\n[failover_gateways.resilience.retry]\nmax_attempts = 2\n",
+                "[gateway]\nname = \"toss\"\n[[failover_gateways]]\nname = \"nice\"\nbase_url = \"http://127.0.0.1:8083\"\ncallback_secret = \"n1ce-n1ce-n1ce-n1ce-n1ce-n1ce-n1ce\"\n[failover_gateways.resilience.retry]\nmax_attempts = 2\n",
             )?;
             let s = Settings::load(Some(Path::new("two.toml"))).expect("loads");
             let order: Vec<&str> = s.gateways().map(|g| g.name.as_str()).collect();
@@ -313,6 +343,27 @@ mod tests {
         s.failover_gateways[0].name = "pg2".into();
         s.failover_gateways[0].base_url = "tcp://x".into();
         assert!(s.validate().unwrap_err().contains("base_url"));
+    }
+
+    #[test]
+    fn empty_and_short_callback_secrets_are_refused_for_every_gateway() {
+        let mut s = Settings::default();
+        for short in ["", "x", &"k".repeat(MIN_CALLBACK_SECRET_BYTES - 1)] {
+            s.gateway.callback_secret = Some(short.into());
+            assert!(s.validate().unwrap_err().contains("at least 32 bytes"), "{short:?} refused");
+        }
+        s.gateway.callback_secret = Some("k".repeat(MIN_CALLBACK_SECRET_BYTES));
+        assert_eq!(s.validate(), Ok(()));
+        s.failover_gateways.push(GatewaySettings { name: "pg2".into(), ..GatewaySettings::default() });
+        s.failover_gateways[0].callback_secret = Some(String::new());
+        assert!(s.validate().unwrap_err().contains("gateway 'pg2'"));
+        // Set empty through the environment, as in the probe: refused at load.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PAYGUARD_GATEWAY__CALLBACK_SECRET", "");
+            let error = Settings::load(None).expect_err("an empty secret is refused");
+            assert!(error.to_string().contains("callback_secret"), "{error}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Nothing else knows how the parts are wired.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,8 @@ pub enum StartupError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("unsupported database URL '{0}' (expected sqlite://... or postgres://...)")]
     DatabaseUrl(String),
+    #[error("settings: {0}")]
+    Settings(String),
 }
 
 /// In-flight requests get this long after a shutdown signal: more than the PG client's
@@ -52,6 +55,8 @@ impl Application {
     /// Builds on a listener bound by the caller (tests bind port 0 first, so the public
     /// URL the PG calls back can name the port).
     pub async fn build_on(settings: Settings, listener: TcpListener) -> Result<Application, StartupError> {
+        // Settings built in code (tests, the dev command) get the same checks as a file.
+        settings.validate().map_err(StartupError::Settings)?;
         let url = settings.database_url.as_str();
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::connect(url).await?)
@@ -99,6 +104,7 @@ impl Application {
                     metrics.clone(),
                     g.callback_secret.clone(),
                     Duration::from_secs(g.callback_replay_window_secs),
+                    NonZeroU32::new(g.callback_fetch_backs_per_second).expect("validated positive"),
                 )
             })
             .collect();
@@ -142,6 +148,7 @@ impl Application {
         let samplers: Vec<_> = (self.state.gateways.all().iter())
             .map(|g| tokio::spawn(g.activity.clone().run_sampler(stop_rx.clone())))
             .collect();
+        let sweeper = tokio::spawn(crate::http::sweep_buyer_limiter(self.state.limiter.clone(), stop_rx.clone()));
         tracing::info!(addr = %self.addr, "payguard service listening");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let notify = stopping.clone();
@@ -159,6 +166,7 @@ impl Application {
         };
         stop_tx.send_replace(true);
         let _ = reconciler.await;
+        let _ = sweeper.await;
         for sampler in samplers {
             let _ = sampler.await;
         }

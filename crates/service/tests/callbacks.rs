@@ -95,7 +95,7 @@ async fn an_unknown_transaction_or_a_malformed_body_is_refused() {
 
 #[tokio::test]
 async fn with_a_secret_only_signed_callbacks_count() {
-    let secret = "shared-secret";
+    let secret = "shared-secret-shared-secret-shared";
     let sim = SimConfig { callback_secret: Some(secret.into()), faults: approve_all(), ..sim_config() };
     let app = spawn_app_with(sim, |s| s.gateway.callback_secret = Some(secret.into())).await;
     let (_, body) = app.checkout("buyer-1", &[(4, 1)]).await;

@@ -269,7 +269,7 @@ async fn callbacks_and_the_reconciler_settle_attempts_on_both_gateways() {
 
 #[tokio::test]
 async fn a_gateway_cannot_settle_another_gateways_payment() {
-    let (a, b) = ("primary-secret", "secondary-secret");
+    let (a, b) = ("primary-secret-primary-secret-primary", "secondary-secret-secondary-secret");
     let silent = Faults { callback: CallbackFaults { drop_rate: 1.0, ..Default::default() }, ..approving() };
     let app = spawn_app_on(sim(silent), Some(sim(silent)), |s| {
         s.gateway.callback_secret = Some(a.into());

@@ -1,5 +1,6 @@
 //! Upgrading a database that holds payments: the schema before transaction keys became
-//! unique per gateway (SQLite rebuilds the table for it) is migrated with its data kept.
+//! unique per gateway (SQLite rebuilds the table for it) is migrated with its data kept,
+//! and idempotency fingerprints that covered the card number are overwritten.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,6 +28,12 @@ async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Store
     let events = store.events(attempt.id).await.unwrap();
     assert_eq!(events, [("duplicate_delivery".to_string(), "kept".to_string())]);
     let order = store.order(1).await.unwrap().expect("the order survived");
+    // The old card-covering fingerprint is gone; the key still replays rather than pay twice.
+    let buyer = service::domain::BuyerId::parse("buyer-1").unwrap();
+    assert_eq!(
+        store.begin_idempotent(&buyer, "k-old", "a-new-fingerprint", 1_800_000_000_000, 0).await.unwrap(),
+        service::store::IdempotencyStart::Saved { status: 202, body: b"{}".to_vec() }
+    );
     assert_eq!((order.items.len(), order.total_amount), (1, 39_000));
 
     // New orders get new ids; another gateway may reuse the key, the same gateway may not.
@@ -50,6 +57,7 @@ async fn new_order(store: &Arc<dyn Store>, gateway: &str) -> service::store::Cre
             card_type: gateway::wire::CardType::Kb,
             card_last4: "1451".into(),
             now_ms: 1_800_000_000_000,
+            idempotency_key: None,
         })
         .await
         .unwrap()
@@ -71,7 +79,9 @@ async fn a_sqlite_database_with_payments_upgrades_in_place() {
          INSERT INTO payment_attempts (id, order_id, pg_order_id, gateway, card_type, card_last4, amount, status,
              transaction_key, created_at, updated_at, next_check_at, lease_owner, lease_until)
            VALUES (7, 1, 'ORD000001-1', 'pg', 'KB', '1451', 39000, 'PENDING', '20261124:TR:aaaaaa', 1, 1, 1, 'x', 5);
-         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', 1);",
+         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', 1);
+         INSERT INTO idempotency_keys (buyer_id, key, request_hash, response_status, response_body, created_at)
+           VALUES ('buyer-1', 'k-old', 'sha256-of-a-body-with-the-card-number', 202, x'7b7d', 1);",
     )
     .execute(&pool)
     .await
@@ -105,7 +115,9 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
              transaction_key, created_at, updated_at, next_check_at)
            VALUES (7, 1, 'ORD000001-1', 'pg', 'KB', '1451', 39000, 'PENDING', '20261124:TR:aaaaaa', now(), now(), now());
          SELECT setval('payment_attempts_id_seq', 7);
-         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', now());",
+         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', now());
+         INSERT INTO idempotency_keys (buyer_id, key, request_hash, response_status, response_body, created_at)
+           VALUES ('buyer-1', 'k-old', 'sha256-of-a-body-with-the-card-number', 202, '\\x7b7d'::bytea, now());",
     )
     .execute(&pool)
     .await

@@ -95,6 +95,7 @@ async fn a_crash_between_the_checkout_transactions_is_settled() {
         card_type: CardType::Kb,
         card_last4: card_last4.into(),
         now_ms: chrono::Utc::now().timestamp_millis() - 1_000,
+        idempotency_key: None,
     };
     // Crashed before the PG call: REQUESTED and nothing at the PG.
     let never_sent = app.store.create_order(new_order("1111")).await.unwrap();

@@ -239,7 +239,7 @@ async fn signed_app(secret: &str) -> (TestApp, Vec<(String, String)>) {
 
 #[tokio::test]
 async fn forged_replayed_stale_and_tampered_callbacks_change_nothing() {
-    let secret = b"0123456789abcdef-secret";
+    let secret = b"0123456789abcdef-0123456789abcdef-secret";
     let (app, orders) = signed_app(std::str::from_utf8(secret).unwrap()).await;
     let (alice_key, alice_order) = orders[0].clone();
     let (bob_key, _) = orders[1].clone();
@@ -545,4 +545,140 @@ async fn callbacks_with_random_retries_never_double_settle() {
         .filter(|t| t.status == gateway::wire::TransactionStatus::Success)
         .count();
     assert_eq!(stock[0].sold as usize, successes);
+}
+
+// Defects found by the adversarial probe (docs/security.md, "Probe findings")
+
+#[tokio::test]
+async fn startup_refuses_an_empty_or_short_callback_secret() {
+    for secret in ["", "short-secret"] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut settings = service::Settings { database_url: "sqlite::memory:".into(), ..Default::default() };
+        settings.gateway.callback_secret = Some(secret.into());
+        let refused = service::Application::build_on(settings, listener).await.err().expect("refused");
+        assert!(refused.to_string().contains("callback_secret must be at least 32 bytes"), "{refused}");
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_callback_is_refused_and_stores_nothing() {
+    let app = spawn_app(Faults { processing_delay_ms: MsRange::new(600_000, 600_000), ..reliable() }).await;
+    let (_, order) = app.checkout("alice", &[(1, 1)]).await;
+    let key = order["data"]["payment"]["transactionKey"].as_str().unwrap().to_string();
+    let before = app.row_counts().await;
+    // A buyer knows their own key; a 65,000-character orderId used to be stored whole.
+    let huge = detail(&key, &"X".repeat(65_000), 39_000, "SUCCESS").to_string();
+    for _ in 0..3 {
+        let (status, body) = app.post_callback(huge.as_bytes(), None).await;
+        assert_eq!((status, body["meta"]["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("CALLBACK_MALFORMED")));
+    }
+    let queries = app.sim.sim().ledger().counts.status_queries;
+    assert_eq!(app.row_counts().await, before, "no event stored");
+    assert_eq!(queries, 0, "and the PG was not asked");
+}
+
+#[tokio::test]
+async fn a_mismatch_answer_names_none_of_our_values() {
+    let app = spawn_app(Faults { processing_delay_ms: MsRange::new(600_000, 600_000), ..reliable() }).await;
+    let (_, order) = app.checkout("alice", &[(3, 1)]).await;
+    let key = order["data"]["payment"]["transactionKey"].as_str().unwrap();
+    let pg_order_id = format!("ORD{:06}-1", order["data"]["orderId"].as_i64().unwrap());
+    let (status, body) = app.post_callback(detail(key, &pg_order_id, 1, "SUCCESS").to_string().as_bytes(), None).await;
+    assert_eq!((status, body["meta"]["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("CALLBACK_MISMATCH")));
+    let message = body["meta"]["message"].as_str().unwrap();
+    assert!(!message.contains("289000") && !message.contains(&pg_order_id), "{message}");
+}
+
+#[tokio::test]
+async fn forged_callbacks_cost_the_pg_no_more_than_the_fetch_back_limit() {
+    let app = spawn_app_with(
+        SimConfig {
+            faults: Faults { processing_delay_ms: MsRange::new(600_000, 600_000), ..reliable() },
+            ..sim_config()
+        },
+        |s| s.gateway.callback_fetch_backs_per_second = 5,
+    )
+    .await;
+    let (_, order) = app.checkout("alice", &[(1, 1)]).await;
+    let pg_order_id = format!("ORD{:06}-1", order["data"]["orderId"].as_i64().unwrap());
+    // Random keys for orderIds we never issued: answered from our records, no PG query.
+    for i in 0..200 {
+        let forged = detail(&format!("20261125:TR:{i:06x}"), &format!("ORD{:06}-1", 500_000 + i), 1_000, "SUCCESS");
+        let (status, _) = app.post_callback(forged.to_string().as_bytes(), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    assert_eq!(app.sim.sim().ledger().counts.status_queries, 0);
+    // Random keys for a real orderId: each needs the PG, and the limit caps them.
+    let mut limited = 0;
+    for i in 0..200 {
+        let forged = detail(&format!("20261125:TR:{i:06x}"), &pg_order_id, 39_000, "SUCCESS");
+        let (status, body) = app.post_callback(forged.to_string().as_bytes(), None).await;
+        match status {
+            StatusCode::NOT_FOUND => {}
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["meta"]["errorCode"], "CALLBACK_UNVERIFIABLE");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let queries = app.sim.sim().ledger().counts.status_queries;
+    assert!(queries < 200 && queries + limited == 200, "{queries} queries, {limited} limited");
+    assert!(queries <= 20, "5/s for the seconds this took, not one per callback: {queries}");
+    assert_eq!(app.order("alice", order["data"]["orderId"].as_i64().unwrap()).await.1["data"]["status"], "PENDING");
+}
+
+#[tokio::test]
+async fn small_input_defects_get_their_precise_answers() {
+    let app = spawn_app(reliable()).await;
+    // One product on two lines: the stock it had, not what the first line left.
+    let (status, body) = app.post_json("/api/v1/orders", Some("alice"), &checkout_body(&[(1, 999), (1, 2)])).await;
+    assert_eq!((status, body["meta"]["errorCode"].as_str()), (StatusCode::CONFLICT, Some("OUT_OF_STOCK")));
+    assert_eq!(body["data"]["available"], 1000, "{body}");
+    // A callback over the body limit gets the envelope.
+    let (status, body) = app.post_callback(&vec![b' '; 70 * 1024], None).await;
+    assert_eq!(
+        (status, body["meta"]["errorCode"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("PAYLOAD_TOO_LARGE"))
+    );
+    // Each paging parameter is reported against its own field.
+    for (query, field) in [("page=-1", "page"), ("size=abc", "size"), ("page=x", "page"), ("size=0", "size")] {
+        let (status, body) = app.get(&format!("/api/v1/orders?{query}"), Some("alice")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(body["data"]["errors"][0]["field"], field, "{query}: {body}");
+    }
+    // Two identities in one request are refused, not resolved in favour of the first.
+    let response = app
+        .http
+        .get(format!("{}/api/v1/orders", app.url))
+        .header("X-USER-ID", "alice")
+        .header("X-USER-ID", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.row_counts().await.iter().map(|(_, n)| n).sum::<i64>(), 0, "nothing persisted");
+}
+
+#[tokio::test]
+async fn the_ops_page_may_not_be_framed_or_run_foreign_scripts() {
+    let app = spawn_app(reliable()).await;
+    let response = app.http.get(format!("{}/ops", app.url)).send().await.unwrap();
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert_eq!(header("x-frame-options"), "DENY");
+    let csp = header("content-security-policy");
+    assert!(csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'sha256-"), "{csp}");
+    assert!(!csp.contains("script-src 'unsafe-inline'"), "{csp}");
+}
+
+#[tokio::test]
+async fn another_buyers_order_is_read_with_the_same_single_lookup_as_an_unknown_one() {
+    let app = spawn_app(reliable()).await;
+    let (_, order) = app.checkout("alice", &[(1, 1)]).await;
+    let id = order["data"]["orderId"].as_i64().unwrap();
+    let bob = service::domain::BuyerId::parse("bob").unwrap();
+    // The query itself filters by buyer: nothing of alice's order is loaded for bob.
+    assert_eq!(app.store.buyer_order(&bob, id).await.unwrap(), None);
+    assert_eq!(app.order("bob", id).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(app.order("bob", id + 1_000).await.0, StatusCode::NOT_FOUND);
 }

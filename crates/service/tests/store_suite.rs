@@ -100,6 +100,8 @@ macro_rules! store_suite {
 store_suite!(
     checkout_reserves_stock_and_creates_a_requested_attempt,
     a_shortage_reserves_nothing,
+    a_shortage_reports_the_stock_of_the_product_over_all_its_lines,
+    a_key_in_flight_names_its_order_and_is_retaken_once,
     of_racing_settlements_exactly_one_wins,
     a_final_status_is_never_left,
     only_a_requested_attempt_is_rolled_back,
@@ -124,6 +126,7 @@ fn order(buyer: &str, lines: &[(i64, i64)]) -> NewOrder {
         card_type: CardType::Kb,
         card_last4: "1451".into(),
         now_ms: NOW,
+        idempotency_key: None,
     }
 }
 
@@ -179,6 +182,16 @@ async fn a_shortage_reserves_nothing(store: Arc<dyn Store>) {
         StoreError::ProductNotFound(42)
     ));
     assert_eq!(store.row_counts().await.unwrap().iter().map(|(_, n)| n).sum::<i64>(), 0);
+}
+
+async fn a_shortage_reports_the_stock_of_the_product_over_all_its_lines(store: Arc<dyn Store>) {
+    // 999 + 2 of a product with 1,000: it had 1,000, not the 1 left after the first line.
+    let error = store.create_order(order("alice", &[(1, 999), (2, 1), (1, 2)])).await.unwrap_err();
+    assert!(matches!(error, StoreError::OutOfStock { product: 1, available: 1000 }), "{error}");
+    assert_eq!(levels(&store, 1).await, (1000, 0, 0));
+    let created = store.create_order(order("alice", &[(1, 998), (1, 2)])).await.unwrap();
+    assert_eq!(levels(&store, 1).await, (0, 1000, 0), "two lines of one product reserve their sum");
+    assert_eq!(store.order(created.order_id).await.unwrap().unwrap().items.len(), 2, "the lines stay as ordered");
 }
 
 async fn of_racing_settlements_exactly_one_wins(store: Arc<dyn Store>) {
@@ -290,7 +303,7 @@ async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Store>) {
     for racer in racers {
         match racer.await.unwrap() {
             IdempotencyStart::Started => started += 1,
-            other => assert_eq!(other, IdempotencyStart::InFlight),
+            other => assert_eq!(other, IdempotencyStart::InFlight { order_id: None, since_ms: NOW }),
         }
     }
     assert_eq!(started, 1);
@@ -316,6 +329,34 @@ async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Store>) {
         IdempotencyStart::Started,
         "released"
     );
+}
+
+async fn a_key_in_flight_names_its_order_and_is_retaken_once(store: Arc<dyn Store>) {
+    let alice = BuyerId::parse("alice").unwrap();
+    let in_flight = |order_id| IdempotencyStart::InFlight { order_id, since_ms: NOW };
+    // The order is linked to its key in the order's own transaction.
+    assert_eq!(store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - 1).await.unwrap(), IdempotencyStart::Started);
+    let keyed = NewOrder { idempotency_key: Some("k1".into()), ..order("alice", &[(1, 1)]) };
+    let created = store.create_order(keyed.clone()).await.unwrap();
+    assert_eq!(
+        store.begin_idempotent(&alice, "k1", "h1", NOW + 5, NOW - 1).await.unwrap(),
+        in_flight(Some(created.order_id))
+    );
+    // A second order under a key that already has one is refused, with nothing kept.
+    assert!(matches!(store.create_order(keyed).await, Err(StoreError::IdempotencyKeyTaken)));
+    assert_eq!(levels(&store, 1).await, (999, 1, 0));
+    // A key with no order is retaken once: the loser of a race must not start too.
+    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW, NOW - 1).await.unwrap(), IdempotencyStart::Started);
+    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW + 5, NOW - 1).await.unwrap(), in_flight(None));
+    assert!(store.retake_idempotent(&alice, "k2", NOW, NOW + 60_000).await.unwrap());
+    assert!(!store.retake_idempotent(&alice, "k2", NOW, NOW + 60_001).await.unwrap(), "taken already");
+    assert_eq!(
+        store.begin_idempotent(&alice, "k2", "h2", NOW + 60_010, NOW - 1).await.unwrap(),
+        IdempotencyStart::InFlight { order_id: None, since_ms: NOW + 60_000 }
+    );
+    // A finished key is never retaken.
+    store.finish_idempotent(&alice, "k2", 202, b"{}").await.unwrap();
+    assert!(!store.retake_idempotent(&alice, "k2", NOW + 60_000, NOW + 70_000).await.unwrap());
 }
 
 async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Store>) {
@@ -364,6 +405,9 @@ async fn orders_are_listed_per_buyer_newest_first(store: Arc<dyn Store>) {
     assert_eq!(page, [ids[2], ids[1]]);
     let rest: Vec<i64> = store.orders_for_buyer(&alice, 2, 2).await.unwrap().iter().map(|o| o.order_id).collect();
     assert_eq!(rest, [ids[0]]);
+    let bob = BuyerId::parse("bob").unwrap();
+    assert_eq!(store.buyer_order(&alice, ids[0]).await.unwrap().map(|o| o.order_id), Some(ids[0]));
+    assert_eq!(store.buyer_order(&bob, ids[0]).await.unwrap(), None, "another buyer's order is not found");
 }
 
 async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Store>) {

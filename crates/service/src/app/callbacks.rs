@@ -6,8 +6,15 @@
 //! that reaches another one is still harmless, since settling is idempotent). There is
 //! one intake per gateway, each with its own URL and secret; a gateway's callback about
 //! an attempt sent to another gateway is refused.
+//!
+//! Anyone can post here, so nothing a caller sends costs more than a bounded amount:
+//! the attempt is looked up in our own records before the PG is asked (an orderId we
+//! never issued needs no PG query), fetch-backs have a rate limit of their own so
+//! forged callbacks cannot spend the status API, and every value that reaches a log line
+//! or the database is cut to a bounded length.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,12 +34,16 @@ pub enum CallbackError {
     Unauthorized,
     #[error("no payment attempt has this transaction")]
     UnknownTransaction,
-    #[error("the payment was sent to gateway {attempt_gateway}, not to the one calling back")]
+    // The texts below are answered to an unauthenticated caller: they name none of our
+    // values (the detail goes to the log and the payment's events).
+    #[error("the payment was sent to another gateway, not to the one calling back")]
     WrongGateway { attempt_gateway: String },
-    #[error("the callback does not match our payment: {0}")]
-    Mismatch(String),
+    #[error("the callback does not match our payment")]
+    Mismatch { detail: String },
     #[error("the PG could not confirm the callback now: {0}")]
     Unverifiable(String),
+    #[error("too many callbacks to confirm with the PG now")]
+    FetchBackLimited,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -46,6 +57,23 @@ pub struct CallbackIntake {
     replay_window: Duration,
     /// Signatures accepted within the replay window, with their timestamps.
     seen: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
+    /// Caps the PG status queries that unsigned callbacks cause.
+    fetch_backs: Arc<governor::DefaultDirectRateLimiter>,
+}
+
+/// The longest orderId or transaction key we accept: ours are 11-20 characters, the
+/// reference PG's keys 18.
+const MAX_ID_LEN: usize = 64;
+/// The longest reason kept: the reference PG's are under 40 characters.
+const MAX_REASON_CHARS: usize = 200;
+
+/// `value` cut to `max` characters, saying how much was cut: for log lines and stored
+/// details, which a caller's input must not be able to grow.
+pub fn bounded(value: &str, max: usize) -> String {
+    match value.char_indices().nth(max) {
+        None => value.to_string(),
+        Some((cut, _)) => format!("{}...(+{} bytes)", &value[..cut], value.len() - cut),
+    }
 }
 
 impl CallbackIntake {
@@ -55,8 +83,10 @@ impl CallbackIntake {
         metrics: Arc<Metrics>,
         secret: Option<String>,
         replay_window: Duration,
+        fetch_backs_per_second: NonZeroU32,
     ) -> Self {
         let settler = Settler::new(store.clone(), metrics);
+        let quota = governor::Quota::per_second(fetch_backs_per_second);
         CallbackIntake {
             store,
             gateway,
@@ -64,6 +94,7 @@ impl CallbackIntake {
             secret: secret.map(String::into_bytes),
             replay_window,
             seen: Arc::default(),
+            fetch_backs: Arc::new(governor::RateLimiter::direct(quota)),
         }
     }
 
@@ -73,21 +104,22 @@ impl CallbackIntake {
     }
 
     pub async fn receive(&self, raw: &[u8], signature: Option<&str>) -> Result<Applied, CallbackError> {
-        let body: TransactionDetail =
-            serde_json::from_slice(raw).map_err(|e| CallbackError::Malformed(e.to_string()))?;
-        let truth = match &self.secret {
-            Some(secret) => {
-                if let Err(refused) = self.verify_signature(secret, raw, signature) {
-                    // The key only: never the body's card data.
-                    tracing::warn!(gateway = self.gateway.name(), transaction_key = %body.transaction_key, "callback refused: bad, stale or replayed signature");
-                    return Err(refused);
-                }
-                body.clone()
-            }
-            None => self.fetch_back(&body).await?,
-        };
+        let mut body: TransactionDetail = serde_json::from_slice(raw)
+            .map_err(|e| CallbackError::Malformed(bounded(&e.to_string(), MAX_REASON_CHARS)))?;
+        if body.order_id.len() > MAX_ID_LEN || body.transaction_key.len() > MAX_ID_LEN {
+            return Err(CallbackError::Malformed(format!("orderId and transactionKey are at most {MAX_ID_LEN} bytes")));
+        }
+        body.reason = body.reason.map(|r| bounded(&r, MAX_REASON_CHARS));
+        if let Some(secret) = &self.secret
+            && let Err(refused) = self.verify_signature(secret, raw, signature)
+        {
+            // The key only: never the body's card data.
+            tracing::warn!(gateway = self.gateway.name(), transaction_key = %body.transaction_key, "callback refused: bad, stale or replayed signature");
+            return Err(refused);
+        }
+        // Our own records first: an orderId we never issued needs no PG query.
         let attempt =
-            self.store.attempt_by_pg_order_id(&truth.order_id).await?.ok_or(CallbackError::UnknownTransaction)?;
+            self.store.attempt_by_pg_order_id(&body.order_id).await?.ok_or(CallbackError::UnknownTransaction)?;
         if attempt.gateway != self.gateway.name() {
             // A gateway speaks only for payments it was sent; settling another one's
             // attempt on its word could mark an unpaid order paid.
@@ -102,16 +134,28 @@ impl CallbackIntake {
             tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, "callback refused: {detail}");
             return Err(CallbackError::WrongGateway { attempt_gateway: attempt.gateway });
         }
-        if body.amount != attempt.amount || truth.amount != attempt.amount || body.order_id != attempt.pg_order_id {
+        let truth = match &self.secret {
+            Some(_) => body.clone(),
+            None => self.fetch_back(&body).await?,
+        };
+        if body.amount != attempt.amount || truth.amount != attempt.amount || truth.order_id != attempt.pg_order_id {
             let detail = format!(
-                "callback for {} says amount {} / orderId {}, ours is {} / {}",
-                body.transaction_key, body.amount, body.order_id, attempt.amount, attempt.pg_order_id
+                "callback for {} says amount {} / orderId {}, the PG {} / {}, ours is {} / {}",
+                body.transaction_key,
+                body.amount,
+                body.order_id,
+                truth.amount,
+                bounded(&truth.order_id, MAX_ID_LEN),
+                attempt.amount,
+                attempt.pg_order_id
             );
             self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
             tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, transaction_key = %body.transaction_key, "callback refused: {detail}");
-            return Err(CallbackError::Mismatch(detail));
+            return Err(CallbackError::Mismatch { detail });
         }
-        let observed = Observed { transaction_key: truth.transaction_key, status: truth.status, reason: truth.reason };
+        let reason = truth.reason.map(|r| bounded(&r, MAX_REASON_CHARS));
+        let observed =
+            Observed { transaction_key: bounded(&truth.transaction_key, MAX_ID_LEN), status: truth.status, reason };
         Ok(self.settler.apply(&attempt, &observed, Source::Callback).await?)
     }
 
@@ -132,6 +176,11 @@ impl CallbackIntake {
 
     /// The PG's own view of the transaction; the body only tells us which one to ask about.
     async fn fetch_back(&self, body: &TransactionDetail) -> Result<TransactionDetail, CallbackError> {
+        if self.fetch_backs.check().is_err() {
+            // Refused, not queued: the PG's callback is then lost like any other, and
+            // the reconciler settles the payment by asking the PG at its own pace.
+            return Err(CallbackError::FetchBackLimited);
+        }
         match self.gateway.transaction(&body.transaction_key).await {
             LookupOutcome::Found(detail) => Ok(detail),
             LookupOutcome::NotFound => Err(CallbackError::UnknownTransaction),
@@ -139,5 +188,18 @@ impl CallbackIntake {
             LookupOutcome::NotDelivered(why) => Err(CallbackError::Unverifiable(why.to_string())),
             LookupOutcome::Unknown(why) => Err(CallbackError::Unverifiable(why.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn bounded_values_keep_their_start_and_say_what_was_cut() {
+        assert_eq!(bounded("short", 10), "short");
+        assert_eq!(bounded(&"x".repeat(65_000), 8), "xxxxxxxx...(+64992 bytes)");
+        // Cut on a character boundary, never inside a multi-byte character.
+        assert_eq!(bounded("가나다라", 2), "가나...(+6 bytes)");
     }
 }

@@ -21,6 +21,8 @@ pub struct CheckoutRequest {
     pub lines: Vec<CheckoutLine>,
     pub card_type: CardType,
     pub card: CardNumber,
+    /// The buyer's `Idempotency-Key`, linked to the order when it is created.
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,7 @@ impl Checkout {
                 card_type: request.card_type,
                 card_last4: request.card.last4().to_string(),
                 now_ms: super::now_ms(),
+                idempotency_key: request.idempotency_key,
             })
             .await?;
         loop {

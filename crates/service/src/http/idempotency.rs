@@ -1,7 +1,9 @@
 //! `Idempotency-Key` on checkout, with Stripe's semantics: the same key and body from
 //! the same buyer get the first response byte for byte and start no second payment;
 //! the same key with another body is refused (422); while the first request runs, a
-//! repeat is refused (409). Keys live in the database, so a restart keeps them.
+//! repeat is refused (409). Keys live in the database, so a restart keeps them. A key
+//! whose request died with its process (in flight for longer than any checkout runs)
+//! answers with the order that request created, or starts afresh when none stands.
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -9,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 use super::response::ApiError;
+use crate::app::checkout::CheckoutRequest;
+use crate::configuration::CheckoutSettings;
 use crate::domain::BuyerId;
 use crate::store::{IdempotencyStart, Store};
 
@@ -27,33 +31,61 @@ impl IdempotencyKey {
         }
         Ok(Some(IdempotencyKey(String::from_utf8_lossy(bytes).into_owned())))
     }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// The body's SHA-256 over its canonical JSON (keys sorted), so formatting does not
-/// make two equal requests differ.
-pub fn request_hash(body: &[u8]) -> String {
-    let canonical = serde_json::from_slice::<serde_json::Value>(body)
-        .map(|v| serde_json::to_vec(&v).expect("a Value serialises"))
-        .unwrap_or_else(|_| body.to_vec());
+/// What tells two requests under one key apart: the lines, the card type and the
+/// card's last 4 digits, hashed. Never the full card number: an unkeyed hash of it sits
+/// in the database, and its 6 unknown digits (issuer prefix public, last 4 stored) fall
+/// to a million guesses. Two cards with the same last 4 under one key count as one
+/// request, which is the key's promise anyway.
+pub fn fingerprint(request: &CheckoutRequest) -> String {
+    let mut canonical = String::new();
+    for line in &request.lines {
+        canonical.push_str(&format!("{}x{};", line.product_id.0, line.quantity.get()));
+    }
+    canonical.push_str(&format!("{}:{}", request.card_type.as_str(), request.card.last4()));
     hex::encode(Sha256::digest(canonical))
 }
 
 pub enum NextAction {
     StartProcessing,
     ReturnSavedResponse(Response),
+    /// The key's first request died after creating this order: answer with it.
+    ReplayOrder(i64),
 }
 
 pub async fn try_processing(
     store: &dyn Store,
     buyer: &BuyerId,
     key: &IdempotencyKey,
-    hash: &str,
-    ttl_ms: i64,
+    fingerprint: &str,
+    settings: &CheckoutSettings,
 ) -> Result<NextAction, ApiError> {
     let now = crate::app::now_ms();
-    match store.begin_idempotent(buyer, &key.0, hash, now, now - ttl_ms).await? {
+    let ttl_ms = settings.idempotency_ttl_secs as i64 * 1_000;
+    match store.begin_idempotent(buyer, &key.0, fingerprint, now, now - ttl_ms).await? {
         IdempotencyStart::Started => Ok(NextAction::StartProcessing),
-        IdempotencyStart::InFlight => Err(ApiError::IdempotencyInFlight),
+        IdempotencyStart::InFlight { order_id, since_ms } => {
+            // A live checkout ends well within this (its PG deadline); older means its
+            // process died mid-request and nobody will ever finish the key.
+            if now - since_ms < settings.idempotency_in_flight_secs as i64 * 1_000 {
+                return Err(ApiError::IdempotencyInFlight);
+            }
+            if let Some(order_id) = order_id
+                && store.order(order_id).await?.is_some()
+            {
+                return Ok(NextAction::ReplayOrder(order_id));
+            }
+            // No order stands (none created, or rolled back): nothing reached a PG.
+            match store.retake_idempotent(buyer, &key.0, since_ms, now).await? {
+                true => Ok(NextAction::StartProcessing),
+                false => Err(ApiError::IdempotencyInFlight),
+            }
+        }
         IdempotencyStart::Mismatch => Err(ApiError::IdempotencyMismatch),
         IdempotencyStart::Saved { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -87,10 +119,27 @@ pub async fn save_response(
 mod tests {
     use super::*;
 
+    fn request(lines: &[(i64, u32)], card: &str) -> CheckoutRequest {
+        use crate::domain::{CardNumber, CheckoutLine, ProductId, Quantity};
+        CheckoutRequest {
+            buyer: BuyerId::parse("buyer-1").unwrap(),
+            lines: lines
+                .iter()
+                .map(|&(p, q)| CheckoutLine { product_id: ProductId(p), quantity: Quantity::parse(q as i64).unwrap() })
+                .collect(),
+            card_type: gateway::wire::CardType::Kb,
+            card: CardNumber::parse(card).unwrap(),
+            idempotency_key: None,
+        }
+    }
+
     #[test]
-    fn equal_json_hashes_equal_whatever_the_formatting() {
-        assert_eq!(request_hash(br#"{"a":1,"b":[1,2]}"#), request_hash(b"{ \"b\": [1, 2],\n \"a\": 1 }"));
-        assert_ne!(request_hash(br#"{"a":1}"#), request_hash(br#"{"a":2}"#));
+    fn the_fingerprint_tells_requests_apart_but_never_depends_on_the_hidden_card_digits() {
+        let base = fingerprint(&request(&[(1, 2), (3, 1)], "1234-5678-9814-1451"));
+        assert_eq!(base, fingerprint(&request(&[(1, 2), (3, 1)], "9999-0000-1111-1451")), "only the last 4 count");
+        assert_ne!(base, fingerprint(&request(&[(1, 2), (3, 1)], "1234-5678-9814-1452")));
+        assert_ne!(base, fingerprint(&request(&[(1, 3), (3, 1)], "1234-5678-9814-1451")));
+        assert_ne!(base, fingerprint(&request(&[(1, 2)], "1234-5678-9814-1451")));
     }
 
     #[test]

@@ -28,6 +28,10 @@ use crate::store::Store;
 /// Bodies above this are refused before they are read.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// A body, or why it could not be read (over `BODY_LIMIT`): handlers answer that with
+/// the envelope rather than axum's plain-text rejection.
+pub type BodyBytes = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
 /// What every handler shares. axum clones the state into every route for every
 /// connection, so it is one `Arc`: a clone is a reference count, not a copy of the
 /// gateway clients (that cost ~180 KB per open connection; docs/benchmarks.md).
@@ -70,6 +74,29 @@ pub fn buyer_limiter(settings: &CheckoutSettings) -> BuyerLimiter {
     governor::RateLimiter::keyed(governor::Quota::per_second(per_second).allow_burst(burst))
 }
 
+/// Drops the buckets of buyers idle long enough for theirs to be full again (such a
+/// buyer is indistinguishable from a new one), so a flood of one-off buyer ids does not
+/// stay in memory. Runs every 30 s until `stop` turns true.
+pub async fn sweep_buyer_limiter(limiter: Arc<BuyerLimiter>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+    while !*stop.borrow() {
+        tokio::select! {
+            _ = every.tick() => forget_idle_buyers(&limiter),
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+fn forget_idle_buyers<C, MW>(
+    limiter: &governor::RateLimiter<String, governor::state::keyed::DashMapStateStore<String>, C, MW>,
+) where
+    C: governor::clock::Clock,
+    MW: governor::middleware::RateLimitingMiddleware<C::Instant>,
+{
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/products", get(products))
@@ -96,7 +123,7 @@ async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// The primary gateway's callbacks keep the original path.
-async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: BodyBytes) -> Result<Response, ApiError> {
     let primary = state.gateways.primary().name().to_string();
     callback(state, Path(primary), headers, body).await
 }
@@ -105,9 +132,10 @@ async fn callback(
     State(state): State<AppState>,
     Path(gateway): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: BodyBytes,
 ) -> Result<Response, ApiError> {
     use crate::app::callbacks::CallbackError::*;
+    let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
     let intake = state.callbacks.iter().find(|c| c.gateway() == gateway).ok_or(ApiError::UnknownPath)?;
     let signature = headers.get(gateway::wire::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     let received = intake.receive(&body, signature).await;
@@ -117,8 +145,9 @@ async fn callback(
         Err(Unauthorized) => "unauthorized",
         Err(UnknownTransaction) => "unknown_transaction",
         Err(WrongGateway { .. }) => "wrong_gateway",
-        Err(Mismatch(_)) => "mismatch",
+        Err(Mismatch { .. }) => "mismatch",
         Err(Unverifiable(_)) => "unverifiable",
+        Err(FetchBackLimited) => "fetch_back_limited",
         Err(Store(_)) => "error",
     });
     Ok(ok(StatusCode::OK, json!({ "result": received?.as_str() })))
@@ -136,4 +165,30 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
     state.store.ping().await.map_err(|e| ApiError::Internal(format!("database not ready: {e}")))?;
     Ok(ok(StatusCode::OK, json!({"status": "ready"})))
+}
+
+#[cfg(test)]
+mod tests {
+    use governor::clock::FakeRelativeClock;
+    use governor::{Quota, RateLimiter};
+
+    #[test]
+    fn idle_buyers_are_forgotten_and_active_ones_kept() {
+        let clock = FakeRelativeClock::default();
+        let quota = Quota::per_second(std::num::NonZeroU32::new(10).unwrap())
+            .allow_burst(std::num::NonZeroU32::new(20).unwrap());
+        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone());
+        for buyer in 0..1_000 {
+            let buyer = format!("buyer-{buyer}");
+            assert!((0..20).all(|_| limiter.check_key(&buyer).is_ok()), "the burst");
+        }
+        // 1 s refills 10 of the 20 tokens: those buyers must still be remembered.
+        clock.advance(std::time::Duration::from_secs(1));
+        super::forget_idle_buyers(&limiter);
+        assert_eq!(limiter.len(), 1_000, "a bucket that is not full again is kept");
+        clock.advance(std::time::Duration::from_millis(1_500));
+        assert!(limiter.check_key(&"buyer-7".to_string()).is_ok());
+        super::forget_idle_buyers(&limiter);
+        assert_eq!(limiter.len(), 1, "only the buyer who just ordered is kept");
+    }
 }

@@ -1,6 +1,5 @@
 //! `POST /api/v1/orders` (checkout), `GET /api/v1/orders/{id}`, `GET /api/v1/orders`.
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
@@ -10,7 +9,7 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use super::buyer::Buyer;
-use super::idempotency::{self, IdempotencyKey, NextAction, request_hash};
+use super::idempotency::{self, IdempotencyKey, NextAction};
 use super::response::{ApiError, ok};
 use crate::app::checkout::CheckoutRequest;
 use crate::domain::card::parse_card_type;
@@ -70,7 +69,9 @@ fn parse_checkout(
         problems.push(Invalid::new("cardNo", "유효하지 않은 카드 번호입니다."));
     }
     match (problems.is_empty(), card_type, card) {
-        (true, Some(card_type), Some(card)) => Ok(CheckoutRequest { buyer: buyer.clone(), lines, card_type, card }),
+        (true, Some(card_type), Some(card)) => {
+            Ok(CheckoutRequest { buyer: buyer.clone(), lines, card_type, card, idempotency_key: None })
+        }
         _ => Err(ApiError::Invalid(problems)),
     }
 }
@@ -79,7 +80,7 @@ pub async fn checkout(
     State(state): State<AppState>,
     Buyer(buyer): Buyer,
     headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    body: super::BodyBytes,
 ) -> Result<Response, ApiError> {
     if let Err(not_until) = state.limiter.check_key(&buyer.as_str().to_string()) {
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
@@ -87,23 +88,39 @@ pub async fn checkout(
     }
     let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
     let key = IdempotencyKey::from_headers(&headers)?;
-    let request = parse_checkout(&headers, &body, &buyer, state.checkout_settings.require_luhn)?;
+    let mut request = parse_checkout(&headers, &body, &buyer, state.checkout_settings.require_luhn)?;
     let Some(key) = key else {
         return place(&state, request).await;
     };
-    let ttl_ms = state.checkout_settings.idempotency_ttl_secs as i64 * 1_000;
-    match idempotency::try_processing(&*state.store, &buyer, &key, &request_hash(&body), ttl_ms).await? {
-        NextAction::ReturnSavedResponse(saved) => Ok(saved),
-        NextAction::StartProcessing => {
-            let response = place(&state, request).await.unwrap_or_else(IntoResponse::into_response);
-            idempotency::save_response(&*state.store, &buyer, &key, response).await
-        }
-    }
+    let fingerprint = idempotency::fingerprint(&request);
+    let response =
+        match idempotency::try_processing(&*state.store, &buyer, &key, &fingerprint, &state.checkout_settings).await? {
+            NextAction::ReturnSavedResponse(saved) => return Ok(saved),
+            NextAction::ReplayOrder(order_id) => {
+                let mut replayed = accepted(&state, order_id).await?;
+                replayed.headers_mut().insert("Idempotent-Replayed", axum::http::HeaderValue::from_static("true"));
+                replayed
+            }
+            NextAction::StartProcessing => {
+                request.idempotency_key = Some(key.as_str().to_string());
+                match place(&state, request).await {
+                    // Another request owns the key now: its answer is the one to keep.
+                    Err(ApiError::IdempotencyInFlight) => return Err(ApiError::IdempotencyInFlight),
+                    placed => placed.unwrap_or_else(IntoResponse::into_response),
+                }
+            }
+        };
+    idempotency::save_response(&*state.store, &buyer, &key, response).await
 }
 
 async fn place(state: &AppState, request: CheckoutRequest) -> Result<Response, ApiError> {
     let placed = state.checkout.place(request).await?;
-    let order = state.store.order(placed.order_id).await?.ok_or(ApiError::OrderNotFound)?;
+    accepted(state, placed.order_id).await
+}
+
+/// The 202 a placed checkout answers: the order as it stands.
+async fn accepted(state: &AppState, order_id: i64) -> Result<Response, ApiError> {
+    let order = state.store.order(order_id).await?.ok_or(ApiError::OrderNotFound)?;
     Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))
 }
 
@@ -114,15 +131,15 @@ pub async fn detail(
 ) -> Result<Response, ApiError> {
     // Unknown, malformed and other buyers' ids all answer the same 404.
     let order_id: i64 = raw_id.parse().map_err(|_| ApiError::OrderNotFound)?;
-    let order =
-        state.store.order(order_id).await?.filter(|o| o.buyer_id == buyer.as_str()).ok_or(ApiError::OrderNotFound)?;
+    let order = state.store.buyer_order(&buyer, order_id).await?.ok_or(ApiError::OrderNotFound)?;
     Ok(ok(StatusCode::OK, OrderDto::from(order)))
 }
 
+/// Kept as text so each parameter's error names its own field.
 #[derive(Deserialize)]
 pub struct Page {
-    page: Option<i64>,
-    size: Option<i64>,
+    page: Option<String>,
+    size: Option<String>,
 }
 
 pub async fn list(
@@ -131,10 +148,16 @@ pub async fn list(
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(page) = page.map_err(|_| ApiError::invalid("page", "page 와 size 는 정수여야 합니다."))?;
-    let (number, size) = (page.page.unwrap_or(0), page.size.unwrap_or(20));
-    if number < 0 || !(1..=100).contains(&size) {
-        return Err(ApiError::invalid("size", "page 는 0 이상, size 는 1 이상 100 이하여야 합니다."));
-    }
+    let number = match page.page.as_deref().map(str::parse::<i64>) {
+        None => 0,
+        Some(Ok(n)) if n >= 0 => n,
+        Some(_) => return Err(ApiError::invalid("page", "page 는 0 이상의 정수여야 합니다.")),
+    };
+    let size = match page.size.as_deref().map(str::parse::<i64>) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return Err(ApiError::invalid("size", "size 는 1 이상 100 이하의 정수여야 합니다.")),
+    };
     let offset = number.checked_mul(size).ok_or_else(|| ApiError::invalid("page", "page 가 너무 큽니다."))?;
     let mut orders = state.store.orders_for_buyer(&buyer, offset, size + 1).await?;
     let has_next = orders.len() as i64 > size;

@@ -65,6 +65,7 @@ impl From<StoreError> for ApiError {
             StoreError::ProductNotFound(id) => ApiError::ProductNotFound(id),
             StoreError::OutOfStock { product, available } => ApiError::OutOfStock { product, available },
             StoreError::AmountOverflow => ApiError::invalid("items", "주문 금액이 너무 큽니다."),
+            StoreError::IdempotencyKeyTaken => ApiError::IdempotencyInFlight,
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -131,8 +132,10 @@ impl IntoResponse for ApiError {
                     CallbackError::Unauthorized => (StatusCode::UNAUTHORIZED, "CALLBACK_UNAUTHORIZED"),
                     CallbackError::UnknownTransaction => (StatusCode::NOT_FOUND, "TRANSACTION_NOT_FOUND"),
                     CallbackError::WrongGateway { .. } => (StatusCode::CONFLICT, "CALLBACK_WRONG_GATEWAY"),
-                    CallbackError::Mismatch(_) => (StatusCode::BAD_REQUEST, "CALLBACK_MISMATCH"),
-                    CallbackError::Unverifiable(_) => (StatusCode::SERVICE_UNAVAILABLE, "CALLBACK_UNVERIFIABLE"),
+                    CallbackError::Mismatch { .. } => (StatusCode::BAD_REQUEST, "CALLBACK_MISMATCH"),
+                    CallbackError::Unverifiable(_) | CallbackError::FetchBackLimited => {
+                        (StatusCode::SERVICE_UNAVAILABLE, "CALLBACK_UNVERIFIABLE")
+                    }
                     CallbackError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR"),
                 };
                 (status, code, e.to_string(), None)

@@ -20,8 +20,28 @@ use crate::http::response::{ApiError, ok};
 
 const PAGE: &str = include_str!("page.html");
 
+/// The page may run only its own script, talk only to us, and never be framed (it
+/// carries operator controls: no clickjacking). The script is allowed by its hash, so
+/// an injected one would not run; its inline `style` attributes need 'unsafe-inline'.
+static CONTENT_SECURITY_POLICY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let script = PAGE.split("<script>").nth(1).and_then(|s| s.split("</script>").next()).expect("the page's script");
+    let hash = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(script));
+    format!(
+        "default-src 'none'; script-src 'sha256-{hash}'; style-src 'unsafe-inline'; connect-src 'self'; \
+         img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+});
+
 pub async fn page() -> Response {
-    ([(header::CACHE_CONTROL, "no-store")], Html(PAGE)).into_response()
+    let headers = [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY.as_str()),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, Html(PAGE)).into_response()
 }
 
 #[derive(Serialize)]

@@ -22,6 +22,8 @@ pub enum StoreError {
     AmountOverflow,
     #[error("transaction key {0} already belongs to another payment attempt")]
     KeyTaken(String),
+    #[error("the idempotency key already has an order, or was given up")]
+    IdempotencyKeyTaken,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
@@ -48,6 +50,9 @@ pub struct NewOrder {
     pub card_type: CardType,
     pub card_last4: String,
     pub now_ms: i64,
+    /// The buyer's `Idempotency-Key`, when the checkout came with one: the key is
+    /// linked to the order in the order's own transaction.
+    pub idempotency_key: Option<String>,
 }
 
 /// What transaction 1 created.
@@ -153,8 +158,9 @@ impl EventKind {
 pub enum IdempotencyStart {
     /// First use of the key (or its earlier use expired): process the request.
     Started,
-    /// The first request with this key has not finished.
-    InFlight,
+    /// The first request with this key has not finished, or its process died: it
+    /// started at `since_ms` and had created `order_id` when one is set.
+    InFlight { order_id: Option<i64>, since_ms: i64 },
     /// The key was used with another request body.
     Mismatch,
     /// The first request finished: answer with its response, byte for byte.
@@ -207,6 +213,10 @@ pub trait Store: Send + Sync + 'static {
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError>;
 
     async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
+
+    /// The order if it is `buyer`'s. Another buyer's order costs the same one indexed
+    /// lookup as an unknown id, so timing does not tell that it exists.
+    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
 
     /// A buyer's orders, newest first; `limit + 1` are read to tell whether more follow.
     async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError>;
@@ -261,6 +271,17 @@ pub trait Store: Send + Sync + 'static {
         expires_before_ms: i64,
     ) -> Result<IdempotencyStart, StoreError>;
 
+    /// Takes over `key` left in flight since `since_ms` by a request whose process died
+    /// with no order standing (none created, or rolled back): false when another
+    /// request took it first.
+    async fn retake_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
     /// Saves the response of a request that claimed `key`.
     async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError>;
 
@@ -269,6 +290,40 @@ pub trait Store: Send + Sync + 'static {
 
     /// Row counts of every table, for tests that prove nothing was written.
     async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+}
+
+/// The stored fingerprint of keys from before fingerprints left the card number out
+/// (migration 0005 / 0003): any body matches it.
+pub(crate) const FINGERPRINT_UNKNOWN: &str = "unknown";
+
+/// Decides what a stored key row means for a request with `fingerprint`.
+pub(crate) fn idempotency_start(
+    fingerprint: &str,
+    stored: &str,
+    status: Option<i64>,
+    body: Option<Vec<u8>>,
+    order_id: Option<i64>,
+    since_ms: i64,
+) -> Result<IdempotencyStart, StoreError> {
+    Ok(match status {
+        _ if stored != fingerprint && stored != FINGERPRINT_UNKNOWN => IdempotencyStart::Mismatch,
+        None => IdempotencyStart::InFlight { order_id, since_ms },
+        Some(status) => IdempotencyStart::Saved {
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
+            body: body.unwrap_or_default(),
+        },
+    })
+}
+
+/// Each product with the total quantity of it over the lines, in product order: one
+/// reservation per product reports the stock it really had, and taking row locks in one
+/// order keeps two orders from deadlocking.
+pub(crate) fn reservations(lines: &[crate::domain::CheckoutLine]) -> Vec<(i64, i64)> {
+    let mut totals = std::collections::BTreeMap::new();
+    for line in lines {
+        *totals.entry(line.product_id.0).or_insert(0) += line.quantity.get() as i64;
+    }
+    totals.into_iter().collect()
 }
 
 /// The PG orderId of an attempt: unique per attempt, at least 6 characters.

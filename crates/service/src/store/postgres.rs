@@ -181,11 +181,7 @@ impl Store for PgStore {
             total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
             priced.push((id, name, price, line.quantity.get() as i64, amount.get()));
         }
-        // Reserve in product order: two orders locking the same rows in opposite
-        // orders would deadlock.
-        let mut reservations: Vec<(i64, i64)> = priced.iter().map(|p| (p.0, p.3)).collect();
-        reservations.sort_unstable();
-        for (id, quantity) in reservations {
+        for (id, quantity) in super::reservations(&order.lines) {
             let reserved = sqlx::query(
                 "UPDATE products SET available = available - $1, reserved = reserved + $1 WHERE id = $2 AND available >= $1",
             )
@@ -241,6 +237,21 @@ impl Store for PgStore {
         .bind(order.now_ms)
         .fetch_one(&mut *tx)
         .await?;
+        if let Some(key) = &order.idempotency_key {
+            // Conditional: a request that retook the key after this one stalled owns it.
+            let linked = sqlx::query(
+                "UPDATE idempotency_keys SET order_id = $1
+                 WHERE buyer_id = $2 AND key = $3 AND order_id IS NULL AND response_status IS NULL",
+            )
+            .bind(order_id)
+            .bind(order.buyer.as_str())
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+            if linked.rows_affected() == 0 {
+                return Err(StoreError::IdempotencyKeyTaken);
+            }
+        }
         tx.commit().await?;
         Ok(CreatedOrder { order_id, attempt_id, pg_order_id, amount: total })
     }
@@ -360,6 +371,21 @@ impl Store for PgStore {
              FROM orders WHERE id = $1",
         )
         .bind(order_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, buyer_id, total_amount, (extract(epoch from created_at) * 1000)::bigint AS created_at, anomaly
+             FROM orders WHERE id = $1 AND buyer_id = $2",
+        )
+        .bind(order_id)
+        .bind(buyer.as_str())
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -548,24 +574,46 @@ impl Store for PgStore {
             IdempotencyStart::Started
         } else {
             let row = sqlx::query(
-                "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE buyer_id = $1 AND key = $2",
+                "SELECT request_hash, response_status, response_body, order_id,
+                        (extract(epoch from created_at) * 1000)::bigint AS created_at
+                 FROM idempotency_keys WHERE buyer_id = $1 AND key = $2",
             )
             .bind(buyer.as_str())
             .bind(key)
             .fetch_one(&mut *tx)
             .await?;
-            let (hash, status): (String, Option<i64>) = (row.try_get("request_hash")?, row.try_get("response_status")?);
-            match status {
-                _ if hash != request_hash => IdempotencyStart::Mismatch,
-                None => IdempotencyStart::InFlight,
-                Some(status) => IdempotencyStart::Saved {
-                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
-                    body: row.try_get("response_body")?,
-                },
-            }
+            super::idempotency_start(
+                request_hash,
+                row.try_get("request_hash")?,
+                row.try_get("response_status")?,
+                row.try_get("response_body")?,
+                row.try_get("order_id")?,
+                row.try_get("created_at")?,
+            )?
         };
         tx.commit().await?;
         Ok(start)
+    }
+
+    async fn retake_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let taken = sqlx::query(
+            "UPDATE idempotency_keys SET created_at = to_timestamp($1::float8 / 1000), order_id = NULL
+             WHERE buyer_id = $2 AND key = $3 AND (extract(epoch from created_at) * 1000)::bigint = $4
+               AND response_status IS NULL",
+        )
+        .bind(now_ms)
+        .bind(buyer.as_str())
+        .bind(key)
+        .bind(since_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() == 1)
     }
 
     async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {

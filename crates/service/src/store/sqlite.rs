@@ -116,7 +116,7 @@ impl Store for SqliteStore {
         let mut priced = Vec::with_capacity(order.lines.len());
         for line in &order.lines {
             let id = line.product_id.0;
-            let row = sqlx::query("SELECT name, price, available FROM products WHERE id = ?")
+            let row = sqlx::query("SELECT name, price FROM products WHERE id = ?")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await?
@@ -124,10 +124,13 @@ impl Store for SqliteStore {
             let (name, price): (String, i64) = (row.try_get("name")?, row.try_get("price")?);
             let amount = Money::won(price).checked_mul(line.quantity).ok_or(StoreError::AmountOverflow)?;
             total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
+            priced.push((id, name, price, line.quantity.get() as i64, amount.get()));
+        }
+        for (id, quantity) in super::reservations(&order.lines) {
             let reserved = sqlx::query(
                 "UPDATE products SET available = available - ?1, reserved = reserved + ?1 WHERE id = ?2 AND available >= ?1",
             )
-            .bind(line.quantity.get() as i64)
+            .bind(quantity)
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -138,7 +141,6 @@ impl Store for SqliteStore {
                     .await?;
                 return Err(StoreError::OutOfStock { product: id, available });
             }
-            priced.push((id, name, price, line.quantity.get() as i64, amount.get()));
         }
         let order_id: i64 =
             sqlx::query_scalar("INSERT INTO orders (buyer_id, total_amount, created_at) VALUES (?, ?, ?) RETURNING id")
@@ -179,6 +181,21 @@ impl Store for SqliteStore {
         .bind(order.now_ms)
         .fetch_one(&mut *tx)
         .await?;
+        if let Some(key) = &order.idempotency_key {
+            // Conditional: a request that retook the key after this one stalled owns it.
+            let linked = sqlx::query(
+                "UPDATE idempotency_keys SET order_id = ?
+                 WHERE buyer_id = ? AND key = ? AND order_id IS NULL AND response_status IS NULL",
+            )
+            .bind(order_id)
+            .bind(order.buyer.as_str())
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+            if linked.rows_affected() == 0 {
+                return Err(StoreError::IdempotencyKeyTaken);
+            }
+        }
         tx.commit().await?;
         Ok(CreatedOrder { order_id, attempt_id, pg_order_id, amount: total })
     }
@@ -297,6 +314,20 @@ impl Store for SqliteStore {
             .bind(order_id)
             .fetch_optional(&self.pool)
             .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE id = ? AND buyer_id = ?",
+        )
+        .bind(order_id)
+        .bind(buyer.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
         match row {
             Some(row) => Ok(Some(self.assemble(&row).await?)),
             None => Ok(None),
@@ -463,24 +494,44 @@ impl Store for SqliteStore {
             IdempotencyStart::Started
         } else {
             let row = sqlx::query(
-                "SELECT request_hash, response_status, response_body FROM idempotency_keys WHERE buyer_id = ? AND key = ?",
+                "SELECT request_hash, response_status, response_body, order_id, created_at FROM idempotency_keys
+                 WHERE buyer_id = ? AND key = ?",
             )
             .bind(buyer.as_str())
             .bind(key)
             .fetch_one(&mut *tx)
             .await?;
-            let (hash, status): (String, Option<i64>) = (row.try_get("request_hash")?, row.try_get("response_status")?);
-            match status {
-                _ if hash != request_hash => IdempotencyStart::Mismatch,
-                None => IdempotencyStart::InFlight,
-                Some(status) => IdempotencyStart::Saved {
-                    status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
-                    body: row.try_get("response_body")?,
-                },
-            }
+            super::idempotency_start(
+                request_hash,
+                row.try_get("request_hash")?,
+                row.try_get("response_status")?,
+                row.try_get("response_body")?,
+                row.try_get("order_id")?,
+                row.try_get("created_at")?,
+            )?
         };
         tx.commit().await?;
         Ok(start)
+    }
+
+    async fn retake_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let taken = sqlx::query(
+            "UPDATE idempotency_keys SET created_at = ?, order_id = NULL
+             WHERE buyer_id = ? AND key = ? AND created_at = ? AND response_status IS NULL",
+        )
+        .bind(now_ms)
+        .bind(buyer.as_str())
+        .bind(key)
+        .bind(since_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(taken.rows_affected() == 1)
     }
 
     async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {
