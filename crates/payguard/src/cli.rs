@@ -78,7 +78,7 @@ impl Cli {
                 settings.validate()?;
                 tracing::info!(?settings, "starting payguard");
                 let app = service::Application::build(settings).await?;
-                app.run_until(crate::shutdown::signal()).await?;
+                app.run_until(crate::shutdown::signal()).await;
                 Ok(())
             }
             Command::GatewaySim(args) => {

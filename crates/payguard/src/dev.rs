@@ -82,7 +82,7 @@ pub async fn run(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
     }));
     crate::shutdown::signal().await;
     let _ = stop_tx.send(());
-    service.await??;
+    service.await?;
     for (_, sim) in gateways.drain(..) {
         sim.shutdown().await;
     }

@@ -150,6 +150,7 @@ async fn a_keyed_checkout_killed_mid_request_answers_under_its_key_after_restart
                 ("PAYGUARD_CHECKOUT__IDEMPOTENCY_IN_FLIGHT_SECS", "1".into()),
                 ("PAYGUARD_GATEWAY__RESILIENCE__RESPONSE_TIMEOUT", "30000".into()),
                 ("PAYGUARD_GATEWAY__RESILIENCE__DEADLINE", "30000".into()),
+                ("PAYGUARD_HTTP__REQUEST_TIMEOUT_MS", "60000".into()),
             ],
             &dir.join("serve.log"),
         )

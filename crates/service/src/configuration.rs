@@ -33,6 +33,35 @@ pub struct Settings {
     pub reconciler: ReconcilerSettings,
     pub checkout: CheckoutSettings,
     pub admin: AdminSettings,
+    pub http: HttpSettings,
+}
+
+/// What bounds a client's connection and request (docs/security.md, slow clients).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// A request's line and headers must arrive whole within this, however trickled;
+    /// a kept-alive connection that sends no next request is closed after it too.
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive whole within this.
+    pub body_read_timeout_ms: u64,
+    /// A handler's answer, at most; longer than every PG deadline a checkout can spend
+    /// (validated), so it never cuts off a payment that may have reached the PG.
+    pub request_timeout_ms: u64,
+    /// Open connections at most; a new one beyond it is closed at once. Keep it under
+    /// the process's open-file limit, with room for the database and PG connections.
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
+            request_timeout_ms: 30_000,
+            max_connections: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,6 +154,7 @@ impl Default for Settings {
             reconciler: ReconcilerSettings::default(),
             checkout: CheckoutSettings::default(),
             admin: AdminSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -148,7 +178,7 @@ pub const MIN_CALLBACK_SECRET_BYTES: usize = 32;
 
 /// Top-level keys; other `PAYGUARD_*` variables (the CLI's own, the simulator's) are
 /// not settings of the service and are left alone.
-const KEYS: [&str; 10] = [
+const KEYS: [&str; 11] = [
     "listen",
     "public_url",
     "database_url",
@@ -159,6 +189,7 @@ const KEYS: [&str; 10] = [
     "reconciler",
     "checkout",
     "admin",
+    "http",
 ];
 
 impl Settings {
@@ -211,6 +242,20 @@ impl Settings {
                 return Err(format!("gateway '{}': callback_fetch_backs_per_second must be positive", g.name));
             }
             g.resilience.validate().map_err(|e| format!("gateway '{}' resilience: {e}", g.name))?;
+        }
+        let http = &self.http;
+        if http.header_read_timeout_ms == 0 || http.body_read_timeout_ms == 0 || http.max_connections == 0 {
+            return Err("http.header_read_timeout_ms, body_read_timeout_ms and max_connections must be positive".into());
+        }
+        // A checkout may spend each gateway's whole deadline (failover) plus a pooled
+        // connection wait before and after the PG calls.
+        let checkout_ms = self.gateways().map(|g| g.resilience.deadline.as_millis() as u64).sum::<u64>()
+            + 2 * self.database_acquire_timeout_ms;
+        if http.request_timeout_ms <= checkout_ms {
+            return Err(format!(
+                "http.request_timeout_ms ({}) must be longer than a checkout can take ({checkout_ms} ms: the gateways' deadlines and two database waits)",
+                http.request_timeout_ms
+            ));
         }
         if self.checkout.idempotency_in_flight_secs == 0 {
             return Err("checkout.idempotency_in_flight_secs must be positive".into());
@@ -364,6 +409,19 @@ mod tests {
             assert!(error.to_string().contains("callback_secret"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_request_timeout_outlasts_every_checkout() {
+        let mut s = Settings::default();
+        // 4 s deadline + 2 x 5 s database waits = 14 s with one gateway.
+        s.http.request_timeout_ms = 14_000;
+        assert!(s.validate().unwrap_err().contains("longer than a checkout can take (14000 ms"));
+        s.http.request_timeout_ms = 14_001;
+        assert_eq!(s.validate(), Ok(()));
+        // Each failover gateway can spend its own deadline too.
+        s.failover_gateways.push(GatewaySettings { name: "pg2".into(), ..GatewaySettings::default() });
+        assert!(s.validate().unwrap_err().contains("(18000 ms"));
     }
 
     #[test]

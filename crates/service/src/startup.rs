@@ -15,6 +15,8 @@ use crate::app::checkout::Checkout;
 use crate::app::gateways::{Gateway, Gateways};
 use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
+use crate::http::limits::RequestLimits;
+use crate::http::server::{self, ConnectionLimits};
 use crate::http::{AppParts, AppState, router};
 use crate::metrics::Metrics;
 use crate::ops::{Activity, Tee};
@@ -34,6 +36,17 @@ pub enum StartupError {
     Settings(String),
 }
 
+/// A burst of connections waits in the kernel's accept queue rather than being dropped
+/// (tokio's default backlog is 1,024; Linux caps this at `net.core.somaxconn`).
+const ACCEPT_BACKLOG: u32 = 4_096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// In-flight requests get this long after a shutdown signal: more than the PG client's
 /// total deadline, so a payment call in flight ends with a known outcome.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -42,13 +55,13 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
+    connection_limits: ConnectionLimits,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Application, StartupError> {
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
+        let listener =
+            listen(settings.listen).map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         Application::build_on(settings, listener).await
     }
 
@@ -118,9 +131,17 @@ impl Application {
             limiter: Arc::new(crate::http::buyer_limiter(&settings.checkout)),
             checkout_settings: settings.checkout.clone(),
             admin_token: settings.admin.token.as_deref().map(crate::http::admin::AdminToken::new),
+            request_limits: RequestLimits {
+                body_read_timeout: Duration::from_millis(settings.http.body_read_timeout_ms),
+                request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
+            },
         });
+        let connection_limits = ConnectionLimits {
+            header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
+            max_connections: settings.http.max_connections,
+        };
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
-        Ok(Application { listener, addr, state })
+        Ok(Application { listener, addr, state, connection_limits })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -142,7 +163,7 @@ impl Application {
     /// Serves until `signal` completes, then stops taking requests, lets in-flight ones
     /// (and their PG calls) finish within `SHUTDOWN_GRACE`, stops the reconciler and
     /// releases its leases.
-    pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(self, signal: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let reconciler = tokio::spawn(self.state.reconciler.clone().run(stop_rx.clone()));
         let samplers: Vec<_> = (self.state.gateways.all().iter())
@@ -152,16 +173,15 @@ impl Application {
         tracing::info!(addr = %self.addr, "payguard service listening");
         let stopping = Arc::new(tokio::sync::Notify::new());
         let notify = stopping.clone();
-        let serve = axum::serve(self.listener, router(self.state)).with_graceful_shutdown(async move {
+        let serve = server::serve(self.listener, router(self.state), self.connection_limits, async move {
             signal.await;
             tracing::info!("shutting down: no new requests; finishing in-flight ones");
             notify.notify_one();
         });
-        let served = tokio::select! {
-            served = serve => served,
+        tokio::select! {
+            () = serve => {}
             _ = async { stopping.notified().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
                 tracing::warn!(grace = ?SHUTDOWN_GRACE, "in-flight requests did not finish in time; stopping anyway");
-                Ok(())
             }
         };
         stop_tx.send_replace(true);
@@ -170,6 +190,5 @@ impl Application {
         for sampler in samplers {
             let _ = sampler.await;
         }
-        served
     }
 }

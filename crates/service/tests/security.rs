@@ -682,3 +682,147 @@ async fn another_buyers_order_is_read_with_the_same_single_lookup_as_an_unknown_
     assert_eq!(app.order("bob", id).await.0, StatusCode::NOT_FOUND);
     assert_eq!(app.order("bob", id + 1_000).await.0, StatusCode::NOT_FOUND);
 }
+
+// Slow clients (docs/security.md): the head, the body and idle keep-alive are bounded,
+// and so is the number of open connections.
+
+#[derive(Clone, Copy, Debug)]
+enum Slow {
+    /// Connects and sends nothing.
+    Silent,
+    /// A request line, then one more header line every 100 ms, never the blank line.
+    TrickledHead,
+    /// Whole headers announcing 1,000 bytes of body, then one byte every 100 ms.
+    TrickledBody,
+}
+
+/// Holds a connection the slow way until the server closes it: how long that took,
+/// and what the server sent before closing.
+async fn hold(addr: std::net::SocketAddr, slow: Slow) -> (Duration, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    match slow {
+        Slow::Silent => {}
+        Slow::TrickledHead => stream.write_all(b"POST /api/v1/orders HTTP/1.1\r\nHost: shop\r\n").await.unwrap(),
+        Slow::TrickledBody => stream
+            .write_all(b"POST /api/v1/orders HTTP/1.1\r\nHost: shop\r\nX-USER-ID: slow\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+            .await
+            .unwrap(),
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let (mut received, mut buf) = (Vec::new(), [0u8; 1024]);
+    loop {
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            },
+            _ = tick.tick() => {
+                let more: &[u8] = match slow { Slow::Silent => b"", Slow::TrickledHead => b"X-Slow: 1\r\n", Slow::TrickledBody => b" " };
+                if stream.write_all(more).await.is_err() {
+                    break;
+                }
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{slow:?} was never closed");
+    }
+    (started.elapsed(), String::from_utf8_lossy(&received).into_owned())
+}
+
+#[tokio::test]
+async fn slow_clients_are_closed_within_their_timeouts_while_buyers_are_served() {
+    let app = spawn_app_with(sim_config(), |s| {
+        s.http.header_read_timeout_ms = 500;
+        s.http.body_read_timeout_ms = 500;
+    })
+    .await;
+    let addr: std::net::SocketAddr = app.url.trim_start_matches("http://").parse().unwrap();
+    let mut slow = Vec::new();
+    for i in 0..90 {
+        let kind = [Slow::Silent, Slow::TrickledHead, Slow::TrickledBody][i % 3];
+        slow.push((kind, tokio::spawn(hold(addr, kind))));
+    }
+    // A buyer at the same time is answered as usual.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = app.checkout("buyer-1", &[(1, 1)]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert!(slow.iter().all(|(_, held)| !held.is_finished()), "served while every slow client was still held");
+    for (kind, held) in slow {
+        let (took, received) = held.await.unwrap();
+        assert!(took >= Duration::from_millis(450), "{kind:?} closed early: {took:?}");
+        assert!(took < Duration::from_millis(2_500), "{kind:?} held for {took:?}");
+        match kind {
+            // The head never came whole: closed without an answer.
+            Slow::Silent | Slow::TrickledHead => assert_eq!(received, "", "{kind:?}"),
+            Slow::TrickledBody => {
+                assert!(received.starts_with("HTTP/1.1 408"), "{received}");
+                assert!(received.contains("REQUEST_TIMEOUT"), "{received}");
+            }
+        }
+    }
+    assert_eq!(app.row_counts().await.iter().find(|(t, _)| t == "orders").unwrap().1, 1, "only the buyer's order");
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(sim_config(), |s| s.http.header_read_timeout_ms = 500).await;
+    let mut stream = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    let started = std::time::Instant::now();
+    let (mut received, mut buf) = (Vec::new(), [0u8; 1024]);
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await.expect("closed").unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&received).starts_with("HTTP/1.1 200"), "answered first");
+    let idle = started.elapsed();
+    assert!(idle >= Duration::from_millis(450) && idle < Duration::from_millis(2_000), "closed after {idle:?}");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once_and_open_ones_still_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(sim_config(), |s| {
+        s.http.max_connections = 3;
+        s.http.header_read_timeout_ms = 60_000;
+    })
+    .await;
+    let addr = app.url.trim_start_matches("http://").to_string();
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        open.push(stream);
+    }
+    // The fourth is closed before it is read.
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: shop\r\n\r\n").await;
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "refused without an answer: {read:?}");
+    // The open ones keep being served.
+    open[0].write_all(b"GET /healthz HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+    let n = open[0].read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // A place frees up when one closes.
+    drop(open.pop());
+    let mut later = None;
+    for _ in 0..50 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: shop\r\n\r\n").await.unwrap();
+        if matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {
+            later = Some(String::from_utf8_lossy(&buf[..12]).into_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(later.as_deref(), Some("HTTP/1.1 200"));
+}

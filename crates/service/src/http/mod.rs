@@ -3,8 +3,10 @@
 pub mod admin;
 pub mod buyer;
 pub mod idempotency;
+pub mod limits;
 pub mod orders;
 pub mod response;
+pub mod server;
 
 use std::sync::Arc;
 
@@ -63,6 +65,7 @@ pub struct AppParts {
     pub checkout_settings: CheckoutSettings,
     pub limiter: Arc<BuyerLimiter>,
     pub admin_token: Option<admin::AdminToken>,
+    pub request_limits: limits::RequestLimits,
 }
 
 /// Per-buyer checkout rate limit (a keyed token bucket).
@@ -115,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::UnknownPath })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), limits::bound_request))
         .with_state(state)
 }
 

@@ -43,6 +43,10 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("the request took too long")]
+    RequestTimeout,
     #[error("admin token missing or wrong")]
     Unauthorized,
     #[error("not found")]
@@ -161,6 +165,18 @@ impl IntoResponse for ApiError {
             ApiError::PayloadTooLarge => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", "요청 본문은 64KiB 이하여야 합니다.".into(), None)
             }
+            ApiError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                "REQUEST_TIMEOUT",
+                "요청 본문이 제시간에 도착하지 않았습니다.".into(),
+                None,
+            ),
+            ApiError::RequestTimeout => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "REQUEST_TIMEOUT",
+                "요청 처리 시간이 초과되었습니다. 잠시 후 다시 시도해주세요.".into(),
+                None,
+            ),
             ApiError::Unauthorized => {
                 (StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "관리자 토큰이 필요합니다.".into(), None)
             }
@@ -178,6 +194,10 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(envelope)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of a trickled body is never read: the connection cannot be reused.
+            response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if let ApiError::TooManyRequests { retry_after_secs } = self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
