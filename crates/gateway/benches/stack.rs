@@ -32,7 +32,7 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("breaker+retry+bulkhead, no-op inner", |b| {
         b.to_async(&runtime).iter(|| {
-            let attempted = Attempted { call: call.clone(), started: tokio::time::Instant::now() };
+            let attempted = Attempted { call: call.clone(), started: tokio::time::Instant::now(), max_attempts: None };
             service.clone().oneshot(attempted)
         })
     });
@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
     let mut owned = service.clone();
     c.bench_function("stack without the per-call clone", |b| {
         b.to_async(&runtime).iter(|| {
-            let attempted = Attempted { call: call.clone(), started: tokio::time::Instant::now() };
+            let attempted = Attempted { call: call.clone(), started: tokio::time::Instant::now(), max_attempts: None };
             use tower::Service;
             futures_ready(&mut owned);
             owned.call(attempted)

@@ -24,6 +24,12 @@ pub struct ResilienceConfig {
     pub bulkhead: BulkheadConfig,
     pub payment_breaker: BreakerConfig,
     pub status_breaker: BreakerConfig,
+    /// While the payment breaker is OPEN, the PG is asked this often whether it is back
+    /// (a status lookup that any live PG answers, if only with 404); when it is, the
+    /// breaker goes HALF_OPEN at once instead of waiting out `wait_in_open`. Doubles
+    /// after each half-open that fails, up to `wait_in_open`. Zero: off.
+    #[serde(with = "crate::duration_ms")]
+    pub recovery_probe_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +37,9 @@ pub struct ResilienceConfig {
 pub struct RetryConfig {
     /// Attempts per call, the first included.
     pub max_attempts: u32,
+    /// Attempts at this gateway when a further gateway admits payments: a payment that
+    /// surely did not arrive moves on after these instead of spending `max_attempts`.
+    pub attempts_before_failover: u32,
     #[serde(with = "crate::duration_ms")]
     pub initial_backoff: Duration,
     #[serde(with = "crate::duration_ms")]
@@ -59,15 +68,17 @@ impl Default for ResilienceConfig {
             retry: RetryConfig::default(),
             bulkhead: BulkheadConfig::default(),
             payment_breaker: BreakerConfig {
-                // The reference PG fails 40% of requests as normal behaviour: 65% over
-                // 100 calls never tripped in 10,000-payment runs (docs/resilience.md),
-                // while a full outage crosses it within ~45 failed calls.
-                failure_rate_threshold: 65.0,
+                // Open only on a PG that takes nothing: every one of the last 100 calls
+                // failed. A PG that still takes some payments (a brownout) gets them,
+                // with retries capped by the budget; opening at 65% refused the 30% a
+                // 70%-failing PG would have taken (docs/resilience.md, "Keep selling").
+                failure_rate_threshold: 100.0,
                 slow_call_rate_threshold: 80.0,
                 slow_call_duration: Duration::from_millis(800),
                 sliding_window: SlidingWindow::Count(100),
                 minimum_calls: 100,
-                permitted_calls_in_half_open: 20,
+                // One success among 5 probes closes it: recovery in one round trip.
+                permitted_calls_in_half_open: 5,
                 wait_in_open: Duration::from_secs(5),
                 automatic_transition: true,
                 max_wait_in_half_open: Duration::ZERO,
@@ -88,6 +99,7 @@ impl Default for ResilienceConfig {
                 half_open_timeout_target: HalfOpenTimeoutTarget::Open,
                 initial_state: InitialState::Closed,
             },
+            recovery_probe_interval: Duration::from_millis(200),
         }
     }
 }
@@ -96,6 +108,7 @@ impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             max_attempts: 6,
+            attempts_before_failover: 2,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(400),
             budget_ratio: 1.0,
@@ -119,8 +132,8 @@ impl ResilienceConfig {
         if self.deadline < self.response_timeout {
             return Err("the deadline must allow at least one whole attempt (deadline >= response_timeout)".into());
         }
-        if self.retry.max_attempts == 0 {
-            return Err("retry.max_attempts counts the first attempt: at least 1".into());
+        if self.retry.max_attempts == 0 || self.retry.attempts_before_failover == 0 {
+            return Err("retry.max_attempts and attempts_before_failover count the first attempt: at least 1".into());
         }
         if self.retry.initial_backoff > self.retry.max_backoff {
             return Err("retry.initial_backoff must not exceed retry.max_backoff".into());

@@ -11,6 +11,7 @@ pub mod config;
 mod duration_ms;
 pub mod observer;
 pub mod outcome;
+mod recovery;
 pub mod retry;
 pub mod signature;
 pub mod transport;

@@ -15,11 +15,13 @@ use crate::observer::{GatewayEvent, GatewayObserver};
 use crate::outcome::{CallError, NotDelivered, PgAnswer};
 use crate::transport::PgCall;
 
-/// A call with the instant it started, so every attempt knows the deadline.
+/// A call with the instant it started, so every attempt knows the deadline, and its
+/// own cap on attempts when it has one (a payment another gateway can take).
 #[derive(Debug, Clone)]
 pub struct Attempted {
     pub call: PgCall,
     pub started: Instant,
+    pub max_attempts: Option<u32>,
 }
 
 /// Cloned per call by `tower::retry::Retry`; `attempts` is that call's own count.
@@ -69,7 +71,8 @@ impl Policy<Attempted, PgAnswer, CallError> for RetryPolicy {
 
     fn retry(&mut self, request: &mut Attempted, result: &mut Result<PgAnswer, CallError>) -> Option<Self::Future> {
         let Err(error) = result else { return None };
-        if !is_retryable(error) || self.attempts >= self.config.max_attempts {
+        let max_attempts = request.max_attempts.unwrap_or(self.config.max_attempts);
+        if !is_retryable(error) || self.attempts >= max_attempts {
             return None;
         }
         let operation = request.call.operation();

@@ -500,3 +500,84 @@ async fn lookups_find_by_key_and_by_order_newest_first() {
     let LookupOutcome::Found(detail) = client.transaction(&keys[0]).await else { panic!() };
     assert_ne!(detail.status, TransactionStatus::Pending);
 }
+
+#[tokio::test]
+async fn an_open_breaker_half_opens_as_soon_as_the_pg_answers_again() {
+    let sim = sim(reliable()).await;
+    let long_wait = BreakerConfig { wait_in_open: Duration::from_secs(60), ..small_breaker() };
+    let quick_probe = ResilienceConfig {
+        payment_breaker: long_wait,
+        recovery_probe_interval: Duration::from_millis(50),
+        retry: RetryConfig { max_attempts: 1, ..config().retry },
+        ..config()
+    };
+    let (client, _) = client_for(&sim.base_url(), quick_probe);
+    sim.sim().set_faults(Faults { down: Some(DownMode::Unavailable), ..reliable() }).unwrap();
+    for i in 0..10 {
+        client.request_payment(payment(&format!("ORD{i:06}"))).await;
+    }
+    let breaker = client.payment_breaker().clone();
+    assert_eq!(breaker.state(), State::Open);
+    let sent = requests(&sim);
+    // The PG is still down: its probes find it so, and the breaker stays open.
+    eventually("three probes asked the PG", || sim.sim().ledger().counts.status_queries >= 3).await;
+    assert_eq!(breaker.state(), State::Open, "a PG that answers 503 is not back");
+    assert_eq!(requests(&sim), sent, "probes are lookups: no payment was sent");
+
+    sim.sim().set_faults(reliable()).unwrap();
+    // `eventually` gives up after 5 s, far inside the 60 s wait: only a probe can do it.
+    eventually("half-open once the PG answers", || breaker.state() == State::HalfOpen).await;
+    for i in 0..3 {
+        let outcome = client.request_payment(payment(&format!("ORQ{i:06}"))).await;
+        assert!(matches!(outcome, PaymentOutcome::Accepted { .. }), "{outcome:?}");
+    }
+    assert_eq!(breaker.state(), State::Closed);
+}
+
+#[tokio::test]
+async fn the_default_breaker_rides_out_a_brownout_and_opens_on_an_outage() {
+    // 70% of payment requests fail: a PG that still takes 30% must keep getting them.
+    let sim = sim(Faults { request_failure_rate: 0.7, ..Faults::instant() }).await;
+    let defaults = ResilienceConfig {
+        retry: RetryConfig {
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(2),
+            ..RetryConfig::default()
+        },
+        ..ResilienceConfig::default()
+    };
+    let (client, _) = client_for(&sim.base_url(), defaults);
+    let mut accepted = 0;
+    for i in 0..300 {
+        if matches!(client.request_payment(payment(&format!("ORB{i:06}"))).await, PaymentOutcome::Accepted { .. }) {
+            accepted += 1;
+        }
+    }
+    assert_eq!(client.payment_breaker().state(), State::Closed, "never opened on a PG that takes payments");
+    assert!(accepted > 90, "more than the 30% one attempt each would get: {accepted} of 300");
+    // A PG that takes nothing opens it within the window.
+    sim.sim().set_faults(Faults { down: Some(DownMode::Unavailable), ..Faults::instant() }).unwrap();
+    let mut calls = 0;
+    while client.payment_breaker().state() == State::Closed {
+        client.request_payment(payment(&format!("ORO{calls:06}"))).await;
+        calls += 1;
+        assert!(calls <= 100, "opened within its 100-call window");
+    }
+    assert_eq!(client.payment_breaker().state(), State::Open);
+}
+
+#[tokio::test]
+async fn with_a_gateway_to_fail_over_to_a_payment_spends_only_its_first_attempts() {
+    let sim = sim(Faults { down: Some(DownMode::Unavailable), ..reliable() }).await;
+    let config = ResilienceConfig {
+        payment_breaker: BreakerConfig { failure_rate_threshold: 100.0, minimum_calls: 1_000, ..small_breaker() },
+        retry: RetryConfig { max_attempts: 6, attempts_before_failover: 2, ..config().retry },
+        ..config()
+    };
+    let (client, _) = client_for(&sim.base_url(), config);
+    let outcome = client.request_payment_before_failover(payment("ORD000001")).await;
+    assert!(matches!(outcome, PaymentOutcome::NotDelivered(_)), "{outcome:?}");
+    assert_eq!(requests(&sim), 2, "two attempts, then it is the next gateway's");
+    client.request_payment(payment("ORD000002")).await;
+    assert_eq!(requests(&sim), 2 + 6, "alone, the whole retry sequence");
+}

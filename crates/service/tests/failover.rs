@@ -139,6 +139,23 @@ async fn a_failed_over_checkout_is_one_request_to_each_and_paid_once() {
 }
 
 #[tokio::test]
+async fn with_a_secondary_the_primary_gets_only_its_first_attempts() {
+    let app =
+        spawn_app_on(sim(Faults { down: Some(DownMode::Unavailable), ..approving() }), Some(sim(approving())), |s| {
+            s.gateway.resilience.payment_breaker = breaker_that_never_opens();
+            s.gateway.resilience.retry.max_attempts = 6;
+            s.gateway.resilience.retry.attempts_before_failover = 2;
+        })
+        .await;
+    for i in 0..3 {
+        let (status, body) = app.checkout("buyer-1", &[(1, 1)]).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(app.pg_requests(), 2 * (i + 1), "two attempts at the primary, not six");
+    }
+    assert_eq!(secondary(&app).sim().ledger().counts.payment_requests, 3);
+}
+
+#[tokio::test]
 async fn a_timed_out_attempt_on_the_primary_is_never_sent_to_the_secondary() {
     let app = spawn_app_on(sim(Faults { hang: true, ..approving() }), Some(sim(approving())), |s| {
         s.gateway.resilience.payment_breaker = breaker_that_never_opens();

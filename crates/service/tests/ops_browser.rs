@@ -161,7 +161,7 @@ async fn the_ops_page_follows_an_outage_live_and_guards_its_controls() {
     app.sim.sim().set_faults(Faults { down: Some(DownMode::Unavailable), ..Faults::instant() }).unwrap();
     browser.wait_text(PAYMENTS_STATE, "OPEN", |t| t == "OPEN").await;
     let reason = browser.text(r#"[data-transition="pg.payments:closed:open"] td:last-child"#).await;
-    assert!(reason.starts_with("failure rate") && reason.contains(">= 65%"), "the reason is shown: {reason}");
+    assert!(reason.starts_with("failure rate") && reason.contains(">= 100%"), "the reason is shown: {reason}");
     assert!(
         browser.text(r#"[data-alert="PaymentGatewayCircuitOpen"]"#).await.contains("pg.payments"),
         "the alert condition is shown"

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
-use super::drive::Driven;
+use super::drive::{Checkout, Driven};
 use super::profile::Profile;
 use super::stack::{Stack, metric_sum};
 
@@ -151,6 +151,20 @@ pub struct Figures {
     pub outage_checkouts: usize,
     pub outage_accepted: usize,
     pub outage_paid: usize,
+    /// The fault window, in seconds from the start of the run.
+    pub window_s: Option<(f64, f64)>,
+    /// Checkouts started in the window as long again after it, and those answered 202:
+    /// how fast selling comes back.
+    pub after_checkouts: usize,
+    pub after_accepted: usize,
+    /// 503 answers: (p50, p99) in ms.
+    pub refusal_ms: Option<(f64, f64)>,
+    /// Payment requests the PGs received (their own count) per checkout.
+    pub pg_requests_per_checkout: f64,
+    /// From the end of the window to the first checkout answered 202 that started after it.
+    pub first_accept_after_recovery_s: Option<f64>,
+    /// In an outage: PG payment requests per checkout from 2 s into the window to its end.
+    pub reach_after_2s: Option<f64>,
     /// Orders paid through each gateway: (name, count).
     pub paid_by_gateway: Vec<(String, usize)>,
 }
@@ -160,6 +174,20 @@ pub struct Audit {
     pub profile: Profile,
     pub violations: Violations,
     pub figures: Figures,
+    /// What the timeline draws.
+    #[serde(skip)]
+    pub timeline: Timeline,
+}
+
+/// A run over time, for the report's pictures.
+#[derive(Debug, Clone, Default)]
+pub struct Timeline {
+    /// (started at, status) of every checkout, in seconds from the start.
+    pub checkouts: Vec<(f64, u16)>,
+    /// (from, state) of the primary's payment breaker.
+    pub breaker: Vec<(f64, String)>,
+    pub window: Option<(f64, f64)>,
+    pub elapsed: f64,
 }
 
 fn quantiles(mut values: Vec<f64>, ps: &[f64]) -> Option<Vec<f64>> {
@@ -290,6 +318,14 @@ pub async fn audit(
     });
     let paid: std::collections::HashSet<i64> =
         attempts.iter().filter(|a| a.status == "SUCCESS").map(|a| a.order_id).collect();
+    let window = driven.window.map(|(from, to)| (from.as_secs_f64(), to.as_secs_f64()));
+    let at = |x: &Checkout| x.started_at.as_secs_f64();
+    let in_window = |x: &&Checkout| window.is_some_and(|(from, to)| at(x) >= from && at(x) < to);
+    let after_window = |x: &&Checkout| window.is_some_and(|(from, to)| at(x) >= to && at(x) < to + (to - from));
+    let mut pg_requests_seen = 0.0;
+    for (_, ledger) in &books {
+        pg_requests_seen += ledger["counts"]["paymentRequests"].as_f64().unwrap_or(0.0);
+    }
     let figures = Figures {
         checkouts: c.len(),
         paid: paid.len(),
@@ -311,14 +347,21 @@ pub async fn audit(
         pg_requests: pg_requests as usize,
         settle_wait_s,
         peak_rss_mb: driven.peak_rss.map(|b| b as f64 / (1024.0 * 1024.0)),
-        outage_checkouts: c.iter().filter(|x| x.during_outage).count(),
-        outage_accepted: c.iter().filter(|x| x.during_outage && x.status == 202).count(),
-        outage_paid: c
-            .iter()
-            .filter(|x| x.during_outage)
-            .filter_map(|x| x.order_id)
-            .filter(|id| paid.contains(id))
-            .count(),
+        outage_checkouts: c.iter().filter(in_window).count(),
+        outage_accepted: c.iter().filter(in_window).filter(|x| x.status == 202).count(),
+        outage_paid: c.iter().filter(in_window).filter_map(|x| x.order_id).filter(|id| paid.contains(id)).count(),
+        window_s: window,
+        after_checkouts: c.iter().filter(after_window).count(),
+        after_accepted: c.iter().filter(after_window).filter(|x| x.status == 202).count(),
+        refusal_ms: two(latencies(503)),
+        pg_requests_per_checkout: pg_requests_seen / c.len().max(1) as f64,
+        first_accept_after_recovery_s: window.and_then(|(_, to)| {
+            c.iter()
+                .filter(|x| x.status == 202 && at(x) >= to)
+                .map(|x| at(x) + x.latency.as_secs_f64() - to)
+                .min_by(f64::total_cmp)
+        }),
+        reach_after_2s: driven.reach_after_2s,
         paid_by_gateway: ledgers
             .iter()
             .map(|(name, _)| {
@@ -327,5 +370,11 @@ pub async fn audit(
             })
             .collect(),
     };
-    Ok(Audit { profile, violations: v, figures })
+    let timeline = Timeline {
+        checkouts: c.iter().map(|x| (at(x), x.status)).collect(),
+        breaker: driven.breaker.iter().map(|(t, state)| (t.as_secs_f64(), state.clone())).collect(),
+        window,
+        elapsed: driven.elapsed.as_secs_f64(),
+    };
+    Ok(Audit { profile, violations: v, figures, timeline })
 }

@@ -9,6 +9,7 @@ mod drive;
 mod profile;
 mod report;
 mod stack;
+mod timeline;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,9 +28,20 @@ pub struct ChaosArgs {
     /// Checkouts per profile (at most 4,000: the seeded stock).
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=4_000))]
     checkouts: u64,
-    /// Checkouts in flight at once.
+    /// Checkouts in flight at once (unpaced runs).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Paced: checkouts started per second (a shop's pace), however long their answers
+    /// take. Without it, checkouts run back to back at --concurrency.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// The fault window in seconds from the start, START..END (paced runs; default the
+    /// middle third). Unpaced runs fault the middle 40% of the checkouts.
+    #[arg(long, value_parser = parse_window, requires = "rate")]
+    window: Option<(f64, f64)>,
+    /// The PG's request failure rate outside the fault window (the reference PG's: 0.4).
+    #[arg(long, default_value_t = 0.4)]
+    failure_rate: f64,
     /// Seed of the simulator's draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -50,6 +62,14 @@ pub struct ChaosArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Also write a self-contained HTML report: each run as a timeline (checkouts per
+    /// second by outcome, breaker states, the fault window), payguard above naive; and
+    /// each profile's picture as an SVG beside it.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Exit non-zero when the naive client sells more than payguard in any profile.
+    #[arg(long, requires = "compare_naive")]
+    fail_if_naive_sells_more: bool,
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
@@ -76,12 +96,65 @@ pub async fn run(args: ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
         let json = serde_json::json!({"command": args_line(&args), "payguard": protected, "naive": naive});
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
+    if let Some(path) = &args.report {
+        timeline::write(path, &protected, &naive, &args_line(&args))?;
+    }
     let _ = std::fs::remove_dir_all(&root);
     let broken: usize = protected.iter().map(|a| a.violations.total()).sum();
     if broken > 0 {
         return Err(format!("{broken} invariant violations (see the table above)").into());
     }
+    if args.fail_if_naive_sells_more {
+        let worse: Vec<String> = protected
+            .iter()
+            .zip(&naive)
+            .filter(|(p, n)| p.figures.paid < n.figures.paid)
+            .map(|(p, n)| format!("{}: paid {} vs naive {}", p.profile.name(), p.figures.paid, n.figures.paid))
+            .collect();
+        if !worse.is_empty() {
+            return Err(format!("payguard sold less than a client without protections: {}", worse.join("; ")).into());
+        }
+    }
     Ok(())
+}
+
+fn parse_window(raw: &str) -> Result<(f64, f64), String> {
+    let (from, to) = raw.split_once("..").ok_or("expected START..END in seconds, e.g. 8..16")?;
+    let (from, to): (f64, f64) = (from.trim().parse().map_err(|_| "START")?, to.trim().parse().map_err(|_| "END")?);
+    if !(0.0 <= from && from < to) {
+        return Err("the window needs 0 <= START < END".into());
+    }
+    Ok((from, to))
+}
+
+/// How the runs of these arguments are driven.
+fn plan(args: &ChaosArgs) -> Result<drive::Plan, String> {
+    let total = args.checkouts as usize;
+    let window = match (args.rate, args.window) {
+        (Some(rate), Some((from, to))) => {
+            let duration = total as f64 / rate;
+            if to > duration {
+                return Err(format!("the window ends after the run ({duration:.1} s at {rate}/s)"));
+            }
+            (from / duration, to / duration)
+        }
+        (Some(_), None) => (1.0 / 3.0, 2.0 / 3.0),
+        (None, _) => (0.3, 0.7),
+    };
+    if args.rate.is_some_and(|r| !(r > 0.0 && r <= 5_000.0)) {
+        return Err("--rate must be in (0, 5000] checkouts per second".into());
+    }
+    if !(0.0..=1.0).contains(&args.failure_rate) {
+        return Err("--failure-rate must be in [0, 1]".into());
+    }
+    Ok(drive::Plan {
+        total,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        window,
+        baseline_failure_rate: args.failure_rate,
+        quiet: args.quiet,
+    })
 }
 
 async fn run_one(
@@ -94,6 +167,7 @@ async fn run_one(
         Some(server) => Some(fresh_postgres(server).await?),
         None => None,
     };
+    let plan = plan(args)?;
     let mut stack = Stack::start(
         dir,
         args.seed,
@@ -103,7 +177,7 @@ async fn run_one(
         args.gateways,
     )
     .await?;
-    let driven = drive::drive(&mut stack, profile, args.checkouts as usize, args.concurrency, args.quiet).await;
+    let driven = drive::drive(&mut stack, profile, plan).await;
     let settle = if args.reference_timing { Duration::from_secs(180) } else { Duration::from_secs(60) };
     let audited = match driven {
         Ok(driven) => audit::audit(&stack, profile, &driven, settle).await,
@@ -144,6 +218,15 @@ fn args_line(args: &ChaosArgs) -> String {
         args.concurrency,
         args.seed
     );
+    if let Some(rate) = args.rate {
+        line.push_str(&format!(" --rate {rate}"));
+    }
+    if let Some((from, to)) = args.window {
+        line.push_str(&format!(" --window {from}..{to}"));
+    }
+    if args.failure_rate != 0.4 {
+        line.push_str(&format!(" --failure-rate {}", args.failure_rate));
+    }
     if args.reference_timing {
         line.push_str(" --reference-timing");
     }

@@ -1,5 +1,7 @@
 //! Fault profiles: what the simulated PG does while the checkouts run, as a schedule of
-//! fault patches (`PUT /sim/faults`) keyed to the share of checkouts started.
+//! fault patches (`PUT /sim/faults`) keyed to the run's progress: the share of
+//! checkouts started, or in a paced run the share of its duration. Profiles with a
+//! fault window are healthy before it and healthy again, at once, after it.
 
 use serde_json::{Value, json};
 
@@ -8,14 +10,17 @@ use serde_json::{Value, json};
 pub enum Profile {
     /// The reference PG as it is (40% request failures).
     Normal,
-    /// The PG answers 503 for the middle 40% of the run, then comes back.
+    /// The PG answers 503 to every payment in the fault window, then is healthy at once.
     Outage,
-    /// The PG accepts connections and never answers, for the middle 40%.
+    /// The PG accepts connections and never answers, in the fault window.
     Hang,
-    /// Answers take 600-900 ms (slow calls) for the middle 40%.
+    /// Answers take 600-900 ms (slow calls) in the fault window.
     Slow,
-    /// The request failure rate swings: 10%, 70%, 20%.
+    /// The request failure rate swings: 10% before the window, 70% in it, 20% after.
     Flaky,
+    /// 70% of payment requests fail (the "unstable" 500) in the fault window: a PG that
+    /// still takes 30%.
+    Brownout,
     /// Half the callbacks never arrive.
     LostCallbacks,
     /// Callbacks duplicated, delayed, followed by stale and contradictory deliveries.
@@ -29,12 +34,13 @@ pub enum Profile {
 }
 
 impl Profile {
-    pub const EACH: [Profile; 9] = [
+    pub const EACH: [Profile; 10] = [
         Profile::Normal,
         Profile::Outage,
         Profile::Hang,
         Profile::Slow,
         Profile::Flaky,
+        Profile::Brownout,
         Profile::LostCallbacks,
         Profile::MessyCallbacks,
         Profile::StoreThenTimeout,
@@ -48,6 +54,7 @@ impl Profile {
             Profile::Hang => "hang",
             Profile::Slow => "slow",
             Profile::Flaky => "flaky",
+            Profile::Brownout => "brownout",
             Profile::LostCallbacks => "lost-callbacks",
             Profile::MessyCallbacks => "messy-callbacks",
             Profile::StoreThenTimeout => "store-then-timeout",
@@ -56,27 +63,35 @@ impl Profile {
         }
     }
 
-    /// (share of checkouts started, fault patch). The first entry applies from the start.
-    pub fn schedule(self) -> Vec<(f64, Value)> {
-        let reset = json!({"down": null, "hang": null, "requestLatencyMs": null, "requestFailureRate": null});
+    /// (progress, fault patch). The first entry applies from the start. `window` is the
+    /// fault window in progress units; `baseline` the PG's request failure rate outside it.
+    pub fn schedule(self, window: (f64, f64), baseline: f64) -> Vec<(f64, Value)> {
+        let (from, to) = window;
+        let healthy = json!({"down": null, "hang": null, "requestLatencyMs": null, "requestFailureRate": baseline});
+        let start = json!({"requestFailureRate": baseline});
         match self {
-            Profile::Normal | Profile::Crash | Profile::All => vec![(0.0, json!({}))],
-            Profile::Outage => vec![(0.0, json!({})), (0.3, json!({"down": "unavailable"})), (0.7, reset)],
-            Profile::Hang => vec![(0.0, json!({})), (0.3, json!({"hang": true})), (0.7, reset)],
+            Profile::Normal | Profile::Crash | Profile::All => vec![(0.0, start)],
+            Profile::Outage => vec![(0.0, start), (from, json!({"down": "unavailable"})), (to, healthy)],
+            Profile::Hang => vec![(0.0, start), (from, json!({"hang": true})), (to, healthy)],
             Profile::Slow => {
-                vec![(0.0, json!({})), (0.3, json!({"requestLatencyMs": {"min": 600, "max": 900}})), (0.7, reset)]
+                vec![(0.0, start), (from, json!({"requestLatencyMs": {"min": 600, "max": 900}})), (to, healthy)]
             }
+            Profile::Brownout => vec![(0.0, start), (from, json!({"requestFailureRate": 0.7})), (to, healthy)],
             Profile::Flaky => vec![
                 (0.0, json!({"requestFailureRate": 0.1})),
-                (0.33, json!({"requestFailureRate": 0.7})),
-                (0.66, json!({"requestFailureRate": 0.2})),
+                (from, json!({"requestFailureRate": 0.7})),
+                (to, json!({"requestFailureRate": 0.2})),
             ],
-            Profile::LostCallbacks => vec![(0.0, json!({"callback": {"dropRate": 0.5}}))],
+            Profile::LostCallbacks => {
+                vec![(0.0, json!({"requestFailureRate": baseline, "callback": {"dropRate": 0.5}}))]
+            }
             Profile::MessyCallbacks => vec![(
                 0.0,
-                json!({"callback": {"duplicateRate": 0.5, "staleRate": 0.3, "contradictoryRate": 0.3, "delayMs": {"min": 0, "max": 200}}}),
+                json!({"requestFailureRate": baseline, "callback": {"duplicateRate": 0.5, "staleRate": 0.3, "contradictoryRate": 0.3, "delayMs": {"min": 0, "max": 200}}}),
             )],
-            Profile::StoreThenTimeout => vec![(0.0, json!({"storeThenTimeout": {"mode": "drop", "rate": 0.3}}))],
+            Profile::StoreThenTimeout => {
+                vec![(0.0, json!({"requestFailureRate": baseline, "storeThenTimeout": {"mode": "drop", "rate": 0.3}}))]
+            }
         }
     }
 
@@ -88,20 +103,15 @@ impl Profile {
         }
     }
 
-    /// Whether a PG outage starts in this profile (for time-to-open).
-    /// The share of checkouts started during which the primary PG is faulty (the middle
-    /// 40% of the outage, hang and slow profiles).
-    pub fn outage_window(self) -> Option<(f64, f64)> {
-        match self {
-            Profile::Outage | Profile::Hang | Profile::Slow => Some((0.3, 0.7)),
-            _ => None,
-        }
+    /// Whether the PG is faulty in the fault window (the profiles the window figures and
+    /// the timeline's shading are about).
+    pub fn has_window(self) -> bool {
+        matches!(self, Profile::Outage | Profile::Hang | Profile::Slow | Profile::Flaky | Profile::Brownout)
     }
 
-    pub fn outage_starts_at(self) -> Option<f64> {
-        match self {
-            Profile::Outage | Profile::Hang => Some(0.3),
-            _ => None,
-        }
+    /// Whether the window takes the PG down (for the time to open and the share of
+    /// checkouts that still reach it).
+    pub fn is_outage(self) -> bool {
+        matches!(self, Profile::Outage | Profile::Hang)
     }
 }

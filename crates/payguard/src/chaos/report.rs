@@ -53,6 +53,7 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
         for a in naive {
             row(a);
         }
+        keep_selling(protected, naive);
         println!("\npayguard vs naive\n");
         println!(
             "| profile | paid: payguard / naive | 202 answers: payguard / naive | checkout p99 ms: payguard / naive (ratio) | violations: payguard / naive |"
@@ -93,7 +94,7 @@ fn outage_table(audits: &[Audit]) {
     if during.is_empty() {
         return;
     }
-    println!("\nWhile the primary PG was faulty (checkouts started in the middle 40% of the run)\n");
+    println!("\nWhile the primary PG was faulty (checkouts started in the fault window)\n");
     println!(
         "| profile | gateways | checkouts | answered 202 | accepted share | paid | paid per gateway (whole run) |"
     );
@@ -136,4 +137,36 @@ fn row(a: &Audit) {
         f.retries_share_of_pg_requests.map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
         opt(f.peak_rss_mb, " MB"),
     );
+}
+
+/// Selling through the fault window and after it, payguard beside naive.
+fn keep_selling(protected: &[Audit], naive: &[Audit]) {
+    println!(
+        "\nKeep selling: payguard / naive (window and after: checkouts started in the fault window, and as long again after it)\n"
+    );
+    println!(
+        "| profile | paid | accepted in window | accepted after window | refusal ms p50 / p99 | PG requests per checkout | first 202 after recovery | PG reach 2 s into an outage |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let share = |n: usize, of: usize| if of == 0 { "-".to_string() } else { format!("{n}/{of}") };
+    for (p, n) in protected.iter().zip(naive) {
+        let (pf, nf) = (&p.figures, &n.figures);
+        println!(
+            "| {} | {} / {} | {} / {} | {} / {} | {} / {} | {:.2} / {:.2} | {} / {} | {} |",
+            p.profile.name(),
+            pf.paid,
+            nf.paid,
+            share(pf.outage_accepted, pf.outage_checkouts),
+            share(nf.outage_accepted, nf.outage_checkouts),
+            share(pf.after_accepted, pf.after_checkouts),
+            share(nf.after_accepted, nf.after_checkouts),
+            q2(pf.refusal_ms),
+            q2(nf.refusal_ms),
+            pf.pg_requests_per_checkout,
+            nf.pg_requests_per_checkout,
+            opt(pf.first_accept_after_recovery_s, " s"),
+            opt(nf.first_accept_after_recovery_s, " s"),
+            pf.reach_after_2s.map_or("-".into(), |r| format!("{:.1}%", r * 100.0)),
+        );
+    }
 }

@@ -213,6 +213,12 @@ impl Stack {
         self.http.get(url).send().await.ok()?.json().await.ok()
     }
 
+    /// Payment requests that reached the primary PG so far, by its own count.
+    pub async fn pg_payment_requests(&self) -> u64 {
+        let ledger = self.get_json(&format!("{}/sim/ledger", self.pg)).await.unwrap_or(Value::Null);
+        ledger["counts"]["paymentRequests"].as_u64().unwrap_or(0)
+    }
+
     pub async fn metrics(&self) -> Option<String> {
         self.http.get(format!("{}/metrics", self.shop)).send().await.ok()?.text().await.ok()
     }

@@ -48,6 +48,11 @@ pub struct Traffic {
     pub rejected_per_second: f64,
     pub refused_per_second: f64,
     pub failure_share: f64,
+    /// Calls refused before any HTTP (breaker open, bulkhead full) in the window.
+    pub refused: u64,
+    /// Of the payment calls made in the window, the share admitted to the PG rather
+    /// than refused by the breaker or the bulkhead: what admission lets through.
+    pub admit_share: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -167,6 +172,8 @@ impl Activity {
             rejected_per_second: delta[2] as f64 / seconds,
             refused_per_second: delta[3] as f64 / seconds,
             failure_share: if total == 0 { 0.0 } else { delta[1] as f64 / total as f64 },
+            refused: delta[3],
+            admit_share: if total + delta[3] == 0 { 1.0 } else { total as f64 / (total + delta[3]) as f64 },
         }
     }
 
@@ -247,12 +254,17 @@ mod tests {
         for _ in 0..10 {
             activity.on_event(&attempt("unavailable", 10));
         }
+        for _ in 0..10 {
+            let refused = GatewayEvent::Refused { operation: Operation::RequestPayment, reason: "circuit_open" };
+            activity.on_event(&refused);
+        }
         tokio::time::advance(Duration::from_secs(10)).await;
         activity.sample();
         let t = activity.traffic(Duration::from_secs(60));
         assert_eq!(t.total, 40);
         assert_eq!((t.success_per_second, t.failure_per_second), (3.0, 1.0));
         assert_eq!(t.failure_share, 0.25);
+        assert_eq!((t.refused, t.admit_share), (10, 0.8), "40 of 50 payment calls admitted");
         let series = activity.series();
         assert_eq!((series.len(), series[0].success, series[0].failure), (1, 30, 10));
     }
