@@ -62,6 +62,11 @@ pub(crate) async fn outage(State(sim): State<Arc<Sim>>, request: Request, next: 
     if faults.hang {
         std::future::pending::<()>().await;
     }
+    // Drawn only when set, so seeded runs without it keep their sequence of draws.
+    if request.method() == Method::GET && faults.lookup_latency_ms != crate::faults::MsRange::ZERO {
+        let delay = sim.draw(|rng| faults.lookup_latency_ms.draw(rng));
+        tokio::time::sleep(delay).await;
+    }
     next.run(request).await
 }
 

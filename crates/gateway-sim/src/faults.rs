@@ -141,6 +141,9 @@ pub struct Faults {
     pub request_failure_rate: f64,
     /// Delay before a valid payment request is answered.
     pub request_latency_ms: MsRange,
+    /// Delay before a lookup is answered. The reference answers lookups at once (0);
+    /// a real PG's status API takes time, which is what a reconciler's backlog meets.
+    pub lookup_latency_ms: MsRange,
     /// Delay between acceptance and the final status.
     pub processing_delay_ms: MsRange,
     pub outcome: OutcomeSplit,
@@ -157,6 +160,7 @@ impl Default for Faults {
         Faults {
             request_failure_rate: 0.4,
             request_latency_ms: MsRange::new(100, 500),
+            lookup_latency_ms: MsRange::ZERO,
             processing_delay_ms: MsRange::new(1_000, 5_000),
             outcome: OutcomeSplit::default(),
             down: None,
@@ -229,6 +233,7 @@ impl Faults {
         }
         let ranges = [
             ("requestLatencyMs", self.request_latency_ms),
+            ("lookupLatencyMs", self.lookup_latency_ms),
             ("processingDelayMs", self.processing_delay_ms),
             ("callback.delayMs", self.callback.delay_ms),
         ];

@@ -94,8 +94,9 @@ impl GatewayClient {
             config.recovery_probe_interval,
             config.payment_breaker.wait_in_open,
         );
-        let payments = stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer);
-        let status = stack(&config, transport, &status_breaker, &status_budget, &observer);
+        let payments =
+            stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer, config.open_trickle_one_in);
+        let status = stack(&config, transport, &status_breaker, &status_budget, &observer, 0);
         Ok(GatewayClient {
             name: settings.name,
             payments,
@@ -201,13 +202,15 @@ fn breaker_classifier() -> Classifier<PgAnswer, CallError> {
 }
 
 /// Builds retry -> breaker -> bulkhead over `inner` (the HTTP transport in production;
-/// anything in benchmarks). The deadline is applied per call by `GatewayClient`.
+/// anything in benchmarks), with `trickle` (one in n calls through an OPEN breaker; 0:
+/// none). The deadline is applied per call by `GatewayClient`.
 pub fn stack<S>(
     config: &ResilienceConfig,
     inner: S,
     breaker: &CircuitBreaker,
     budget: &Arc<TpsBudget>,
     observer: &Arc<dyn GatewayObserver>,
+    trickle: u32,
 ) -> Stack
 where
     S: tower::Service<PgCall, Response = PgAnswer, Error = CallError> + Clone + Send + Sync + 'static,
@@ -218,7 +221,7 @@ where
         RetryPolicy::new(config.retry.clone(), budget.clone(), observer.clone(), config.deadline, attempt_timeout);
     let service = ServiceBuilder::new()
         .retry(policy)
-        .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()))
+        .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()).with_trickle(trickle))
         .map_err(bulkhead_error)
         .load_shed()
         .concurrency_limit(config.bulkhead.max_concurrent_calls)

@@ -581,3 +581,40 @@ async fn with_a_gateway_to_fail_over_to_a_payment_spends_only_its_first_attempts
     client.request_payment(payment("ORD000002")).await;
     assert_eq!(requests(&sim), 2 + 6, "alone, the whole retry sequence");
 }
+
+#[tokio::test]
+async fn an_open_breaker_lets_one_payment_in_n_through_and_its_success_half_opens_it() {
+    let sim = sim(reliable()).await;
+    let config = ResilienceConfig {
+        payment_breaker: BreakerConfig { wait_in_open: Duration::from_secs(60), ..small_breaker() },
+        recovery_probe_interval: Duration::ZERO,
+        open_trickle_one_in: 10,
+        retry: RetryConfig { max_attempts: 1, ..config().retry },
+        ..config()
+    };
+    let (client, _) = client_for(&sim.base_url(), config);
+    sim.sim().set_faults(Faults { down: Some(DownMode::Unavailable), ..reliable() }).unwrap();
+    for i in 0..10 {
+        client.request_payment(payment(&format!("ORD{i:06}"))).await;
+    }
+    let breaker = client.payment_breaker().clone();
+    assert_eq!(breaker.state(), State::Open);
+    // While the PG is down, one in ten reaches it and the breaker stays open.
+    let sent = requests(&sim);
+    for i in 0..100 {
+        client.request_payment(payment(&format!("ORT{i:06}"))).await;
+    }
+    assert_eq!(requests(&sim) - sent, 10, "one in ten refused payments is sent");
+    assert_eq!(breaker.state(), State::Open);
+    // The PG is back: within ten calls one goes through, is taken, and half-opens it.
+    sim.sim().set_faults(reliable()).unwrap();
+    let mut accepted_at = None;
+    for i in 0..10 {
+        if let PaymentOutcome::Accepted { .. } = client.request_payment(payment(&format!("ORU{i:06}"))).await {
+            accepted_at = Some(i);
+            break;
+        }
+    }
+    assert!(accepted_at.is_some(), "the trickle found the PG back");
+    assert_eq!(breaker.state(), State::HalfOpen);
+}

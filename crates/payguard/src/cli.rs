@@ -120,6 +120,9 @@ struct SimArgs {
     /// Payment request latency, ms range like 100-500 [reference: 100-500].
     #[arg(long, env = "PAYGUARD_SIM_LATENCY_MS", help_heading = "Faults")]
     latency_ms: Option<MsRange>,
+    /// Lookup latency, ms range like 100-500 [reference: 0, lookups answer at once].
+    #[arg(long, env = "PAYGUARD_SIM_LOOKUP_LATENCY_MS", help_heading = "Faults")]
+    lookup_latency_ms: Option<MsRange>,
     /// Delay from acceptance to the final status, ms range [reference: 1000-5000].
     #[arg(long, env = "PAYGUARD_SIM_PROCESSING_DELAY_MS", help_heading = "Faults")]
     processing_delay_ms: Option<MsRange>,
@@ -196,6 +199,7 @@ impl SimArgs {
         set(&mut f.callback.stale_rate, self.callback_stale_rate);
         set(&mut f.callback.contradictory_rate, self.callback_contradictory_rate);
         f.request_latency_ms = self.latency_ms.unwrap_or(f.request_latency_ms);
+        f.lookup_latency_ms = self.lookup_latency_ms.unwrap_or(f.lookup_latency_ms);
         f.processing_delay_ms = self.processing_delay_ms.unwrap_or(f.processing_delay_ms);
         f.callback.delay_ms = self.callback_delay_ms.unwrap_or(f.callback.delay_ms);
         f.down = self.down;

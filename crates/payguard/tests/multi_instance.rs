@@ -47,6 +47,9 @@ async fn three_instances_one_killed_every_payment_settled_exactly_once() {
             "0.3",
             "--callback-drop-rate",
             "0.3",
+            // Lookups that take time: a reconciliation pass holds its leases for a while.
+            "--lookup-latency-ms",
+            "200-400",
         ],
         &[],
         &dir.join("sim.log"),
@@ -63,7 +66,6 @@ async fn three_instances_one_killed_every_payment_settled_exactly_once() {
                 ("PAYGUARD_DATABASE_URL", url.clone()),
                 ("PAYGUARD_RECONCILER__INTERVAL_MS", "200".into()),
                 ("PAYGUARD_RECONCILER__GRACE_MS", "500".into()),
-                ("PAYGUARD_RECONCILER__LEASE_MS", "3000".into()),
                 ("PAYGUARD_RECONCILER__ACCEPTANCE_WINDOW_MS", "5000".into()),
                 ("PAYGUARD_RECONCILER__BACKOFF_INITIAL_MS", "200".into()),
                 ("PAYGUARD_RECONCILER__BACKOFF_MAX_MS", "1000".into()),
@@ -112,7 +114,36 @@ async fn three_instances_one_killed_every_payment_settled_exactly_once() {
         .collect();
     killed.notified().await;
     let victim = instances[2].1.take().unwrap();
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    // What the victim holds when it dies: its leases carry its pid.
+    let pattern = format!("%-{}-%", victim.id().unwrap());
+    let held: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM payment_attempts WHERE lease_owner LIKE $1 AND status IN ('REQUESTED', 'PENDING')",
+    )
+    .bind(&pattern)
+    .fetch_all(&db)
+    .await
+    .unwrap();
     signal(&victim, "-KILL").await;
+    let killed_at = std::time::Instant::now();
+    let taken_over = tokio::spawn({
+        let db = db.clone();
+        async move {
+            loop {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM payment_attempts WHERE id = ANY($1) AND status IN ('REQUESTED', 'PENDING')",
+                )
+                .bind(&held)
+                .fetch_one(&db)
+                .await
+                .unwrap();
+                if open == 0 {
+                    return (held.len(), killed_at.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
     for worker in workers {
         worker.await.unwrap();
     }
@@ -132,7 +163,11 @@ async fn three_instances_one_killed_every_payment_settled_exactly_once() {
     assert!(results.iter().all(|(s, _)| [0, 202, 503].contains(s)), "only accepted, unavailable or lost: {results:?}");
 
     // The survivors settle everything: lost callbacks and the victim's attempts included.
-    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let (held, after) = tokio::time::timeout(Duration::from_secs(60), taken_over).await.expect("taken over").unwrap();
+    eprintln!(
+        "the killed instance held {held} unsettled payments; the others settled them {:.1} s after the kill",
+        after.as_secs_f64()
+    );
     let mut unsettled: i64 = -1;
     for _ in 0..300 {
         unsettled =

@@ -266,8 +266,14 @@ impl Settings {
         if self.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err("admin.token must be at least 16 characters".into());
         }
-        if self.reconciler.interval_ms == 0 || self.reconciler.batch_size <= 0 {
-            return Err("reconciler.interval_ms and reconciler.batch_size must be positive".into());
+        let r = &self.reconciler;
+        if r.interval_ms == 0 || r.batch_size <= 0 || r.concurrency == 0 || r.max_lookups_per_second == 0 {
+            return Err(
+                "reconciler.interval_ms, batch_size, concurrency and max_lookups_per_second must be positive".into()
+            );
+        }
+        if r.lease_ms < 3 {
+            return Err("reconciler.lease_ms must be at least 3 (it is renewed every third of it)".into());
         }
         Ok(())
     }

@@ -303,3 +303,61 @@ async fn callback_and_reconciler_racing_never_apply_twice() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_full_batch_asks_for_the_next_pass_at_once_and_lookups_keep_to_their_rate() {
+    let faults = Faults { callback: no_callbacks(), outcome: approve_all(), ..reliable() };
+    let app = spawn_app_with(gateway_sim::SimConfig { faults, ..sim_config() }, |s| {
+        s.reconciler.batch_size = 5;
+        s.reconciler.max_lookups_per_second = 20;
+    })
+    .await;
+    for _ in 0..12 {
+        assert_eq!(app.checkout("buyer-1", &[(1, 1)]).await.0, StatusCode::ACCEPTED);
+    }
+    app.pg_settled().await;
+    let started = std::time::Instant::now();
+    let mut passes = Vec::new();
+    loop {
+        let report = app.reconcile().await;
+        passes.push((report.examined, report.more_due));
+        if !report.more_due {
+            break;
+        }
+    }
+    assert_eq!(passes, [(5, true), (5, true), (2, false)], "full batches say more is waiting");
+    assert_eq!(app.sim.sim().ledger().counts.status_queries, 12);
+    // 12 lookups at 20 per second with no burst cannot take less than 11/20 s.
+    assert!(started.elapsed() >= std::time::Duration::from_millis(550), "{:?}", started.elapsed());
+    let (pending, _) = app.store.unsettled().await.unwrap();
+    assert_eq!(pending, 0);
+}
+
+#[tokio::test]
+async fn leases_are_renewed_while_a_slow_pass_works_so_no_one_else_takes_them() {
+    let faults = Faults { callback: no_callbacks(), outcome: approve_all(), ..reliable() };
+    let app = spawn_app_with(gateway_sim::SimConfig { faults, ..sim_config() }, |s| {
+        s.reconciler.lease_ms = 300;
+        s.gateway.resilience.response_timeout = std::time::Duration::from_millis(1_500);
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(app.checkout("buyer-1", &[(1, 1)]).await.0, StatusCode::ACCEPTED);
+    }
+    app.pg_settled().await;
+    // Lookups now hang until their 1.5 s timeout: the pass outlives its 300 ms leases.
+    app.sim.sim().set_faults(Faults { hang: true, ..reliable() }).unwrap();
+    let slow = tokio::spawn({
+        let reconciler = app.state.reconciler.clone();
+        async move { reconciler.run_once().await.unwrap() }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let other = service::app::reconciler::Reconciler::new(
+        app.store.clone(),
+        app.gateways.clone(),
+        Arc::new(service::metrics::Metrics::new()),
+        app.state.reconciler.settings().clone(),
+    );
+    assert_eq!(other.run_once().await.unwrap().examined, 0, "two lease lengths in, the leases still hold");
+    assert_eq!(slow.await.unwrap().examined, 3);
+}

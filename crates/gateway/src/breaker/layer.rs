@@ -1,13 +1,22 @@
 //! The breaker as a tower `Layer`: a denied call returns at once without touching the
 //! inner service; a granted one is timed and classified into success, failure or ignored.
+//!
+//! Optionally a trickle: while the breaker is OPEN, one denied call in `n` goes through
+//! anyway, outside the breaker's books (no permit, nothing recorded). Its success moves
+//! the breaker to HALF_OPEN at once. This finds a recovered PG on the request path,
+//! however fast the refused calls come (a timer or an out-of-band probe needs time that
+//! a burst of instant refusals does not leave), at a cost of 1/n of the calls reaching
+//! a PG that is down: Google SRE's adaptive throttling keeps such a trickle for the same
+//! reason.
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use tower::{Layer, Service};
 
-use super::{CallNotPermitted, CallResult, CircuitBreaker};
+use super::{CallNotPermitted, CallResult, CircuitBreaker, State};
 
 /// Decides how a finished call counts for the breaker.
 pub type Classifier<R, E> = Arc<dyn Fn(&Result<R, E>) -> CallResult + Send + Sync>;
@@ -15,17 +24,35 @@ pub type Classifier<R, E> = Arc<dyn Fn(&Result<R, E>) -> CallResult + Send + Syn
 pub struct CircuitBreakerLayer<R, E> {
     breaker: CircuitBreaker,
     classify: Classifier<R, E>,
+    trickle: Option<Trickle>,
+}
+
+/// One denied call in `one_in` goes through while OPEN.
+#[derive(Clone)]
+struct Trickle {
+    one_in: u64,
+    denied: Arc<AtomicU64>,
 }
 
 impl<R, E> CircuitBreakerLayer<R, E> {
     pub fn new(breaker: CircuitBreaker, classify: Classifier<R, E>) -> Self {
-        CircuitBreakerLayer { breaker, classify }
+        CircuitBreakerLayer { breaker, classify, trickle: None }
+    }
+
+    /// Lets one in `one_in` calls denied by an OPEN breaker through (0: none).
+    pub fn with_trickle(mut self, one_in: u32) -> Self {
+        self.trickle = (one_in > 0).then(|| Trickle { one_in: one_in.into(), denied: Arc::default() });
+        self
     }
 }
 
 impl<R, E> Clone for CircuitBreakerLayer<R, E> {
     fn clone(&self) -> Self {
-        CircuitBreakerLayer { breaker: self.breaker.clone(), classify: self.classify.clone() }
+        CircuitBreakerLayer {
+            breaker: self.breaker.clone(),
+            classify: self.classify.clone(),
+            trickle: self.trickle.clone(),
+        }
     }
 }
 
@@ -33,7 +60,12 @@ impl<S, R, E> Layer<S> for CircuitBreakerLayer<R, E> {
     type Service = CircuitBreakerService<S, R, E>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreakerService { inner, breaker: self.breaker.clone(), classify: self.classify.clone() }
+        CircuitBreakerService {
+            inner,
+            breaker: self.breaker.clone(),
+            classify: self.classify.clone(),
+            trickle: self.trickle.clone(),
+        }
     }
 }
 
@@ -41,6 +73,7 @@ pub struct CircuitBreakerService<S, R, E> {
     inner: S,
     breaker: CircuitBreaker,
     classify: Classifier<R, E>,
+    trickle: Option<Trickle>,
 }
 
 impl<S: Clone, R, E> Clone for CircuitBreakerService<S, R, E> {
@@ -49,6 +82,7 @@ impl<S: Clone, R, E> Clone for CircuitBreakerService<S, R, E> {
             inner: self.inner.clone(),
             breaker: self.breaker.clone(),
             classify: self.classify.clone(),
+            trickle: self.trickle.clone(),
         }
     }
 }
@@ -71,7 +105,23 @@ where
     fn call(&mut self, request: Req) -> Self::Future {
         let permit = match self.breaker.try_acquire() {
             Ok(permit) => permit,
-            Err(denied) => return Box::pin(std::future::ready(Err(E::from(denied)))),
+            Err(denied) => {
+                let trickles = self.trickle.as_ref().is_some_and(|t| {
+                    denied.state == State::Open && (t.denied.fetch_add(1, Ordering::Relaxed) + 1) % t.one_in == 0
+                });
+                if !trickles {
+                    return Box::pin(std::future::ready(Err(E::from(denied))));
+                }
+                let (call, classify, breaker) = (self.inner.call(request), self.classify.clone(), self.breaker.clone());
+                return Box::pin(async move {
+                    let result = call.await;
+                    // Only OPEN may go HALF_OPEN; a breaker that moved meanwhile refuses.
+                    if classify(&result) == CallResult::Success && breaker.state() == State::Open {
+                        let _ = breaker.transition_to(State::HalfOpen);
+                    }
+                    result
+                });
+            }
         };
         let call = self.inner.call(request);
         let classify = self.classify.clone();

@@ -45,7 +45,7 @@ pub struct Checkout {
     /// When it started, from the start of the run.
     pub started_at: Duration,
     pub latency: Duration,
-    /// The payment breaker was not closed when the request started.
+    /// The payment breaker was refusing calls (OPEN) when the request started.
     pub breaker_open: bool,
 }
 
@@ -125,7 +125,8 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
                     && let Ok(body) = r.json::<Value>().await
                 {
                     let state = body["data"]["breakers"][0]["state"].as_str().unwrap_or("closed").to_string();
-                    open.store(state != "closed", Ordering::Relaxed);
+                    // Refusing: half-open admits its probes, so it is not counted here.
+                    open.store(state == "open" || state == "forced_open", Ordering::Relaxed);
                     if states.last().is_none_or(|(_, last)| *last != state) {
                         states.push((clock.elapsed(), state));
                     }

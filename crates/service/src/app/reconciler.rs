@@ -3,6 +3,12 @@
 //! one matches the PG. Each attempt is checked at the gateway it was sent to, through
 //! that gateway's client: while a gateway's status breaker is open its attempts wait
 //! instead of hammering a PG that is down; the other gateways' attempts go on.
+//!
+//! Throughput follows the backlog: a pass that finds a full batch is followed by the
+//! next at once, and a batch's lookups run concurrently (up to `concurrency`, under the
+//! status stack's own bulkhead and breaker), paced by a rate limit so a big backlog
+//! never sends the PG more than `max_lookups_per_second`. Leases are short and renewed
+//! while a pass works, so a dead instance's payments are taken over within seconds.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +41,14 @@ pub struct ReconcilerSettings {
     /// After this many inconclusive checks an attempt is flagged stuck (it is still
     /// checked, at the longest backoff).
     pub stuck_after_checks: i64,
-    /// How long a claimed attempt is this instance's; longer than one check can take.
+    /// How long a claimed attempt is this instance's. Renewed every third of it while
+    /// the pass works, so it only has to outlast a stalled renewal; after a crash the
+    /// others take the payments over this long after the last renewal.
     pub lease_ms: u64,
+    /// Lookups in flight at once (the status stack's bulkhead caps it too).
+    pub concurrency: usize,
+    /// Lookups per second at most, over all gateways: what a backlog may cost the PG.
+    pub max_lookups_per_second: u32,
 }
 
 impl Default for ReconcilerSettings {
@@ -45,12 +57,14 @@ impl Default for ReconcilerSettings {
             interval_ms: 2_000,
             // The reference PG decides within 5 s and calls back at once.
             grace_ms: 10_000,
-            batch_size: 50,
+            batch_size: 500,
             acceptance_window_ms: 60_000,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 60_000,
             stuck_after_checks: 20,
-            lease_ms: 30_000,
+            lease_ms: 3_000,
+            concurrency: 100,
+            max_lookups_per_second: 400,
         }
     }
 }
@@ -67,6 +81,8 @@ pub struct PassReport {
     pub double_charges: usize,
     /// Gateways skipped by this pass because their status breaker is open.
     pub paused: Vec<String>,
+    /// Some gateway had a full batch due: more is waiting, the next pass starts at once.
+    pub more_due: bool,
 }
 
 #[derive(Clone)]
@@ -78,6 +94,39 @@ pub struct Reconciler {
     settings: ReconcilerSettings,
     /// This instance's name on the leases it takes.
     owner: String,
+    lookups: Arc<governor::DefaultDirectRateLimiter>,
+    throughput: Arc<Throughput>,
+}
+
+/// Attempts settled by this instance's reconciler, sampled for a rate: what the ops
+/// page shows as throughput and time to drain.
+#[derive(Default)]
+pub struct Throughput {
+    settled: std::sync::atomic::AtomicU64,
+    /// (when, settled so far), the last minute.
+    samples: std::sync::Mutex<std::collections::VecDeque<(tokio::time::Instant, u64)>>,
+}
+
+impl Throughput {
+    fn add(&self, settled: u64) {
+        self.settled.fetch_add(settled, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Settled per second over the last `window` (as far back as samples go).
+    pub fn per_second(&self, window: Duration) -> f64 {
+        let now = tokio::time::Instant::now();
+        let total = self.settled.load(std::sync::atomic::Ordering::Relaxed);
+        let mut samples = self.samples.lock().expect("throughput samples");
+        samples.push_back((now, total));
+        while samples.front().is_some_and(|(at, _)| now.duration_since(*at) > Duration::from_secs(60)) {
+            samples.pop_front();
+        }
+        let Some((at, base)) = samples.iter().find(|(at, _)| now.duration_since(*at) <= window).copied() else {
+            return 0.0;
+        };
+        let seconds = now.duration_since(at).as_secs_f64();
+        if seconds < 1.0 { 0.0 } else { (total - base) as f64 / seconds }
+    }
 }
 
 impl Reconciler {
@@ -89,25 +138,51 @@ impl Reconciler {
     ) -> Reconciler {
         let settler = Settler::new(store.clone(), metrics.clone());
         let owner = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::random::<u32>());
-        Reconciler { store, gateways, settler, metrics, settings, owner }
+        let rate = std::num::NonZeroU32::new(settings.max_lookups_per_second).expect("validated positive");
+        // No burst: the cap holds over any second, not on average.
+        let quota = governor::Quota::per_second(rate).allow_burst(std::num::NonZeroU32::MIN);
+        let lookups = Arc::new(governor::RateLimiter::direct(quota));
+        Reconciler { store, gateways, settler, metrics, settings, owner, lookups, throughput: Arc::default() }
     }
 
-    /// Runs passes every interval until `shutdown` turns true.
+    pub fn settings(&self) -> &ReconcilerSettings {
+        &self.settings
+    }
+
+    /// This instance's settled-per-second record.
+    pub fn throughput(&self) -> &Throughput {
+        &self.throughput
+    }
+
+    /// Runs passes every interval, or back to back while full batches are due, until
+    /// `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let every = Duration::from_millis(self.settings.interval_ms);
         // The first pass comes one interval after start, not at once.
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut more_due = false;
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait_for(|stop| *stop) => break,
+            if !more_due {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+            } else if *shutdown.borrow() {
+                break;
             }
-            match self.run_once().await {
-                Ok(report) if report.examined > 0 => tracing::info!(?report, "reconciliation pass"),
-                Ok(_) => {}
-                Err(error) => tracing::error!(%error, "reconciliation pass failed"),
-            }
+            more_due = match self.run_once().await {
+                Ok(report) => {
+                    if report.examined > 0 {
+                        tracing::info!(?report, "reconciliation pass");
+                    }
+                    report.more_due
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reconciliation pass failed");
+                    false
+                }
+            };
         }
         match self.store.release_leases(&self.owner).await {
             Ok(released) => tracing::info!(released, "reconciler stopped, leases released"),
@@ -133,16 +208,49 @@ impl Reconciler {
     }
 
     async fn pass_over(&self, gateway: &GatewayClient, report: &mut PassReport) -> Result<(), StoreError> {
+        use futures_util::StreamExt;
         let now = super::now_ms();
-        let lease_until = now + self.settings.lease_ms as i64;
+        let lease_ms = self.settings.lease_ms as i64;
         let created_before = now - self.settings.grace_ms as i64;
         let due = self
             .store
-            .claim_due_attempts(gateway.name(), &self.owner, lease_until, created_before, now, self.settings.batch_size)
+            .claim_due_attempts(
+                gateway.name(),
+                &self.owner,
+                now + lease_ms,
+                created_before,
+                now,
+                self.settings.batch_size,
+            )
             .await?;
-        for attempt in due {
+        report.more_due |= due.len() as i64 >= self.settings.batch_size;
+        // The leases of this batch outlive a slow PG: renewed every third of their length
+        // until the batch is done (each check ends its own lease).
+        let renewal = {
+            let (store, owner) = (self.store.clone(), self.owner.clone());
+            let every = Duration::from_millis((lease_ms / 3).max(1) as u64);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(error) = store.renew_leases(&owner, super::now_ms() + lease_ms).await {
+                        tracing::warn!(%error, "renewing reconciliation leases failed");
+                    }
+                }
+            })
+        };
+        let verdicts: Vec<(Attempt, Result<Verdict, StoreError>)> = futures_util::stream::iter(due)
+            .map(|attempt| async move {
+                self.lookups.until_ready().await;
+                let verdict = self.reconcile(gateway, &attempt).await;
+                (attempt, verdict)
+            })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+        renewal.abort();
+        let settled_before = report.settled;
+        for (attempt, verdict) in verdicts {
             report.examined += 1;
-            let verdict = self.reconcile(gateway, &attempt).await;
             self.metrics.reconciliation(match &verdict {
                 Ok(Verdict::Settled) => "settled",
                 Ok(Verdict::NotReceived) => "not_received",
@@ -175,6 +283,7 @@ impl Reconciler {
                 }
             }
         }
+        self.throughput.add((report.settled - settled_before) as u64);
         Ok(())
     }
 

@@ -93,6 +93,10 @@ struct BreakerView {
 struct Pending {
     count: i64,
     oldest_age_seconds: f64,
+    /// This instance's reconciler, settled per second over the last 10 s.
+    reconciled_per_second: f64,
+    /// The backlog over that rate; none while nothing is being settled.
+    drain_seconds: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -111,6 +115,7 @@ pub const ANOMALY_LOOKBACK: Duration = Duration::from_secs(15 * 60);
 pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     let (count, oldest) = app.store.unsettled().await?;
     let oldest_age_seconds = oldest.map_or(0.0, |t| (crate::app::now_ms() - t).max(0) as f64 / 1_000.0);
+    let reconciled_per_second = app.reconciler.throughput().per_second(Duration::from_secs(10));
     let breakers: Vec<BreakerView> = app
         .gateways
         .breakers()
@@ -204,7 +209,12 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     let view = OpsState {
         breakers,
         gateways,
-        pending: Pending { count, oldest_age_seconds },
+        pending: Pending {
+            count,
+            oldest_age_seconds,
+            reconciled_per_second,
+            drain_seconds: (reconciled_per_second > 0.0).then(|| count as f64 / reconciled_per_second),
+        },
         transitions,
         alerts,
         admin_enabled: app.admin_token.is_some(),

@@ -234,6 +234,9 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> Result<Vec<Attempt>, StoreError>;
 
+    /// Extends every lease `owner` holds on an unsettled attempt (while a pass works).
+    async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError>;
+
     /// Gives up every lease `owner` holds (on shutdown).
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
 

@@ -444,6 +444,18 @@ impl Store for PgStore {
         rows.iter().map(attempt).collect()
     }
 
+    async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE payment_attempts SET lease_until = to_timestamp($1::float8 / 1000)
+             WHERE lease_owner = $2 AND status IN ('REQUESTED', 'PENDING')",
+        )
+        .bind(lease_until_ms)
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(renewed.rows_affected())
+    }
+
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let done =
             sqlx::query("UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1")
