@@ -11,7 +11,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
-use crate::breaker::layer::Classifier;
+use crate::breaker::layer::{Classifier, Trickle};
 use crate::breaker::{CallResult, CircuitBreaker, CircuitBreakerLayer};
 use crate::config::ResilienceConfig;
 use crate::observer::{GatewayEvent, GatewayObserver, NoopObserver};
@@ -52,6 +52,7 @@ pub struct GatewayClient {
     status_budget: Arc<TpsBudget>,
     payment_breaker: CircuitBreaker,
     status_breaker: CircuitBreaker,
+    trickle: Option<Arc<Trickle>>,
     config: ResilienceConfig,
     observer: Arc<dyn GatewayObserver>,
 }
@@ -94,9 +95,9 @@ impl GatewayClient {
             config.recovery_probe_interval,
             config.payment_breaker.wait_in_open,
         );
-        let payments =
-            stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer, config.open_trickle_one_in);
-        let status = stack(&config, transport, &status_breaker, &status_budget, &observer, 0);
+        let trickle = Trickle::new(config.open_trickle_one_in);
+        let payments = stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer, trickle.clone());
+        let status = stack(&config, transport, &status_breaker, &status_budget, &observer, None);
         Ok(GatewayClient {
             name: settings.name,
             payments,
@@ -105,9 +106,26 @@ impl GatewayClient {
             status_budget,
             payment_breaker,
             status_breaker,
+            trickle,
             config,
             observer,
         })
+    }
+
+    /// Whether a payment may be sent now: the payment breaker admits calls, or this is
+    /// the one refusal in `open_trickle_one_in` that goes through anyway. A caller that
+    /// refuses on a `false` (a checkout's pre-check) is counted like the breaker's own
+    /// refusals; a `true` for the trickle must be followed by the call.
+    pub fn admits_payment(&self) -> bool {
+        if self.payment_breaker.admits_calls() {
+            return true;
+        }
+        let trickles = self.payment_breaker.state() == crate::breaker::State::Open
+            && self.trickle.as_ref().is_some_and(|t| t.on_refused());
+        if trickles && let Some(t) = &self.trickle {
+            t.grant();
+        }
+        trickles
     }
 
     pub fn name(&self) -> &str {
@@ -202,15 +220,15 @@ fn breaker_classifier() -> Classifier<PgAnswer, CallError> {
 }
 
 /// Builds retry -> breaker -> bulkhead over `inner` (the HTTP transport in production;
-/// anything in benchmarks), with `trickle` (one in n calls through an OPEN breaker; 0:
-/// none). The deadline is applied per call by `GatewayClient`.
+/// anything in benchmarks), with `trickle` (calls through an OPEN breaker; none if
+/// `None`). The deadline is applied per call by `GatewayClient`.
 pub fn stack<S>(
     config: &ResilienceConfig,
     inner: S,
     breaker: &CircuitBreaker,
     budget: &Arc<TpsBudget>,
     observer: &Arc<dyn GatewayObserver>,
-    trickle: u32,
+    trickle: Option<Arc<Trickle>>,
 ) -> Stack
 where
     S: tower::Service<PgCall, Response = PgAnswer, Error = CallError> + Clone + Send + Sync + 'static,

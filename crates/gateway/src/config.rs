@@ -31,7 +31,7 @@ pub struct ResilienceConfig {
     #[serde(with = "crate::duration_ms")]
     pub recovery_probe_interval: Duration,
     /// While the payment breaker is OPEN, one refused payment in this many is sent anyway,
-    /// outside the breaker's books; if it is taken the breaker goes HALF_OPEN at once.
+    /// outside the breaker's books; if it is taken the breaker closes at once.
     /// Finds a recovered PG however fast refusals come, at 1/n of the calls reaching a
     /// PG that is down. Zero: off.
     pub open_trickle_one_in: u32,

@@ -583,7 +583,7 @@ async fn with_a_gateway_to_fail_over_to_a_payment_spends_only_its_first_attempts
 }
 
 #[tokio::test]
-async fn an_open_breaker_lets_one_payment_in_n_through_and_its_success_half_opens_it() {
+async fn an_open_breaker_lets_one_payment_in_n_through_and_its_success_closes_it() {
     let sim = sim(reliable()).await;
     let config = ResilienceConfig {
         payment_breaker: BreakerConfig { wait_in_open: Duration::from_secs(60), ..small_breaker() },
@@ -616,5 +616,5 @@ async fn an_open_breaker_lets_one_payment_in_n_through_and_its_success_half_open
         }
     }
     assert!(accepted_at.is_some(), "the trickle found the PG back");
-    assert_eq!(breaker.state(), State::HalfOpen);
+    assert_eq!(breaker.state(), State::Closed);
 }

@@ -153,6 +153,10 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
         up: up_rx,
         clock,
     };
+    // The checkout numbers at which each later schedule step applies, and how many have.
+    let boundaries: Arc<Vec<usize>> =
+        Arc::new(schedule.iter().skip(1).map(|(at, _)| (at * total as f64).ceil() as usize).collect());
+    let (applied_tx, applied_rx) = watch::channel(0usize);
     let mut tasks = tokio::task::JoinSet::new();
     match plan.rate {
         // Open loop: each checkout starts on time, however long the earlier ones take.
@@ -170,7 +174,8 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
         }
         None => {
             for _ in 0..plan.concurrency {
-                let (started, launcher) = (started.clone(), launcher.clone());
+                let (started, launcher, boundaries) = (started.clone(), launcher.clone(), boundaries.clone());
+                let mut applied = applied_rx.clone();
                 tasks.spawn(async move {
                     let mut done = Vec::new();
                     loop {
@@ -178,6 +183,10 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
                         if n >= total {
                             break done;
                         }
+                        // Phases are counted in checkouts: none starts before the faults of
+                        // its phase are in place, however fast the earlier ones were answered.
+                        let due = boundaries.iter().filter(|&&b| b <= n).count();
+                        let _ = applied.wait_for(|a| *a >= due).await;
                         done.push(launcher.clone().launch(n).await);
                     }
                 });
@@ -191,17 +200,23 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
         Some(d) => clock.elapsed().as_secs_f64() / d.as_secs_f64(),
         None => started.load(Ordering::Relaxed) as f64 / total as f64,
     };
-    let mut steps = schedule.into_iter().enumerate().skip(1).peekable();
+    let mut steps = schedule.clone().into_iter().enumerate().skip(1).peekable();
     let mut crashes = profile.crashes().iter().copied().peekable();
     let (mut outage_started, mut window_from, mut window_to) = (None, None, None);
     let mut reach_from: Option<(u64, usize)> = None;
     let mut reach_after_2s = None;
     let mut peak_rss = stack.peak_rss();
-    while started.load(Ordering::Relaxed).min(total) < total {
+    // Unpaced, workers may wait at a phase boundary with every checkout number taken:
+    // the loop goes on until the steps they wait for are applied.
+    let waited_for = |step: Option<&(usize, (f64, Value))>| {
+        plan.rate.is_none() && step.is_some_and(|(_, (at, _))| ((at * total as f64).ceil() as usize) < total)
+    };
+    while started.load(Ordering::Relaxed).min(total) < total || waited_for(steps.peek()) {
         if let Some((i, (at, patch))) = steps.peek()
             && progress() >= *at
         {
             stack.set_faults(patch).await?;
+            applied_tx.send_modify(|applied| *applied += 1);
             if profile.has_window() && *i == 1 {
                 window_from = Some(clock.elapsed());
                 if profile.is_outage() {
