@@ -27,7 +27,7 @@ fn bench(c: &mut Criterion) {
     ));
     let observer: Arc<dyn GatewayObserver> = Arc::new(NoopObserver);
     let noop = tower::service_fn(|_: PgCall| std::future::ready(Ok::<_, CallError>(PgAnswer::NotFound)));
-    let service = stack(&config, noop, &breaker, &budget, &observer, None);
+    let service = stack(&config, noop, &breaker, &budget, &observer);
     let call = PgCall::GetTransaction("20250816:TR:9577c5".into());
 
     c.bench_function("breaker+retry+bulkhead, no-op inner", |b| {

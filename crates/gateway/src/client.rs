@@ -11,7 +11,7 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
 
-use crate::breaker::layer::{Classifier, Trickle};
+use crate::breaker::layer::Classifier;
 use crate::breaker::{CallResult, CircuitBreaker, CircuitBreakerLayer};
 use crate::config::ResilienceConfig;
 use crate::observer::{GatewayEvent, GatewayObserver, NoopObserver};
@@ -52,7 +52,6 @@ pub struct GatewayClient {
     status_budget: Arc<TpsBudget>,
     payment_breaker: CircuitBreaker,
     status_breaker: CircuitBreaker,
-    trickle: Option<Arc<Trickle>>,
     config: ResilienceConfig,
     observer: Arc<dyn GatewayObserver>,
 }
@@ -95,9 +94,8 @@ impl GatewayClient {
             config.recovery_probe_interval,
             config.payment_breaker.wait_in_open,
         );
-        let trickle = Trickle::new(config.open_trickle_one_in);
-        let payments = stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer, trickle.clone());
-        let status = stack(&config, transport, &status_breaker, &status_budget, &observer, None);
+        let payments = stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer);
+        let status = stack(&config, transport, &status_breaker, &status_budget, &observer);
         Ok(GatewayClient {
             name: settings.name,
             payments,
@@ -106,26 +104,9 @@ impl GatewayClient {
             status_budget,
             payment_breaker,
             status_breaker,
-            trickle,
             config,
             observer,
         })
-    }
-
-    /// Whether a payment may be sent now: the payment breaker admits calls, or this is
-    /// the one refusal in `open_trickle_one_in` that goes through anyway. A caller that
-    /// refuses on a `false` (a checkout's pre-check) is counted like the breaker's own
-    /// refusals; a `true` for the trickle must be followed by the call.
-    pub fn admits_payment(&self) -> bool {
-        if self.payment_breaker.admits_calls() {
-            return true;
-        }
-        let trickles = self.payment_breaker.state() == crate::breaker::State::Open
-            && self.trickle.as_ref().is_some_and(|t| t.on_refused());
-        if trickles && let Some(t) = &self.trickle {
-            t.grant();
-        }
-        trickles
     }
 
     pub fn name(&self) -> &str {
@@ -220,15 +201,13 @@ fn breaker_classifier() -> Classifier<PgAnswer, CallError> {
 }
 
 /// Builds retry -> breaker -> bulkhead over `inner` (the HTTP transport in production;
-/// anything in benchmarks), with `trickle` (calls through an OPEN breaker; none if
-/// `None`). The deadline is applied per call by `GatewayClient`.
+/// anything in benchmarks). The deadline is applied per call by `GatewayClient`.
 pub fn stack<S>(
     config: &ResilienceConfig,
     inner: S,
     breaker: &CircuitBreaker,
     budget: &Arc<TpsBudget>,
     observer: &Arc<dyn GatewayObserver>,
-    trickle: Option<Arc<Trickle>>,
 ) -> Stack
 where
     S: tower::Service<PgCall, Response = PgAnswer, Error = CallError> + Clone + Send + Sync + 'static,
@@ -239,7 +218,7 @@ where
         RetryPolicy::new(config.retry.clone(), budget.clone(), observer.clone(), config.deadline, attempt_timeout);
     let service = ServiceBuilder::new()
         .retry(policy)
-        .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()).with_trickle(trickle))
+        .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()))
         .map_err(bulkhead_error)
         .load_shed()
         .concurrency_limit(config.bulkhead.max_concurrent_calls)

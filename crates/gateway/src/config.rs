@@ -30,11 +30,6 @@ pub struct ResilienceConfig {
     /// after each half-open that fails, up to `wait_in_open`. Zero: off.
     #[serde(with = "crate::duration_ms")]
     pub recovery_probe_interval: Duration,
-    /// While the payment breaker is OPEN, one refused payment in this many is sent anyway,
-    /// outside the breaker's books; if it is taken the breaker closes at once.
-    /// Finds a recovered PG however fast refusals come, at 1/n of the calls reaching a
-    /// PG that is down. Zero: off.
-    pub open_trickle_one_in: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +100,6 @@ impl Default for ResilienceConfig {
                 initial_state: InitialState::Closed,
             },
             recovery_probe_interval: Duration::from_millis(200),
-            open_trickle_one_in: 50,
         }
     }
 }

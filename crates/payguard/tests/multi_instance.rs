@@ -117,13 +117,21 @@ async fn three_instances_one_killed_every_payment_settled_exactly_once() {
     let db = sqlx::PgPool::connect(&url).await.unwrap();
     // What the victim holds when it dies: its leases carry its pid.
     let pattern = format!("%-{}-%", victim.id().unwrap());
-    let held: Vec<i64> = sqlx::query_scalar(
-        "SELECT id FROM payment_attempts WHERE lease_owner LIKE $1 AND status IN ('REQUESTED', 'PENDING')",
-    )
-    .bind(&pattern)
-    .fetch_all(&db)
-    .await
-    .unwrap();
+    // Killed mid-pass when it can be: while it holds leases (a few seconds at most).
+    let mut held: Vec<i64> = Vec::new();
+    for _ in 0..250 {
+        held = sqlx::query_scalar(
+            "SELECT id FROM payment_attempts WHERE lease_owner LIKE $1 AND status IN ('REQUESTED', 'PENDING')",
+        )
+        .bind(&pattern)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        if !held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     signal(&victim, "-KILL").await;
     let killed_at = std::time::Instant::now();
     let taken_over = tokio::spawn({

@@ -24,15 +24,8 @@ impl Gateway {
 
     /// Whether a new payment may go here now: its payment breaker would admit the call
     /// (an OPEN breaker whose wait is over admits a half-open probe).
-    /// Whether this gateway's payment breaker admits calls now (no side effects).
     pub fn admits_payments(&self) -> bool {
         self.client.payment_breaker().admits_calls()
-    }
-
-    /// A checkout's pre-check: admits, or lets this one through as the open breaker's
-    /// trickle (counted; a `true` must be followed by the payment call).
-    pub fn takes_this_payment(&self) -> bool {
-        self.client.admits_payment()
     }
 }
 

@@ -57,14 +57,14 @@ impl Default for ReconcilerSettings {
             interval_ms: 2_000,
             // The reference PG decides within 5 s and calls back at once.
             grace_ms: 10_000,
-            batch_size: 500,
+            batch_size: 1_000,
             acceptance_window_ms: 60_000,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 60_000,
             stuck_after_checks: 20,
             lease_ms: 3_000,
-            concurrency: 100,
-            max_lookups_per_second: 400,
+            concurrency: 120,
+            max_lookups_per_second: 1_000,
         }
     }
 }
