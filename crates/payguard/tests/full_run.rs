@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, start, terminate, wait_ready};
+use common::{Scene, scene, start, terminate, wait_ready};
 use serde_json::{Value, json};
 
 const CARD: &str = "1234-5678-9814-1451";
@@ -16,11 +16,7 @@ const CARD_DIGITS: &str = "1234567898141451";
 
 #[tokio::test]
 async fn a_full_run_never_logs_or_stores_a_card_number_and_shuts_down_cleanly() {
-    let dir = std::env::temp_dir().join(format!("payguard-full-run-{}-{}", std::process::id(), free_port().await));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (pg_port, shop_port) = (free_port().await, free_port().await);
-    let pg = format!("http://127.0.0.1:{pg_port}");
-    let shop = format!("http://127.0.0.1:{shop_port}");
+    let Scene { dir, pg_port, shop_port, pg, shop } = scene("full-run").await;
 
     let mut sim = start(
         &[
@@ -119,11 +115,7 @@ async fn a_full_run_never_logs_or_stores_a_card_number_and_shuts_down_cleanly() 
 
 #[tokio::test]
 async fn a_keyed_checkout_killed_mid_request_answers_under_its_key_after_restart() {
-    let dir = std::env::temp_dir().join(format!("payguard-killed-key-{}-{}", std::process::id(), free_port().await));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (pg_port, shop_port) = (free_port().await, free_port().await);
-    let pg = format!("http://127.0.0.1:{pg_port}");
-    let shop = format!("http://127.0.0.1:{shop_port}");
+    let Scene { dir, pg_port, shop_port, pg, shop } = scene("killed-key").await;
     // The PG takes the payment, then holds its answer back: the checkout is mid-request.
     let mut sim = start(
         &[

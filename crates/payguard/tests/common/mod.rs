@@ -8,6 +8,23 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+/// A scratch directory and the two addresses of a run: the PG simulator's and the shop's.
+pub struct Scene {
+    pub dir: std::path::PathBuf,
+    pub pg_port: u16,
+    pub shop_port: u16,
+    pub pg: String,
+    pub shop: String,
+}
+
+pub async fn scene(name: &str) -> Scene {
+    let dir = std::env::temp_dir().join(format!("payguard-{name}-{}-{}", std::process::id(), free_port().await));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (pg_port, shop_port) = (free_port().await, free_port().await);
+    let (pg, shop) = (format!("http://127.0.0.1:{pg_port}"), format!("http://127.0.0.1:{shop_port}"));
+    Scene { dir, pg_port, shop_port, pg, shop }
+}
+
 pub async fn free_port() -> u16 {
     tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port()
 }
