@@ -49,6 +49,8 @@ pub struct ReconcilerSettings {
     pub concurrency: usize,
     /// Lookups per second at most, over all gateways: what a backlog may cost the PG.
     pub max_lookups_per_second: u32,
+    /// When the first pass runs after start.
+    pub first_pass_delay_ms: u64,
 }
 
 impl Default for ReconcilerSettings {
@@ -57,14 +59,15 @@ impl Default for ReconcilerSettings {
             interval_ms: 2_000,
             // The reference PG decides within 5 s and calls back at once.
             grace_ms: 10_000,
-            batch_size: 1_000,
+            batch_size: 2_000,
             acceptance_window_ms: 60_000,
             backoff_initial_ms: 1_000,
             backoff_max_ms: 60_000,
             stuck_after_checks: 20,
             lease_ms: 3_000,
             concurrency: 120,
-            max_lookups_per_second: 1_000,
+            max_lookups_per_second: 2_000,
+            first_pass_delay_ms: 0,
         }
     }
 }
@@ -158,8 +161,10 @@ impl Reconciler {
     /// `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let every = Duration::from_millis(self.settings.interval_ms);
-        // The first pass comes one interval after start, not at once.
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // After a restart the callbacks lost while the service was down are waiting:
+        // the first pass comes `first_pass_delay_ms` after start (at once by default).
+        let first = tokio::time::Instant::now() + Duration::from_millis(self.settings.first_pass_delay_ms);
+        let mut tick = tokio::time::interval_at(first, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut more_due = false;
         loop {

@@ -110,7 +110,9 @@ pub async fn spawn_app_on(sim: SimConfig, secondary: Option<SimConfig>, tweak: i
         };
         settings.failover_gateways.push(failover);
     }
+    // Tests run passes themselves: the background reconciler never does.
     settings.reconciler.interval_ms = 3_600_000;
+    settings.reconciler.first_pass_delay_ms = 3_600_000;
     settings.reconciler.grace_ms = 0;
     settings.reconciler.acceptance_window_ms = 300;
     settings.reconciler.backoff_initial_ms = 0;
