@@ -228,6 +228,10 @@ impl Reconciler {
                 self.settings.batch_size,
             )
             .await?;
+        if due.is_empty() {
+            // Most passes find nothing: no lease to renew, no task to start.
+            return Ok(());
+        }
         report.more_due |= due.len() as i64 >= self.settings.batch_size;
         // The leases of this batch outlive a slow PG: renewed every third of their length
         // until the batch is done (each check ends its own lease).
