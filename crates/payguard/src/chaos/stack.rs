@@ -31,7 +31,6 @@ pub struct Stack {
     service: Option<Child>,
     sim: Option<Child>,
     secondary_sim: Option<Child>,
-    service_args: Vec<String>,
     service_env: Vec<(String, String)>,
     restarts: usize,
     http: reqwest::Client,
@@ -49,6 +48,13 @@ fn spawn(args: &[String], env: &[(String, String)], log: &Path) -> std::io::Resu
         command.env(k, v);
     }
     command.spawn()
+}
+
+/// The last lines of a log, for an error message.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 impl Stack {
@@ -89,10 +95,6 @@ impl Stack {
         };
         let database_url =
             database_url.map(String::from).unwrap_or_else(|| format!("sqlite://{}", dir.join("shop.db").display()));
-        let service_args: Vec<String> =
-            ["serve", "--listen", &format!("127.0.0.1:{shop_port}"), "--gateway-url", &pg, "--public-url", &shop]
-                .map(String::from)
-                .to_vec();
         let mut env: Vec<(String, String)> = vec![
             ("PAYGUARD_DATABASE_URL".into(), database_url.clone()),
             ("PAYGUARD_ADMIN__TOKEN".into(), ADMIN_TOKEN.into()),
@@ -134,7 +136,6 @@ impl Stack {
             sim: Some(sim),
             secondary,
             secondary_sim,
-            service_args,
             service_env: env,
             restarts: 0,
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().map_err(|e| e.to_string())?,
@@ -143,7 +144,16 @@ impl Stack {
         if let Some(url) = &stack.secondary {
             stack.wait_ready(&format!("{url}/sim/faults")).await?;
         }
-        stack.start_service().await?;
+        // The port was free when chosen, but an outgoing connection may take it before the
+        // service binds it (both come from the ephemeral range): then try another.
+        let mut attempts = 0;
+        while let Err(e) = stack.start_service().await {
+            attempts += 1;
+            if attempts == 3 || !e.contains("Address already in use") {
+                return Err(e);
+            }
+            stack.shop = format!("http://127.0.0.1:{}", free_port().await.map_err(|e| e.to_string())?);
+        }
         if naive {
             let names = if stack.secondary.is_some() { &["pg", "pg2"][..] } else { &["pg"][..] };
             for name in names {
@@ -157,10 +167,27 @@ impl Stack {
 
     async fn start_service(&mut self) -> Result<(), String> {
         let log = self.dir.join(format!("service-{}.log", self.restarts));
-        self.service = Some(
-            spawn(&self.service_args, &self.service_env, &log).map_err(|e| format!("cannot start the service: {e}"))?,
-        );
-        self.wait_ready(&format!("{}/readyz", self.shop)).await
+        let listen = self.shop.trim_start_matches("http://").to_string();
+        let args =
+            ["serve", "--listen", &listen, "--gateway-url", &self.pg, "--public-url", &self.shop].map(String::from);
+        let mut service =
+            spawn(&args, &self.service_env, &log).map_err(|e| format!("cannot start the service: {e}"))?;
+        let url = format!("{}/readyz", self.shop);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let outcome = loop {
+            if self.http.get(&url).send().await.is_ok_and(|r| r.status().is_success()) {
+                break Ok(());
+            }
+            if let Ok(Some(status)) = service.try_wait() {
+                break Err(format!("the service exited ({status}) before it was ready; its log ends:\n{}", tail(&log)));
+            }
+            if tokio::time::Instant::now() > deadline {
+                break Err(format!("{url} not ready after 30 s; the service's log ends:\n{}", tail(&log)));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        self.service = Some(service);
+        outcome
     }
 
     async fn wait_ready(&self, url: &str) -> Result<(), String> {
