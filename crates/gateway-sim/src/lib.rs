@@ -13,6 +13,7 @@ mod callback;
 mod control;
 pub mod faults;
 pub mod ledger;
+pub mod link;
 pub mod request;
 mod server;
 mod state;

@@ -23,7 +23,9 @@ pub struct Settings {
     pub database_url: String,
     /// PostgreSQL pool size per instance.
     pub database_max_connections: u32,
-    /// How long a request waits for a pooled connection before failing.
+    /// How long a statement waits for a pooled connection (and, on SQLite, for another
+    /// writer's lock) before the database counts as unavailable: the request is answered
+    /// 503 `STORE_UNAVAILABLE` instead of waiting on a database that is down.
     pub database_acquire_timeout_ms: u64,
     /// The primary PG: every payment goes here while its payment breaker admits calls.
     pub gateway: GatewaySettings,
@@ -77,6 +79,10 @@ pub struct CheckoutSettings {
     pub rate_limit_per_second: u32,
     /// Checkouts a buyer may make at once before the rate applies.
     pub rate_limit_burst: u32,
+    /// Checkouts past their validation at once in this instance; one more is refused
+    /// with 503 `CHECKOUT_OVERLOADED` before anything is written. As many as the primary
+    /// PG's payment bulkhead takes by default.
+    pub max_in_flight: usize,
     /// Refuse card numbers that fail the Luhn checksum. Off by default: the reference
     /// PG does not check it, and its sample card numbers fail it.
     pub require_luhn: bool,
@@ -89,6 +95,7 @@ impl Default for CheckoutSettings {
             idempotency_in_flight_secs: 60,
             rate_limit_per_second: 10,
             rate_limit_burst: 20,
+            max_in_flight: 128,
             require_luhn: false,
         }
     }
@@ -148,7 +155,7 @@ impl Default for Settings {
             public_url: "http://127.0.0.1:8080".into(),
             database_url: "sqlite://payguard-dev.db".into(),
             database_max_connections: 10,
-            database_acquire_timeout_ms: 5_000,
+            database_acquire_timeout_ms: 1_000,
             gateway: GatewaySettings::default(),
             failover_gateways: Vec::new(),
             reconciler: ReconcilerSettings::default(),
@@ -262,6 +269,9 @@ impl Settings {
         }
         if self.checkout.rate_limit_per_second == 0 || self.checkout.rate_limit_burst == 0 {
             return Err("checkout.rate_limit_per_second and rate_limit_burst must be positive".into());
+        }
+        if self.checkout.max_in_flight == 0 {
+            return Err("checkout.max_in_flight must be at least 1".into());
         }
         if self.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err("admin.token must be at least 16 characters".into());
@@ -420,14 +430,14 @@ mod tests {
     #[test]
     fn the_request_timeout_outlasts_every_checkout() {
         let mut s = Settings::default();
-        // 4 s deadline + 2 x 5 s database waits = 14 s with one gateway.
-        s.http.request_timeout_ms = 14_000;
-        assert!(s.validate().unwrap_err().contains("longer than a checkout can take (14000 ms"));
-        s.http.request_timeout_ms = 14_001;
+        // 4 s deadline + 2 x 1 s database waits = 6 s with one gateway.
+        s.http.request_timeout_ms = 6_000;
+        assert!(s.validate().unwrap_err().contains("longer than a checkout can take (6000 ms"));
+        s.http.request_timeout_ms = 6_001;
         assert_eq!(s.validate(), Ok(()));
         // Each failover gateway can spend its own deadline too.
         s.failover_gateways.push(GatewaySettings { name: "pg2".into(), ..GatewaySettings::default() });
-        assert!(s.validate().unwrap_err().contains("(18000 ms"));
+        assert!(s.validate().unwrap_err().contains("(10000 ms"));
     }
 
     #[test]

@@ -108,6 +108,7 @@ pub struct Metrics {
     double_charges: Counter,
     refunds_needed: Counter,
     pending: Gauge,
+    database_up: Gauge,
     oldest_pending_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// When the last double charge or refund finding was counted (for the ops page).
     last_anomaly: std::sync::Mutex<Option<tokio::time::Instant>>,
@@ -142,6 +143,7 @@ impl Metrics {
             double_charges: Counter::default(),
             refunds_needed: Counter::default(),
             pending: Gauge::default(),
+            database_up: Gauge::default(),
             oldest_pending_age: Gauge::default(),
             last_anomaly: std::sync::Mutex::new(None),
             registry: Registry::default(),
@@ -201,6 +203,11 @@ impl Metrics {
         );
         r.register("payguard_refunds_needed", "Charges found for payments we had failed", m.refunds_needed.clone());
         r.register("payguard_payments_pending", "Payment attempts not settled yet", m.pending.clone());
+        r.register(
+            "payguard_database_up",
+            "1 when the database answered this scrape's backlog query, 0 when it could not be reached",
+            m.database_up.clone(),
+        );
         r.register(
             "payguard_payments_pending_oldest_age_seconds",
             "Age of the oldest unsettled payment attempt",
@@ -275,8 +282,11 @@ impl Metrics {
     }
 
     /// The text exposition, after refreshing the gauges that describe the present.
-    /// `breakers` are (gateway name, breaker) pairs.
-    pub fn render(&self, breakers: &[(&str, &CircuitBreaker)], pending: i64, oldest_pending_age: Duration) -> String {
+    /// `breakers` are (gateway name, breaker) pairs; `backlog` is the pending count and
+    /// the oldest one's age, or None when the database could not say (the backlog gauges
+    /// keep their last values and `payguard_database_up` reads 0: the metrics of a shop
+    /// whose database is down are the ones an operator needs most).
+    pub fn render(&self, breakers: &[(&str, &CircuitBreaker)], backlog: Option<(i64, Duration)>) -> String {
         for (gateway, breaker) in breakers {
             let snapshot = breaker.snapshot();
             for state in State::ALL {
@@ -291,8 +301,11 @@ impl Metrics {
             self.breaker_failure_rate.get_or_create(&label).set(snapshot.metrics.failure_rate);
             self.breaker_slow_rate.get_or_create(&label).set(snapshot.metrics.slow_call_rate);
         }
-        self.pending.set(pending);
-        self.oldest_pending_age.set(oldest_pending_age.as_secs_f64());
+        self.database_up.set(backlog.is_some() as i64);
+        if let Some((pending, oldest_pending_age)) = backlog {
+            self.pending.set(pending);
+            self.oldest_pending_age.set(oldest_pending_age.as_secs_f64());
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

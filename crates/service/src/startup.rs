@@ -72,7 +72,7 @@ impl Application {
         settings.validate().map_err(StartupError::Settings)?;
         let url = settings.database_url.as_str();
         let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
-            Arc::new(SqliteStore::connect(url).await?)
+            Arc::new(SqliteStore::connect(url, Duration::from_millis(settings.database_acquire_timeout_ms)).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PoolSettings {
                 max_connections: settings.database_max_connections,
@@ -123,7 +123,7 @@ impl Application {
             .collect();
         let state = AppState::new(AppParts {
             store: store.clone(),
-            checkout: Checkout::new(store.clone(), gateways.clone(), metrics.clone()),
+            checkout: Checkout::new(store.clone(), gateways.clone(), metrics.clone(), settings.checkout.max_in_flight),
             callbacks,
             reconciler: Reconciler::new(store, gateways.clone(), metrics.clone(), settings.reconciler.clone()),
             gateways: gateways.clone(),

@@ -88,7 +88,9 @@ async fn a_sqlite_database_with_payments_upgrades_in_place() {
     .unwrap();
     pool.close().await;
 
-    let store = SqliteStore::connect(&url).await.expect("the new migrations apply over the old ones");
+    let store = SqliteStore::connect(&url, std::time::Duration::from_secs(5))
+        .await
+        .expect("the new migrations apply over the old ones");
     the_old_payment_is_intact_and_keys_are_per_gateway(Arc::new(store)).await;
 }
 

@@ -6,6 +6,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use gateway::wire::CardType;
 use service::domain::{BuyerId, CheckoutLine, PaymentStatus, ProductId, Quantity, Settlement};
@@ -55,7 +56,9 @@ fn unique() -> String {
 
 async fn sqlite() -> Option<Fresh> {
     let path = std::env::temp_dir().join(format!("payguard-store-{}.db", unique()));
-    let store = SqliteStore::connect(&format!("sqlite://{}", path.display())).await.expect("sqlite store");
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()), Duration::from_secs(5))
+        .await
+        .expect("sqlite store");
     Some(Fresh { store: Arc::new(store), cleanup: Cleanup::File(path) })
 }
 

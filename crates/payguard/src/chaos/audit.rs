@@ -167,6 +167,48 @@ pub struct Figures {
     pub reach_after_2s: Option<f64>,
     /// Orders paid through each gateway: (name, count).
     pub paid_by_gateway: Vec<(String, usize)>,
+    /// Orders the service wrote: a checkout refused before any work writes none.
+    pub orders_written: usize,
+}
+
+/// One kind of answer in one phase of the run: how many, and how fast (from the client).
+#[derive(Debug, Clone, Serialize)]
+pub struct Answers {
+    /// `before`, `window` or `after` the fault window; `run` without one.
+    pub phase: &'static str,
+    /// `202`, `503 STORE_UNAVAILABLE` (status and errorCode), or `no answer`.
+    pub answer: String,
+    pub count: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Answers grouped by phase and kind, in phase order.
+fn answers(checkouts: &[Checkout], window: Option<(f64, f64)>) -> Vec<Answers> {
+    let mut groups: std::collections::BTreeMap<(u8, &'static str, String), Vec<f64>> = Default::default();
+    for c in checkouts {
+        let at = c.started_at.as_secs_f64();
+        let phase = match window {
+            None => (0, "run"),
+            Some((from, _)) if at < from => (0, "before"),
+            Some((_, to)) if at < to => (1, "window"),
+            Some(_) => (2, "after"),
+        };
+        let answer = match (c.status, &c.code) {
+            (0, _) => "no answer".to_string(),
+            (status, Some(code)) => format!("{status} {code}"),
+            (status, None) => status.to_string(),
+        };
+        groups.entry((phase.0, phase.1, answer)).or_default().push(ms(c.latency));
+    }
+    groups
+        .into_iter()
+        .map(|((_, phase, answer), latencies)| {
+            let count = latencies.len();
+            let q = quantiles(latencies, &[0.5, 0.99]).unwrap_or_default();
+            Answers { phase, answer, count, p50_ms: q[0], p99_ms: q[1] }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -174,6 +216,7 @@ pub struct Audit {
     pub profile: Profile,
     pub violations: Violations,
     pub figures: Figures,
+    pub answers: Vec<Answers>,
     /// What the timeline draws.
     #[serde(skip)]
     pub timeline: Timeline,
@@ -268,6 +311,7 @@ pub async fn audit(
         .filter(|c| c.status == 202)
         .filter(|c| c.order_id.is_none_or(|id| !known.contains(&id)))
         .count();
+    let orders_written = db.scalar("SELECT COUNT(*) FROM orders").await? as usize;
     let sold_expected = db
         .scalar("SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i JOIN payment_attempts a ON a.order_id = i.order_id WHERE a.status = 'SUCCESS'")
         .await?;
@@ -369,6 +413,7 @@ pub async fn audit(
                 (name.to_string(), paid)
             })
             .collect(),
+        orders_written,
     };
     let timeline = Timeline {
         checkouts: c.iter().map(|x| (at(x), x.status)).collect(),
@@ -376,5 +421,5 @@ pub async fn audit(
         window,
         elapsed: driven.elapsed.as_secs_f64(),
     };
-    Ok(Audit { profile, violations: v, figures, timeline })
+    Ok(Audit { profile, violations: v, figures, answers: answers(c, window), timeline })
 }

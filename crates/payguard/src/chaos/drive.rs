@@ -41,6 +41,8 @@ impl Plan {
 pub struct Checkout {
     /// 202, 503, other statuses; 0 when no answer came (the service was killed).
     pub status: u16,
+    /// The answer's `errorCode`, when it was an error.
+    pub code: Option<String>,
     pub order_id: Option<i64>,
     /// When it started, from the start of the run.
     pub started_at: Duration,
@@ -96,15 +98,15 @@ async fn one_checkout(client: &reqwest::Client, shop: &str, n: usize, breaker_op
         .json(&body)
         .send()
         .await;
-    let (status, order_id) = match answer {
+    let (status, code, order_id) = match answer {
         Ok(r) => {
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap_or(Value::Null);
-            (status, body["data"]["orderId"].as_i64())
+            (status, body["meta"]["errorCode"].as_str().map(String::from), body["data"]["orderId"].as_i64())
         }
-        Err(_) => (0, None),
+        Err(_) => (0, None, None),
     };
-    Checkout { status, order_id, started_at, latency: t.elapsed(), breaker_open }
+    Checkout { status, code, order_id, started_at, latency: t.elapsed(), breaker_open }
 }
 
 pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Driven, String> {

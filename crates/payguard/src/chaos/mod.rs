@@ -80,6 +80,11 @@ pub async fn run(args: ChaosArgs) -> Result<(), Box<dyn std::error::Error>> {
         Profile::All => Profile::EACH.to_vec(),
         one => vec![one],
     };
+    if profiles.contains(&Profile::DbOutage) && args.database_url.is_none() {
+        return Err(
+            "--profile db-outage cuts the service's PostgreSQL connection: give --database-url postgres://...".into()
+        );
+    }
     let root = std::env::temp_dir().join(format!("payguard-chaos-{}", std::process::id()));
     let mut protected = Vec::new();
     let mut naive = Vec::new();

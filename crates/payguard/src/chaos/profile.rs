@@ -29,6 +29,10 @@ pub enum Profile {
     StoreThenTimeout,
     /// The service is SIGKILLed three times mid-run and restarted.
     Crash,
+    /// The service's connection to its PostgreSQL database is cut in the fault window
+    /// (every open connection closed, new ones refused), then mended. Needs
+    /// `--database-url`; not part of `all`, which runs on SQLite by default.
+    DbOutage,
     /// Every profile above, one after the other.
     All,
 }
@@ -59,6 +63,7 @@ impl Profile {
             Profile::MessyCallbacks => "messy-callbacks",
             Profile::StoreThenTimeout => "store-then-timeout",
             Profile::Crash => "crash",
+            Profile::DbOutage => "db-outage",
             Profile::All => "all",
         }
     }
@@ -92,6 +97,10 @@ impl Profile {
             Profile::StoreThenTimeout => {
                 vec![(0.0, json!({"requestFailureRate": baseline, "storeThenTimeout": {"mode": "drop", "rate": 0.3}}))]
             }
+            // `database` is the harness's own fault (see `Stack::set_faults`), not the PG's.
+            Profile::DbOutage => {
+                vec![(0.0, start), (from, json!({"database": "down"})), (to, json!({"database": "up"}))]
+            }
         }
     }
 
@@ -106,7 +115,10 @@ impl Profile {
     /// Whether the PG is faulty in the fault window (the profiles the window figures and
     /// the timeline's shading are about).
     pub fn has_window(self) -> bool {
-        matches!(self, Profile::Outage | Profile::Hang | Profile::Slow | Profile::Flaky | Profile::Brownout)
+        matches!(
+            self,
+            Profile::Outage | Profile::Hang | Profile::Slow | Profile::Flaky | Profile::Brownout | Profile::DbOutage
+        )
     }
 
     /// Whether the window takes the PG down (for the time to open and the share of

@@ -47,6 +47,7 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
         row(a);
     }
     outage_table(protected);
+    answers_table(protected);
     if !naive.is_empty() {
         println!("\nWithout payguard's protections (breaker disabled, one attempt, 10 s timeouts)\n");
         println!("{FIGURES_HEADER}");
@@ -86,6 +87,27 @@ pub fn print(protected: &[Audit], naive: &[Audit], command: &str) {
         }
     }
     println!();
+}
+
+/// Every kind of answer a checkout got, by phase: what a buyer saw, and how fast.
+fn answers_table(audits: &[Audit]) {
+    println!("\nAnswers by kind (checkouts started before, in and after the fault window; latency ms)\n");
+    println!("| profile | phase | answer | checkouts | p50 | p99 |");
+    println!("|---|---|---|---|---|---|");
+    for a in audits {
+        println!("| {} | run | orders written | {} | | |", a.profile.name(), a.figures.orders_written);
+        for x in &a.answers {
+            println!(
+                "| {} | {} | {} | {} | {:.1} | {:.1} |",
+                a.profile.name(),
+                x.phase,
+                x.answer,
+                x.count,
+                x.p50_ms,
+                x.p99_ms
+            );
+        }
+    }
 }
 
 /// What the shop could still sell while the primary PG was faulty.

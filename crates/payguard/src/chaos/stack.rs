@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use gateway_sim::link::Link;
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
@@ -34,6 +35,9 @@ pub struct Stack {
     service_env: Vec<(String, String)>,
     restarts: usize,
     http: reqwest::Client,
+    /// The service's way to PostgreSQL, which the `db-outage` profile cuts. The harness's
+    /// own queries (`database_url`) go straight to the server.
+    database_link: Option<Link>,
 }
 
 async fn free_port() -> std::io::Result<u16> {
@@ -48,6 +52,21 @@ fn spawn(args: &[String], env: &[(String, String)], log: &Path) -> std::io::Resu
         command.env(k, v);
     }
     command.spawn()
+}
+
+/// The same PostgreSQL database reached through a link on a loopback port.
+async fn through_link(url: &str) -> Result<(String, Link), String> {
+    let mut url = reqwest::Url::parse(url).map_err(|e| format!("database URL: {e}"))?;
+    let host = url.host_str().ok_or("the database URL has no host")?.to_string();
+    let upstream = tokio::net::lookup_host((host.as_str(), url.port().unwrap_or(5432)))
+        .await
+        .map_err(|e| format!("database host {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("database host {host} has no address"))?;
+    let link = Link::to(upstream).await.map_err(|e| e.to_string())?;
+    url.set_host(Some("127.0.0.1")).map_err(|e| e.to_string())?;
+    url.set_port(Some(link.local_addr().port())).map_err(|()| "cannot set the port")?;
+    Ok((url.to_string(), link))
 }
 
 /// The last lines of a log, for an error message.
@@ -95,8 +114,14 @@ impl Stack {
         };
         let database_url =
             database_url.map(String::from).unwrap_or_else(|| format!("sqlite://{}", dir.join("shop.db").display()));
+        let (service_database_url, database_link) = if database_url.starts_with("postgres") {
+            let (url, link) = through_link(&database_url).await?;
+            (url, Some(link))
+        } else {
+            (database_url.clone(), None)
+        };
         let mut env: Vec<(String, String)> = vec![
-            ("PAYGUARD_DATABASE_URL".into(), database_url.clone()),
+            ("PAYGUARD_DATABASE_URL".into(), service_database_url),
             ("PAYGUARD_ADMIN__TOKEN".into(), ADMIN_TOKEN.into()),
             ("PAYGUARD_CHECKOUT__RATE_LIMIT_BURST".into(), "1000000".into()),
             ("PAYGUARD_CHECKOUT__RATE_LIMIT_PER_SECOND".into(), "1000000".into()),
@@ -138,6 +163,7 @@ impl Stack {
             secondary_sim,
             service_env: env,
             restarts: 0,
+            database_link,
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().map_err(|e| e.to_string())?,
         };
         stack.wait_ready(&format!("{}/sim/faults", stack.pg)).await?;
@@ -214,7 +240,18 @@ impl Stack {
         self.service.as_ref().and_then(|s| s.id())
     }
 
+    /// Applies a fault patch: the PG's (`/sim/faults`), or `{"database": "down"|"up"}`,
+    /// which cuts or mends the service's connection to PostgreSQL.
     pub async fn set_faults(&self, patch: &Value) -> Result<(), String> {
+        if let Some(database) = patch.get("database") {
+            let link = self.database_link.as_ref().ok_or("a database fault needs --database-url postgres://...")?;
+            match database.as_str() {
+                Some("down") => link.cut(),
+                Some("up") => link.mend(),
+                _ => return Err(format!("database fault {database}: expected \"down\" or \"up\"")),
+            }
+            return Ok(());
+        }
         let response =
             self.http.put(format!("{}/sim/faults", self.pg)).json(patch).send().await.map_err(|e| e.to_string())?;
         if response.status().is_success() {

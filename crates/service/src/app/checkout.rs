@@ -3,17 +3,26 @@
 //! attempt goes to the first whose payment breaker admits it, and moves on only after
 //! a NotDelivered outcome (breaker refusal, full bulkhead, connection refused, the PG's
 //! "temporarily unavailable"): never after a timeout, an answer or a rejection.
+//!
+//! Admission comes first: a checkout that would find no free slot is refused before it
+//! writes anything. Once the payment request may have reached a PG, a failing database
+//! never turns the answer into an error: the order and its REQUESTED attempt were
+//! committed before the call, and the reconciler settles them by orderId, as after a
+//! crash.
 
 use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use gateway::PaymentOutcome;
 use gateway::observer::{GatewayEvent, Operation};
 use gateway::wire::{CardType, PaymentRequest};
 
 use super::gateways::Gateways;
+use crate::domain::PaymentStatus;
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Settlement};
 use crate::metrics::Metrics;
-use crate::store::{CreatedOrder, NewOrder, Store, StoreError, Transition};
+use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
 
 #[derive(Debug)]
 pub struct CheckoutRequest {
@@ -27,6 +36,8 @@ pub struct CheckoutRequest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckoutError {
+    #[error("checkout is at capacity")]
+    Overloaded,
     #[error("the payment gateway is unavailable: {0}")]
     GatewayUnavailable(String),
     #[error("the PG rejected the payment: {reason}")]
@@ -35,29 +46,52 @@ pub enum CheckoutError {
     Store(#[from] StoreError),
 }
 
-/// How a checkout ended for the buyer (the HTTP layer reads the order back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A placed checkout: the order as this checkout left it (PENDING). The HTTP layer
+/// reads the order back for the latest status, and answers with this when it cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
-    pub order_id: i64,
+    pub order: OrderRecord,
+    /// False when the PG's answer could not be written: the database is failing, and
+    /// reading the order back would only wait on it again.
+    pub recorded: bool,
 }
+
+/// A checkout slot, held from admission to the answer.
+#[derive(Debug)]
+pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 
 #[derive(Clone)]
 pub struct Checkout {
     store: Arc<dyn Store>,
     gateways: Gateways,
     metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
 }
 
 impl Checkout {
-    pub fn new(store: Arc<dyn Store>, gateways: Gateways, metrics: Arc<Metrics>) -> Checkout {
-        Checkout { store, gateways, metrics }
+    pub fn new(store: Arc<dyn Store>, gateways: Gateways, metrics: Arc<Metrics>, max_in_flight: usize) -> Checkout {
+        Checkout { store, gateways, metrics, slots: Arc::new(Semaphore::new(max_in_flight)) }
     }
 
-    pub async fn place(&self, request: CheckoutRequest) -> Result<Placed, CheckoutError> {
+    /// A slot for one checkout, or an immediate refusal: called before anything of the
+    /// checkout (its idempotency key included) is written.
+    pub fn admit(&self) -> Result<Admission, CheckoutError> {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Admission(permit)),
+            Err(_) => {
+                self.metrics.checkout("overloaded", std::time::Duration::ZERO);
+                Err(CheckoutError::Overloaded)
+            }
+        }
+    }
+
+    pub async fn place(&self, _slot: Admission, request: CheckoutRequest) -> Result<Placed, CheckoutError> {
         let started = tokio::time::Instant::now();
         let result = self.run(request).await;
         let label = match &result {
             Ok((_, label)) => label,
+            Err(CheckoutError::Overloaded) => "overloaded",
+            Err(CheckoutError::Store(e)) if e.is_unavailable() => "store_unavailable",
             Err(CheckoutError::GatewayUnavailable(_)) => "gateway_unavailable",
             Err(CheckoutError::Rejected { .. }) => "rejected",
             Err(CheckoutError::Store(crate::store::StoreError::OutOfStock { .. })) => "out_of_stock",
@@ -96,13 +130,13 @@ impl Checkout {
         let created = self
             .store
             .create_order(NewOrder {
-                buyer: request.buyer,
-                lines: request.lines,
+                buyer: request.buyer.clone(),
+                lines: request.lines.clone(),
                 gateway: self.gateways.all()[current].name().to_string(),
                 card_type: request.card_type,
                 card_last4: request.card.last4().to_string(),
                 now_ms: super::now_ms(),
-                idempotency_key: request.idempotency_key,
+                idempotency_key: request.idempotency_key.clone(),
             })
             .await?;
         loop {
@@ -136,38 +170,47 @@ impl Checkout {
                 }
             }
             // 4. Transaction 2, by outcome.
-            return self.conclude(&created, gateway.name(), outcome).await;
+            return self.conclude(&request, &created, gateway.name(), outcome).await;
         }
     }
 
+    /// Transaction 2. The PG call is over, so a store error here is logged and left to
+    /// the reconciler (it finds the REQUESTED attempt by orderId): the buyer hears what
+    /// the PG said, never a database error for a payment the PG may have taken.
     async fn conclude(
         &self,
+        request: &CheckoutRequest,
         created: &CreatedOrder,
         gateway: &str,
         outcome: PaymentOutcome,
     ) -> Result<(Placed, &'static str), CheckoutError> {
-        let placed = Placed { order_id: created.order_id };
         let now = super::now_ms();
+        let unrecorded = |error: StoreError| {
+            tracing::error!(order = created.order_id, pg_order_id = %created.pg_order_id, gateway, %error, "the PG's answer could not be recorded: the reconciler will settle this order");
+        };
         match outcome {
             PaymentOutcome::Accepted { transaction_key } => {
                 // A fast callback may have settled it already; that is fine.
-                self.store.mark_pending(created.attempt_id, Some(&transaction_key), now).await?;
-                Ok((placed, "accepted"))
+                let written = self.store.mark_pending(created.attempt_id, Some(&transaction_key), now).await;
+                let recorded = written.map_err(unrecorded).is_ok();
+                Ok((placed(request, created, Some(transaction_key), recorded), "accepted"))
             }
             PaymentOutcome::Unknown(why) => {
                 tracing::warn!(order = created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment outcome unknown: left PENDING for the reconciler");
-                self.store.mark_pending(created.attempt_id, None, now).await?;
-                Ok((placed, "unknown"))
+                let recorded = self.store.mark_pending(created.attempt_id, None, now).await.map_err(unrecorded).is_ok();
+                Ok((placed(request, created, None, recorded), "unknown"))
             }
             PaymentOutcome::NotDelivered(why) => {
-                match self.store.roll_back(created.attempt_id).await? {
-                    Transition::Applied => {
+                match self.store.roll_back(created.attempt_id).await {
+                    Ok(Transition::Applied) => {
                         tracing::info!(order = created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment not delivered: order rolled back")
                     }
                     // Only a REQUESTED attempt is rolled back; anything else is settled news.
-                    other => {
+                    Ok(other) => {
                         tracing::error!(order = created.order_id, ?other, "a not-delivered attempt had already moved")
                     }
+                    // The reconciler finds that the PG never received it, and fails it.
+                    Err(error) => unrecorded(error),
                 }
                 Err(CheckoutError::GatewayUnavailable(why.to_string()))
             }
@@ -177,10 +220,40 @@ impl Checkout {
                     transaction_key: None,
                     reason: Some(rejection.reason.clone()),
                 };
-                self.store.settle(created.attempt_id, &failed, "checkout", now).await?;
+                if let Err(error) = self.store.settle(created.attempt_id, &failed, "checkout", now).await {
+                    unrecorded(error);
+                }
                 tracing::warn!(order = created.order_id, gateway, status = rejection.status, reason = %rejection.reason, "the PG rejected a payment request");
                 Err(CheckoutError::Rejected { order_id: created.order_id, reason: rejection.reason })
             }
         }
+    }
+}
+
+/// The order as a placed checkout left it: PENDING at the PG.
+fn placed(
+    request: &CheckoutRequest,
+    created: &CreatedOrder,
+    transaction_key: Option<String>,
+    recorded: bool,
+) -> Placed {
+    Placed {
+        recorded,
+        order: OrderRecord {
+            order_id: created.order_id,
+            buyer_id: request.buyer.as_str().to_string(),
+            total_amount: created.amount.get(),
+            created_at_ms: created.created_at_ms,
+            anomaly: None,
+            items: created.items.clone(),
+            attempt: AttemptView {
+                status: PaymentStatus::Pending,
+                reason: None,
+                card_type: request.card_type.as_str().to_string(),
+                card_last4: request.card.last4().to_string(),
+                transaction_key,
+                stuck: false,
+            },
+        },
     }
 }

@@ -167,6 +167,9 @@ impl Reconciler {
         let mut tick = tokio::time::interval_at(first, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut more_due = false;
+        // Consecutive failed passes: while the database is down the reconciler waits
+        // longer between passes and says so once, then once more when it is back.
+        let mut failed_passes = 0u32;
         loop {
             if !more_due {
                 tokio::select! {
@@ -178,13 +181,27 @@ impl Reconciler {
             }
             more_due = match self.run_once().await {
                 Ok(report) => {
+                    if failed_passes > 0 {
+                        tracing::info!(failed_passes, "reconciliation passes work again");
+                        failed_passes = 0;
+                    }
                     if report.examined > 0 {
                         tracing::info!(?report, "reconciliation pass");
                     }
                     report.more_due
                 }
                 Err(error) => {
-                    tracing::error!(%error, "reconciliation pass failed");
+                    failed_passes += 1;
+                    if failed_passes == 1 {
+                        tracing::error!(%error, "reconciliation pass failed: backing off until one succeeds");
+                    } else {
+                        tracing::debug!(%error, failed_passes, "reconciliation pass failed again");
+                    }
+                    let pause = (every * 2u32.pow(failed_passes.min(6))).min(Duration::from_secs(10));
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.wait_for(|stop| *stop) => break,
+                    }
                     false
                 }
             };
@@ -241,8 +258,11 @@ impl Reconciler {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    if let Err(error) = store.renew_leases(&owner, super::now_ms() + lease_ms).await {
-                        tracing::warn!(%error, "renewing reconciliation leases failed");
+                    match store.renew_leases(&owner, super::now_ms() + lease_ms).await {
+                        Err(error) if !error.is_unavailable() => {
+                            tracing::warn!(%error, "renewing reconciliation leases failed")
+                        }
+                        _ => {}
                     }
                 }
             })
@@ -258,6 +278,7 @@ impl Reconciler {
             .await;
         renewal.abort();
         let settled_before = report.settled;
+        let mut unavailable = None;
         for (attempt, verdict) in verdicts {
             report.examined += 1;
             self.metrics.reconciliation(match &verdict {
@@ -286,6 +307,11 @@ impl Reconciler {
                     report.errors += 1;
                     self.postpone(&attempt, &note).await?;
                 }
+                // A database outage fails the pass once, not once per attempt.
+                Err(error) if error.is_unavailable() => {
+                    report.errors += 1;
+                    unavailable.get_or_insert(error);
+                }
                 Err(error) => {
                     report.errors += 1;
                     tracing::error!(attempt = attempt.id, gateway = %attempt.gateway, %error, "reconciling an attempt failed");
@@ -293,7 +319,7 @@ impl Reconciler {
             }
         }
         self.throughput.add((report.settled - settled_before) as u64);
-        Ok(())
+        unavailable.map_or(Ok(()), Err)
     }
 
     async fn reconcile(&self, gateway: &GatewayClient, attempt: &Attempt) -> Result<Verdict, StoreError> {

@@ -107,10 +107,15 @@ pub async fn save_response(
 ) -> Result<Response, ApiError> {
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-    if parts.status == StatusCode::SERVICE_UNAVAILABLE || parts.status.is_server_error() {
-        store.release_idempotent(buyer, &key.0).await?;
+    let saved = if parts.status == StatusCode::SERVICE_UNAVAILABLE || parts.status.is_server_error() {
+        store.release_idempotent(buyer, &key.0).await
     } else {
-        store.finish_idempotent(buyer, &key.0, parts.status.as_u16(), &bytes).await?;
+        store.finish_idempotent(buyer, &key.0, parts.status.as_u16(), &bytes).await
+    };
+    // The answer stands either way. An unsaved key stays in flight: a repeat meanwhile is
+    // told so (409), and once it is stale the repeat gets the order it is linked to.
+    if let Err(error) = saved {
+        tracing::warn!(%error, status = parts.status.as_u16(), "an idempotent checkout's answer could not be saved");
     }
     Ok(Response::from_parts(parts, Body::from(bytes)))
 }

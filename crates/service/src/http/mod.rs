@@ -158,16 +158,19 @@ async fn callback(
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let (pending, oldest) = state.store.unsettled().await?;
-    let age = oldest.map_or(0, |t| (crate::app::now_ms() - t).max(0)) as u64;
+    let backlog = state.store.unsettled().await.ok().map(|(pending, oldest)| {
+        let age = oldest.map_or(0, |t| (crate::app::now_ms() - t).max(0)) as u64;
+        (pending, std::time::Duration::from_millis(age))
+    });
     let breakers = state.gateways.breakers();
-    let body = state.metrics.render(&breakers, pending, std::time::Duration::from_millis(age));
+    let body = state.metrics.render(&breakers, backlog);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
-    state.store.ping().await.map_err(|e| ApiError::Internal(format!("database not ready: {e}")))?;
+    // Any failure to reach the database means "send no traffic here now".
+    state.store.ping().await.map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
     Ok(ok(StatusCode::OK, json!({"status": "ready"})))
 }
 

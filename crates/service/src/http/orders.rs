@@ -11,7 +11,7 @@ use super::AppState;
 use super::buyer::Buyer;
 use super::idempotency::{self, IdempotencyKey, NextAction};
 use super::response::{ApiError, ok};
-use crate::app::checkout::CheckoutRequest;
+use crate::app::checkout::{Admission, CheckoutRequest};
 use crate::domain::card::parse_card_type;
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
 use crate::store::{OrderItem, OrderRecord};
@@ -89,8 +89,10 @@ pub async fn checkout(
     let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
     let key = IdempotencyKey::from_headers(&headers)?;
     let mut request = parse_checkout(&headers, &body, &buyer, state.checkout_settings.require_luhn)?;
+    // Before the idempotency key is written: a refusal costs the database nothing.
+    let slot = state.checkout.admit()?;
     let Some(key) = key else {
-        return place(&state, request).await;
+        return place(&state, slot, request).await;
     };
     let fingerprint = idempotency::fingerprint(&request);
     let response =
@@ -103,7 +105,7 @@ pub async fn checkout(
             }
             NextAction::StartProcessing => {
                 request.idempotency_key = Some(key.as_str().to_string());
-                match place(&state, request).await {
+                match place(&state, slot, request).await {
                     // Another request owns the key now: its answer is the one to keep.
                     Err(ApiError::IdempotencyInFlight) => return Err(ApiError::IdempotencyInFlight),
                     placed => placed.unwrap_or_else(IntoResponse::into_response),
@@ -113,9 +115,18 @@ pub async fn checkout(
     idempotency::save_response(&*state.store, &buyer, &key, response).await
 }
 
-async fn place(state: &AppState, request: CheckoutRequest) -> Result<Response, ApiError> {
-    let placed = state.checkout.place(request).await?;
-    accepted(state, placed.order_id).await
+async fn place(state: &AppState, slot: Admission, request: CheckoutRequest) -> Result<Response, ApiError> {
+    let placed = state.checkout.place(slot, request).await?;
+    // The latest status (a fast callback may have settled it); when the database cannot
+    // say, the order as the checkout left it. Never an error: the PG may have taken it.
+    if !placed.recorded {
+        return Ok(ok(StatusCode::ACCEPTED, OrderDto::from(placed.order)));
+    }
+    let order = match state.store.order(placed.order.order_id).await {
+        Ok(Some(order)) => order,
+        Ok(None) | Err(_) => placed.order,
+    };
+    Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))
 }
 
 /// The 202 a placed checkout answers: the order as it stands.

@@ -53,6 +53,10 @@ pub enum ApiError {
     UnknownPath,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("the database is unavailable: {0}")]
+    StoreUnavailable(String),
+    #[error("checkout is at capacity")]
+    Overloaded,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -70,6 +74,7 @@ impl From<StoreError> for ApiError {
             StoreError::OutOfStock { product, available } => ApiError::OutOfStock { product, available },
             StoreError::AmountOverflow => ApiError::invalid("items", "주문 금액이 너무 큽니다."),
             StoreError::IdempotencyKeyTaken => ApiError::IdempotencyInFlight,
+            StoreError::Unavailable(e) => ApiError::StoreUnavailable(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -78,6 +83,7 @@ impl From<StoreError> for ApiError {
 impl From<CheckoutError> for ApiError {
     fn from(error: CheckoutError) -> Self {
         match error {
+            CheckoutError::Overloaded => ApiError::Overloaded,
             CheckoutError::GatewayUnavailable(why) => ApiError::GatewayUnavailable(why),
             CheckoutError::Rejected { order_id, reason } => ApiError::PaymentRejected { order_id, reason },
             CheckoutError::Store(e) => e.into(),
@@ -184,6 +190,22 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", "지원하지 않는 메서드입니다.".into(), None)
             }
+            ApiError::StoreUnavailable(detail) => {
+                // Logged where it starts and ends (the store's health), not per request.
+                tracing::debug!(%detail, "database unavailable");
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "STORE_UNAVAILABLE",
+                    "주문 시스템이 일시적으로 응답하지 않습니다. 잠시 후 다시 시도해주세요.".into(),
+                    None,
+                )
+            }
+            ApiError::Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "CHECKOUT_OVERLOADED",
+                "주문이 몰려 처리할 수 없습니다. 잠시 후 다시 시도해주세요.".into(),
+                None,
+            ),
             ApiError::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
                 (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "일시적인 오류가 발생했습니다.".into(), None)
@@ -198,6 +220,9 @@ impl IntoResponse for ApiError {
         if status == StatusCode::REQUEST_TIMEOUT {
             // The rest of a trickled body is never read: the connection cannot be reused.
             response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ApiError::Overloaded = self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let ApiError::TooManyRequests { retry_after_secs } = self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));

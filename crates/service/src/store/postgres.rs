@@ -179,7 +179,13 @@ impl Store for PgStore {
             let (name, price): (String, i64) = (row.try_get("name")?, row.try_get("price")?);
             let amount = Money::won(price).checked_mul(line.quantity).ok_or(StoreError::AmountOverflow)?;
             total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
-            priced.push((id, name, price, line.quantity.get() as i64, amount.get()));
+            priced.push(OrderItem {
+                product_id: id,
+                name,
+                unit_price: price,
+                quantity: line.quantity.get() as i64,
+                amount: amount.get(),
+            });
         }
         for (id, quantity) in super::reservations(&order.lines) {
             let reserved = sqlx::query(
@@ -205,18 +211,18 @@ impl Store for PgStore {
         .bind(order.now_ms)
         .fetch_one(&mut *tx)
         .await?;
-        for (line, (product, name, price, quantity, amount)) in priced.into_iter().enumerate() {
+        for (line, item) in priced.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(order_id)
             .bind(line as i64)
-            .bind(product)
-            .bind(name)
-            .bind(price)
-            .bind(quantity)
-            .bind(amount)
+            .bind(item.product_id)
+            .bind(&item.name)
+            .bind(item.unit_price)
+            .bind(item.quantity)
+            .bind(item.amount)
             .execute(&mut *tx)
             .await?;
         }
@@ -253,7 +259,14 @@ impl Store for PgStore {
             }
         }
         tx.commit().await?;
-        Ok(CreatedOrder { order_id, attempt_id, pg_order_id, amount: total })
+        Ok(CreatedOrder {
+            order_id,
+            attempt_id,
+            pg_order_id,
+            amount: total,
+            items: priced,
+            created_at_ms: order.now_ms,
+        })
     }
 
     async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {

@@ -24,17 +24,19 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the database at `url`, e.g.
-    /// `sqlite://payguard-dev.db` or `sqlite::memory:`.
-    pub async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+    /// `sqlite://payguard-dev.db` or `sqlite::memory:`. A statement waits at most
+    /// `timeout` for a pooled connection and again for another writer's lock; past it the
+    /// database counts as unavailable (a 503), not as slow.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(timeout);
         // An in-memory database lives in one connection; a file is shared by several.
         let max = if url.contains(":memory:") { 1 } else { 8 };
-        let pool = SqlitePoolOptions::new().max_connections(max).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new().max_connections(max).acquire_timeout(timeout).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
     }
@@ -124,7 +126,13 @@ impl Store for SqliteStore {
             let (name, price): (String, i64) = (row.try_get("name")?, row.try_get("price")?);
             let amount = Money::won(price).checked_mul(line.quantity).ok_or(StoreError::AmountOverflow)?;
             total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
-            priced.push((id, name, price, line.quantity.get() as i64, amount.get()));
+            priced.push(OrderItem {
+                product_id: id,
+                name,
+                unit_price: price,
+                quantity: line.quantity.get() as i64,
+                amount: amount.get(),
+            });
         }
         for (id, quantity) in super::reservations(&order.lines) {
             let reserved = sqlx::query(
@@ -149,18 +157,18 @@ impl Store for SqliteStore {
                 .bind(order.now_ms)
                 .fetch_one(&mut *tx)
                 .await?;
-        for (line, (product, name, price, quantity, amount)) in priced.into_iter().enumerate() {
+        for (line, item) in priced.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
                  VALUES (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(order_id)
             .bind(line as i64)
-            .bind(product)
-            .bind(name)
-            .bind(price)
-            .bind(quantity)
-            .bind(amount)
+            .bind(item.product_id)
+            .bind(&item.name)
+            .bind(item.unit_price)
+            .bind(item.quantity)
+            .bind(item.amount)
             .execute(&mut *tx)
             .await?;
         }
@@ -197,7 +205,14 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().await?;
-        Ok(CreatedOrder { order_id, attempt_id, pg_order_id, amount: total })
+        Ok(CreatedOrder {
+            order_id,
+            attempt_id,
+            pg_order_id,
+            amount: total,
+            items: priced,
+            created_at_ms: order.now_ms,
+        })
     }
 
     async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {

@@ -264,3 +264,19 @@ pub fn binary(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     names.iter().find_map(|name| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()))
 }
+
+/// A fresh PostgreSQL database on the server of `PAYGUARD_TEST_DATABASE_URL`, and that
+/// server's URL with the database name left for the caller; None (the test says it is
+/// skipped) when the variable is unset outside CI.
+pub async fn fresh_postgres_database(prefix: &str) -> Option<(String, String)> {
+    let Ok(server) = std::env::var("PAYGUARD_TEST_DATABASE_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set PAYGUARD_TEST_DATABASE_URL");
+        eprintln!("SKIPPED: PAYGUARD_TEST_DATABASE_URL is not set");
+        return None;
+    };
+    let database = format!("{prefix}_{}_{:x}", std::process::id(), rand::random::<u32>());
+    let admin = sqlx::PgPool::connect(&server).await.expect("the test PostgreSQL server answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
+    admin.close().await;
+    Some((server, database))
+}
