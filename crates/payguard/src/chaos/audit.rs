@@ -313,7 +313,7 @@ pub async fn audit(
         .count();
     let orders_written = db.scalar("SELECT COUNT(*) FROM orders").await? as usize;
     let sold_expected = db
-        .scalar("SELECT COALESCE(SUM(i.quantity), 0) FROM order_items i JOIN payment_attempts a ON a.order_id = i.order_id WHERE a.status = 'SUCCESS'")
+        .scalar("SELECT CAST(COALESCE(SUM(i.quantity), 0) AS BIGINT) FROM order_items i JOIN payment_attempts a ON a.order_id = i.order_id WHERE a.status = 'SUCCESS'")
         .await?;
     let stock = db.stock().await?;
     v.stock_not_conserved = stock
