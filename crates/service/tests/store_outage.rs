@@ -131,6 +131,10 @@ async fn a_postgresql_outage_is_answered_fast_with_503_and_the_service_heals_by_
     let health = app.http.get(format!("{}/healthz", app.url)).send().await.unwrap().status();
     assert_eq!(health, StatusCode::OK, "the process itself is fine: restarting it would not help");
     assert_eq!(database_up(&app).await, "0", "the metrics still answer, and say why");
+    let (status, ops) = app.get("/ops/state", None).await;
+    assert_eq!(status, StatusCode::OK, "the ops page still answers: {ops}");
+    let alerts = ops["data"]["alerts"].as_array().unwrap();
+    assert!(alerts.iter().any(|a| a["name"] == "ShopDatabaseUnavailable"), "{alerts:?}");
 
     link.mend();
     wait_ready(&app).await;

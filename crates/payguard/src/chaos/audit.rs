@@ -52,6 +52,24 @@ impl Db {
         .map_err(|e| e.to_string())
     }
 
+    /// Orders ever inserted, rolled-back ones included (their rows are deleted, but the
+    /// id sequence remembers them).
+    async fn orders_inserted(&self) -> Result<i64, String> {
+        match self {
+            Db::Sqlite(p) => {
+                sqlx::query_scalar("SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'orders'), 0)")
+                    .fetch_one(p)
+                    .await
+            }
+            Db::Postgres(p) => {
+                sqlx::query_scalar("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM orders_id_seq")
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
     async fn attempts(&self) -> Result<Vec<AttemptRow>, String> {
         const SQLITE: &str =
             "SELECT a.order_id, a.pg_order_id, a.gateway, a.status, a.transaction_key, a.settled_by, a.finalized_at,
@@ -167,7 +185,8 @@ pub struct Figures {
     pub reach_after_2s: Option<f64>,
     /// Orders paid through each gateway: (name, count).
     pub paid_by_gateway: Vec<(String, usize)>,
-    /// Orders the service wrote: a checkout refused before any work writes none.
+    /// Orders the service inserted, the ones it rolled back and deleted included: a
+    /// checkout refused before any work inserts none.
     pub orders_written: usize,
 }
 
@@ -311,7 +330,7 @@ pub async fn audit(
         .filter(|c| c.status == 202)
         .filter(|c| c.order_id.is_none_or(|id| !known.contains(&id)))
         .count();
-    let orders_written = db.scalar("SELECT COUNT(*) FROM orders").await? as usize;
+    let orders_written = db.orders_inserted().await? as usize;
     let sold_expected = db
         .scalar("SELECT CAST(COALESCE(SUM(i.quantity), 0) AS BIGINT) FROM order_items i JOIN payment_attempts a ON a.order_id = i.order_id WHERE a.status = 'SUCCESS'")
         .await?;

@@ -25,8 +25,9 @@ pub struct ChaosArgs {
     /// The fault profile; `all` runs each in turn.
     #[arg(long, value_enum, default_value = "all")]
     profile: Profile,
-    /// Checkouts per profile (at most 4,000: the seeded stock).
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=4_000))]
+    /// Checkouts per profile. The seeded stock sells 4,000: past that many accepted, the
+    /// rest are answered 409 OUT_OF_STOCK (an overload run refuses most before that).
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
     checkouts: u64,
     /// Checkouts in flight at once (unpaced runs).
     #[arg(long, default_value_t = 32)]

@@ -95,7 +95,11 @@ fn answers_table(audits: &[Audit]) {
     println!("| profile | phase | answer | checkouts | p50 | p99 |");
     println!("|---|---|---|---|---|---|");
     for a in audits {
-        println!("| {} | run | orders written | {} | | |", a.profile.name(), a.figures.orders_written);
+        println!(
+            "| {} | run | orders inserted (rolled back ones included) | {} | | |",
+            a.profile.name(),
+            a.figures.orders_written
+        );
         for x in &a.answers {
             println!(
                 "| {} | {} | {} | {} | {:.1} | {:.1} |",

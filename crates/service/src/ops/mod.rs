@@ -113,7 +113,11 @@ pub const STUCK_PENDING_SECONDS: f64 = 600.0;
 pub const ANOMALY_LOOKBACK: Duration = Duration::from_secs(15 * 60);
 
 pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
-    let (count, oldest) = app.store.unsettled().await?;
+    // The page must work best when the database does not: the backlog reads as empty
+    // then, and the alert says why.
+    let backlog = app.store.unsettled().await;
+    let database_up = backlog.is_ok();
+    let (count, oldest) = backlog.unwrap_or((0, None));
     let oldest_age_seconds = oldest.map_or(0.0, |t| (crate::app::now_ms() - t).max(0) as f64 / 1_000.0);
     let reconciled_per_second = app.reconciler.throughput().per_second(Duration::from_secs(10));
     let breakers: Vec<BreakerView> = app
@@ -188,6 +192,14 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
                 ),
             });
         }
+    }
+    if !database_up {
+        alerts.push(Alert {
+            name: "ShopDatabaseUnavailable",
+            severity: "critical",
+            detail: "the database cannot be reached: checkouts and order reads are answered 503 STORE_UNAVAILABLE"
+                .into(),
+        });
     }
     if oldest_age_seconds > STUCK_PENDING_SECONDS {
         alerts.push(Alert {
