@@ -265,18 +265,27 @@ pub fn binary(names: &[&str]) -> Option<PathBuf> {
     names.iter().find_map(|name| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()))
 }
 
-/// A fresh PostgreSQL database on the server of `PAYGUARD_TEST_DATABASE_URL`, and that
-/// server's URL with the database name left for the caller; None (the test says it is
-/// skipped) when the variable is unset outside CI.
-pub async fn fresh_postgres_database(prefix: &str) -> Option<(String, String)> {
-    let Ok(server) = std::env::var("PAYGUARD_TEST_DATABASE_URL") else {
-        assert!(std::env::var_os("CI").is_none(), "CI must set PAYGUARD_TEST_DATABASE_URL");
-        eprintln!("SKIPPED: PAYGUARD_TEST_DATABASE_URL is not set");
-        return None;
-    };
+/// The PostgreSQL server the `#[ignore]`d PostgreSQL tests use. They are ignored so a
+/// plain test run reports them as not run; `--run-ignored all` runs them, and then a
+/// missing server is a failure, never a silent pass.
+pub fn test_database_url() -> String {
+    std::env::var("PAYGUARD_TEST_DATABASE_URL").expect(
+        "PAYGUARD_TEST_DATABASE_URL must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/test",
+    )
+}
+
+/// A fresh PostgreSQL database on the `test_database_url` server: (server URL, name).
+pub async fn fresh_postgres_database(prefix: &str) -> (String, String) {
+    let server = test_database_url();
     let database = format!("{prefix}_{}_{:x}", std::process::id(), rand::random::<u32>());
     let admin = sqlx::PgPool::connect(&server).await.expect("the test PostgreSQL server answers");
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.unwrap();
     admin.close().await;
-    Some((server, database))
+    (server, database)
+}
+
+/// An external program an `#[ignore]`d test needs: the first of `names` on PATH, or a
+/// failure that says what to install.
+pub fn required_binary(names: &[&str], install: &str) -> PathBuf {
+    binary(names).unwrap_or_else(|| panic!("{} not found on PATH: {install}", names.join(" or ")))
 }
