@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod buyer;
 pub mod idempotency;
+pub mod json;
 pub mod limits;
 pub mod orders;
 pub mod response;
@@ -14,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use serde_json::json;
 
@@ -110,6 +111,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/breakers", get(admin::breakers))
         .route("/api/v1/admin/breakers/{name}/{action}", post(admin::breaker_action))
         .route("/api/v1/admin/reconcile", post(admin::reconcile_now))
+        .route("/api/v1/admin/products", get(admin::catalog).post(admin::create_product))
+        .route("/api/v1/admin/products/{product_id}", patch(admin::update_product))
+        .route("/api/v1/admin/products/{product_id}/stock", post(admin::change_stock))
         .route("/ops", get(crate::ops::page))
         .route("/ops/state", get(crate::ops::state))
         .route("/metrics", get(metrics))

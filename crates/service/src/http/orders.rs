@@ -1,7 +1,7 @@
 //! `POST /api/v1/orders` (checkout), `GET /api/v1/orders/{id}`, `GET /api/v1/orders`.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
@@ -34,21 +34,7 @@ struct ItemBody {
 }
 
 /// Parses the body into a checkout, reporting every broken field at once.
-fn parse_checkout(
-    headers: &HeaderMap,
-    body: &[u8],
-    buyer: &BuyerId,
-    require_luhn: bool,
-) -> Result<CheckoutRequest, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
-    if !is_json {
-        return Err(ApiError::invalid("body", "Content-Type 은 application/json 이어야 합니다."));
-    }
-    let body: CheckoutBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::Invalid(vec![Invalid::new("body", format!("요청 본문을 읽을 수 없습니다: {e}"))]))?;
+fn parse_checkout(body: CheckoutBody, buyer: &BuyerId, require_luhn: bool) -> Result<CheckoutRequest, ApiError> {
     let mut problems = Vec::new();
     if body.items.is_empty() || body.items.len() > MAX_LINES {
         problems.push(Invalid::new("items", format!("주문 상품은 1개 이상 {MAX_LINES}개 이하여야 합니다.")));
@@ -86,9 +72,9 @@ pub async fn checkout(
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::TooManyRequests { retry_after_secs: wait.as_secs().max(1) });
     }
-    let body = body.map_err(|_| ApiError::PayloadTooLarge)?;
+    let body: CheckoutBody = super::json::parse(&headers, body)?;
     let key = IdempotencyKey::from_headers(&headers)?;
-    let mut request = parse_checkout(&headers, &body, &buyer, state.checkout_settings.require_luhn)?;
+    let mut request = parse_checkout(body, &buyer, state.checkout_settings.require_luhn)?;
     // Before the idempotency key is written: a refusal costs the database nothing.
     let slot = state.checkout.admit()?;
     let Some(key) = key else {

@@ -27,6 +27,8 @@ pub enum ApiError {
     ProductNotFound(i64),
     #[error("out of stock: product {product}, {available} available")]
     OutOfStock { product: i64, available: i64 },
+    #[error("stock change refused: product {product}, {available} available, {reserved} reserved")]
+    StockConflict { product: i64, available: i64, reserved: i64 },
     #[error("order not found")]
     OrderNotFound,
     #[error("payment gateway unavailable: {0}")]
@@ -72,6 +74,9 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::ProductNotFound(id) => ApiError::ProductNotFound(id),
             StoreError::OutOfStock { product, available } => ApiError::OutOfStock { product, available },
+            StoreError::StockConflict { product, available, reserved } => {
+                ApiError::StockConflict { product, available, reserved }
+            }
             StoreError::AmountOverflow => ApiError::invalid("items", "주문 금액이 너무 큽니다."),
             StoreError::IdempotencyKeyTaken => ApiError::IdempotencyInFlight,
             StoreError::Unavailable(e) => ApiError::StoreUnavailable(e.to_string()),
@@ -120,6 +125,12 @@ impl IntoResponse for ApiError {
                 "OUT_OF_STOCK",
                 format!("상품({product})의 재고가 부족합니다. 남은 수량: {available}"),
                 Some(json!({"productId": product, "available": available})),
+            ),
+            ApiError::StockConflict { product, available, reserved } => (
+                StatusCode::CONFLICT,
+                "STOCK_CONFLICT",
+                format!("상품({product})의 재고를 예약된 수량({reserved}) 아래로, 또는 0 아래로 줄일 수 없습니다."),
+                Some(json!({"productId": product, "available": available, "reserved": reserved})),
             ),
             ApiError::OrderNotFound => {
                 (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND", "주문을 찾을 수 없습니다.".into(), None)

@@ -17,6 +17,7 @@ use serde::Serialize;
 pub use self::activity::{Activity, Tee};
 use crate::http::AppState;
 use crate::http::response::{ApiError, ok};
+use crate::store::CatalogEntry;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -55,6 +56,9 @@ struct OpsState {
     transitions: Vec<activity::TransitionRecord>,
     alerts: Vec<Alert>,
     admin_enabled: bool,
+    /// Products with `LOW_STOCK` or fewer for sale (empty when the database is down).
+    low_stock: Vec<CatalogEntry>,
+    low_stock_threshold: i64,
 }
 
 #[derive(Serialize)]
@@ -111,6 +115,8 @@ pub const FAILURE_SHARE_THRESHOLD: f64 = 0.5;
 pub const FAILURE_SHARE_MIN_REQUESTS: u64 = 50;
 pub const STUCK_PENDING_SECONDS: f64 = 600.0;
 pub const ANOMALY_LOOKBACK: Duration = Duration::from_secs(15 * 60);
+/// A product with this many or fewer for sale is listed as low on the page.
+pub const LOW_STOCK: i64 = 10;
 
 pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     // The page must work best when the database does not: the backlog reads as empty
@@ -230,6 +236,13 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
         transitions,
         alerts,
         admin_enabled: app.admin_token.is_some(),
+        low_stock: app
+            .store
+            .catalog()
+            .await
+            .map(|catalog| catalog.into_iter().filter(|p| p.available <= LOW_STOCK).collect())
+            .unwrap_or_default(),
+        low_stock_threshold: LOW_STOCK,
     };
     Ok(ok(StatusCode::OK, view))
 }

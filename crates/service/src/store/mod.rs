@@ -24,6 +24,8 @@ pub enum StoreError {
     KeyTaken(String),
     #[error("the idempotency key already has an order, or was given up")]
     IdempotencyKeyTaken,
+    #[error("stock change refused: product {product} has {available} available and {reserved} reserved")]
+    StockConflict { product: i64, available: i64, reserved: i64 },
     /// The database cannot be reached or cannot take the write now (connection refused or
     /// lost, no pooled connection in time, SQLite busy or its disk full): nothing was
     /// committed, and the same request may succeed in a moment.
@@ -184,11 +186,75 @@ pub struct StockLevels {
     pub sold: i64,
 }
 
+/// A product as the catalog's admin sees it: where all of its stock is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogEntry {
+    pub product_id: i64,
+    pub name: String,
+    pub price: i64,
+    /// For sale now.
+    pub available: i64,
+    /// Held by orders whose payment is not settled yet.
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+/// A stock change from the catalog's admin. Reserved stock is never touched: it belongs
+/// to orders in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockChange {
+    /// Available plus reserved becomes this; refused below what is reserved.
+    OnHand(i64),
+    /// Available grows (or shrinks) by this; refused below zero.
+    Add(i64),
+}
+
+/// The columns `catalog_entry` reads, in the order both backends select them.
+pub(crate) const CATALOG_COLUMNS: &str = "id, name, price, available, reserved, sold";
+
+/// One products row as a catalog entry; the same on every backend.
+pub(crate) fn catalog_entry<'r, R>(row: &'r R) -> Result<CatalogEntry, StoreError>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(CatalogEntry {
+        product_id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        price: row.try_get("price")?,
+        available: row.try_get("available")?,
+        reserved: row.try_get("reserved")?,
+        sold: row.try_get("sold")?,
+    })
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     async fn products(&self) -> Result<Vec<Product>, StoreError>;
+
+    /// Every product with its stock, by id.
+    async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError>;
+
+    async fn create_product(&self, name: &str, price: Money, available: i64) -> Result<CatalogEntry, StoreError>;
+
+    /// Renames or reprices a product (orders keep the price they were placed at); None
+    /// when there is no such product.
+    async fn update_product(
+        &self,
+        product_id: i64,
+        name: Option<&str>,
+        price: Option<Money>,
+    ) -> Result<Option<CatalogEntry>, StoreError>;
+
+    /// One conditional update, so a checkout reserving at the same moment can never
+    /// oversell; `StockConflict` when the change would break its rule, None when there is
+    /// no such product.
+    async fn change_stock(&self, product_id: i64, change: StockChange) -> Result<Option<CatalogEntry>, StoreError>;
 
     /// Transaction 1: the order, its items, the stock reservation and the REQUESTED attempt.
     async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError>;

@@ -12,8 +12,9 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    Attempt, AttemptView, CreatedOrder, EventKind, IdempotencyStart, NewOrder, OrderItem, OrderRecord, Product,
-    StockLevels, Store, StoreError, Transition, key_taken, pg_order_id, status_of,
+    Attempt, AttemptView, CATALOG_COLUMNS, CatalogEntry, CreatedOrder, EventKind, IdempotencyStart, NewOrder,
+    OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
+    pg_order_id, status_of,
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
 
@@ -112,6 +113,71 @@ impl Store for SqliteStore {
             .collect()
     }
 
+    async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
+        let sql = format!("SELECT {CATALOG_COLUMNS} FROM products ORDER BY id");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(catalog_entry).collect()
+    }
+
+    async fn create_product(&self, name: &str, price: Money, available: i64) -> Result<CatalogEntry, StoreError> {
+        let sql =
+            format!("INSERT INTO products (name, price, available) VALUES (?1, ?2, ?3) RETURNING {CATALOG_COLUMNS}");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .bind(price.get())
+            .bind(available)
+            .fetch_one(&self.pool)
+            .await?;
+        catalog_entry(&row)
+    }
+
+    async fn update_product(
+        &self,
+        product_id: i64,
+        name: Option<&str>,
+        price: Option<Money>,
+    ) -> Result<Option<CatalogEntry>, StoreError> {
+        let sql = format!(
+            "UPDATE products SET name = COALESCE(?1, name), price = COALESCE(?2, price) WHERE id = ?3 RETURNING {CATALOG_COLUMNS}"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(name)
+            .bind(price.map(Money::get))
+            .bind(product_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(catalog_entry).transpose()
+    }
+
+    async fn change_stock(&self, product_id: i64, change: StockChange) -> Result<Option<CatalogEntry>, StoreError> {
+        let (sql, amount) = match change {
+            StockChange::OnHand(n) => (
+                format!(
+                    "UPDATE products SET available = ?1 - reserved WHERE id = ?2 AND ?1 >= reserved RETURNING {CATALOG_COLUMNS}"
+                ),
+                n,
+            ),
+            StockChange::Add(n) => (
+                format!(
+                    "UPDATE products SET available = available + ?1 WHERE id = ?2 AND available + ?1 >= 0 RETURNING {CATALOG_COLUMNS}"
+                ),
+                n,
+            ),
+        };
+        let changed =
+            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.pool).await?;
+        if let Some(row) = changed {
+            return catalog_entry(&row).map(Some);
+        }
+        let sql = format!("SELECT {CATALOG_COLUMNS} FROM products WHERE id = ?1");
+        match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(product_id).fetch_optional(&self.pool).await? {
+            Some(row) => {
+                let now = catalog_entry(&row)?;
+                Err(StoreError::StockConflict { product: product_id, available: now.available, reserved: now.reserved })
+            }
+            None => Ok(None),
+        }
+    }
     async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
         let mut tx = self.write().await?;
         let mut total = Money::default();
