@@ -111,9 +111,38 @@ pub struct TransactionDetail {
     pub order_id: String,
     pub card_type: CardType,
     pub card_no: String,
+    #[serde(deserialize_with = "whole_number")]
     pub amount: i64,
     pub status: TransactionStatus,
     pub reason: Option<String>,
+}
+
+/// A JSON number with no fractional part, as JSON Schema's `integer` means it: `39` and
+/// `39.0` alike (clients whose language has no integers send the latter); `39.5`, a
+/// string or a number beyond i64 are refused.
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = i64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<i64, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<i64, E> {
+            i64::try_from(v).map_err(|_| E::custom(format!("{v} is too large")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<i64, E> {
+            // Exactly representable: |v| below 2^53, so the cast is exact.
+            if v.fract() == 0.0 && v.abs() < 9_007_199_254_740_992.0 {
+                Ok(v as i64)
+            } else {
+                Err(E::custom(format!("{v} is not a whole number")))
+            }
+        }
+    }
+    deserializer.deserialize_any(Whole)
 }
 
 /// The last four characters of a card number, for anything a person may read.
@@ -209,6 +238,22 @@ pub mod message {
 
     pub fn order_not_found(order_id: &str) -> String {
         format!("(orderId: {order_id}) 에 해당하는 결제건이 존재하지 않습니다.")
+    }
+}
+
+#[cfg(test)]
+mod whole_number_tests {
+    #[derive(serde::Deserialize)]
+    struct N(#[serde(deserialize_with = "super::whole_number")] i64);
+
+    #[test]
+    fn whole_numbers_are_read_however_they_are_written_and_fractions_are_refused() {
+        for (raw, n) in [("39", 39), ("39.0", 39), ("-7", -7), ("-7.0", -7), ("0.0", 0)] {
+            assert_eq!(serde_json::from_str::<N>(raw).unwrap().0, n, "{raw}");
+        }
+        for raw in ["39.5", "\"39\"", "1e300", "18446744073709551615", "null"] {
+            assert!(serde_json::from_str::<N>(raw).is_err(), "{raw}");
+        }
     }
 }
 

@@ -35,6 +35,9 @@ enum Command {
     GatewaySim(Box<SimArgs>),
     /// Drive checkouts under PG faults and audit that nothing was lost or doubled.
     Chaos(crate::chaos::ChaosArgs),
+    /// Print the shop API's OpenAPI document (what `/openapi.json` serves), e.g.
+    /// `payguard openapi > docs/openapi.json`.
+    Openapi,
 }
 
 /// Options of `payguard serve`. Every setting, these included, can also come from the
@@ -69,6 +72,10 @@ impl Cli {
         match self.command {
             Command::Dev(args) => crate::dev::run(args).await,
             Command::Chaos(args) => crate::chaos::run(args).await,
+            Command::Openapi => {
+                println!("{}", service::http::openapi::DOCUMENT.as_str());
+                Ok(())
+            }
             Command::Serve(args) => {
                 let mut settings = service::Settings::load(args.config.as_deref())?;
                 settings.gateway.base_url = args.gateway_url;

@@ -504,8 +504,12 @@ async fn admin_calls_need_the_token_and_are_off_without_one() {
     assert_eq!(body["data"]["state"], "closed");
     let (status, _, body) = send(&app, admin("/breakers/pg.payments/explode", Some(token))).await;
     assert_eq!((status, body["meta"]["errorCode"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")));
-    let (status, _, _) = send(&app, admin("/breakers/nope/reset", Some(token))).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, body) = send(&app, admin("/breakers/nope/reset", Some(token))).await;
+    assert_eq!(
+        (status, body["meta"]["errorCode"].as_str()),
+        (StatusCode::NOT_FOUND, Some("NOT_FOUND")),
+        "no such breaker"
+    );
     let (status, _, body) = send(&app, admin("/reconcile", Some(token))).await;
     assert_eq!((status, &body["data"]["paused"]), (StatusCode::OK, &json!([])));
     let (status, _, body) = send(

@@ -106,8 +106,10 @@ impl CallbackIntake {
     pub async fn receive(&self, raw: &[u8], signature: Option<&str>) -> Result<Applied, CallbackError> {
         let mut body: TransactionDetail = serde_json::from_slice(raw)
             .map_err(|e| CallbackError::Malformed(bounded(&e.to_string(), MAX_REASON_CHARS)))?;
-        if body.order_id.len() > MAX_ID_LEN || body.transaction_key.len() > MAX_ID_LEN {
-            return Err(CallbackError::Malformed(format!("orderId and transactionKey are at most {MAX_ID_LEN} bytes")));
+        if body.order_id.chars().count() > MAX_ID_LEN || body.transaction_key.chars().count() > MAX_ID_LEN {
+            return Err(CallbackError::Malformed(format!(
+                "orderId and transactionKey are at most {MAX_ID_LEN} characters"
+            )));
         }
         body.reason = body.reason.map(|r| bounded(&r, MAX_REASON_CHARS));
         if let Some(secret) = &self.secret

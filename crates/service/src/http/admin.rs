@@ -12,10 +12,12 @@ use subtle::ConstantTimeEq;
 
 use serde::Deserialize;
 
+use super::json::Whole;
+use super::openapi::{Answer, BreakerState, Failure};
 use super::response::{ApiError, ok};
 use super::{AppState, BodyBytes};
 use crate::domain::{Invalid, Money};
-use crate::store::StockChange;
+use crate::store::{CatalogEntry, StockChange};
 
 /// The configured token, kept as a digest so comparisons take the same time whatever
 /// the guess.
@@ -48,6 +50,12 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> 
     Ok(operator.chars().filter(|c| c.is_ascii_graphic()).take(64).collect())
 }
 
+#[utoipa::path(get, path = "/api/v1/admin/breakers", tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every breaker of every gateway", body = Answer<Vec<BreakerState>>),
+        (status = 401, description = "`UNAUTHORIZED`: the admin token is missing or wrong", body = Failure),
+        (status = 404, description = "`NOT_FOUND`: no admin token is configured, the admin API is off", body = Failure),
+    ))]
 pub async fn breakers(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     let list: Vec<_> = state
@@ -59,6 +67,15 @@ pub async fn breakers(State(state): State<AppState>, headers: HeaderMap) -> Resu
     Ok(ok(StatusCode::OK, list))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/breakers/{name}/{action}", tag = "admin", security(("admin_token" = [])),
+    params(("name" = String, Path, description = "`<gateway>.payments` or `<gateway>.status`, e.g. `pg.payments`; another name is 404"),
+        ("action" = String, Path, pattern = "^(force-open|disable|reset)$"), ("X-OPERATOR" = Option<String>, Header, description = "Who acts, for the log")),
+    responses(
+        (status = 200, description = "The breaker's new state", body = Answer<BreakerState>),
+        (status = 400, description = "`INVALID_REQUEST`: an unknown action", body = Failure),
+        (status = 401, description = "`UNAUTHORIZED`: the admin token is missing or wrong", body = Failure),
+        (status = 404, description = "`NOT_FOUND`: no such breaker, or no admin token is configured (the admin API is off)", body = Failure),
+    ))]
 pub async fn breaker_action(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -71,7 +88,7 @@ pub async fn breaker_action(
         .into_iter()
         .map(|(_, b)| b)
         .find(|b| b.name() == name)
-        .ok_or_else(|| ApiError::invalid("breaker", format!("알 수 없는 서킷 브레이커입니다: {name}")))?;
+        .ok_or(ApiError::UnknownPath)?;
     let before = breaker.state();
     match action.as_str() {
         "force-open" => breaker.force_open(),
@@ -83,6 +100,14 @@ pub async fn breaker_action(
     Ok(ok(StatusCode::OK, json!({"name": name, "state": breaker.state().as_str()})))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/reconcile", tag = "admin", security(("admin_token" = [])),
+    params(("X-OPERATOR" = Option<String>, Header, description = "Who acts, for the log")),
+    responses(
+        (status = 200, description = "What the pass did", body = Answer<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`: the admin token is missing or wrong", body = Failure),
+        (status = 404, description = "`NOT_FOUND`: no admin token is configured, the admin API is off", body = Failure),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn reconcile_now(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let operator = authorize(&state, &headers)?;
     let report = state.reconciler.run_once().await?;
@@ -91,6 +116,13 @@ pub async fn reconcile_now(State(state): State<AppState>, headers: HeaderMap) ->
 }
 
 /// The catalog: every product with its available, reserved and sold stock.
+#[utoipa::path(get, path = "/api/v1/admin/products", tag = "admin", security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Every product with its available, reserved and sold stock", body = Answer<Vec<CatalogEntry>>),
+        (status = 401, description = "`UNAUTHORIZED`: the admin token is missing or wrong", body = Failure),
+        (status = 404, description = "`NOT_FOUND`: no admin token is configured, the admin API is off", body = Failure),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
     Ok(ok(StatusCode::OK, state.store.catalog().await?))
@@ -99,27 +131,54 @@ pub async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Resul
 const MAX_PRICE: i64 = 1_000_000_000;
 const MAX_STOCK: i64 = 1_000_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct NewProductBody {
+pub struct NewProductBody {
+    /// Shown to buyers; no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: String,
-    price: i64,
-    stock: i64,
+    /// Whole won.
+    #[schema(value_type = i64, minimum = 1, maximum = 1_000_000_000)]
+    price: Whole,
+    /// For sale from the start.
+    #[schema(value_type = i64, minimum = 0, maximum = 1_000_000)]
+    stock: Whole,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ProductPatchBody {
+/// Either or both; neither changes nothing and answers the product as it is.
+pub struct ProductPatchBody {
+    #[serde(default, deserialize_with = "super::json::present")]
+    #[schema(nullable = false)]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\s\\u0000-\\u001f\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+    )]
     name: Option<String>,
-    price: Option<i64>,
+    #[serde(default, deserialize_with = "super::json::present")]
+    #[schema(value_type = Option<i64>, nullable = false, minimum = 1, maximum = 1_000_000_000)]
+    price: Option<Whole>,
 }
 
-/// Exactly one of the two.
-#[derive(Deserialize)]
+/// At most one of: `onHand`, available plus reserved becomes it (never below what is
+/// reserved); `add`, available grows by it, which may be negative (never below zero).
+/// Neither changes nothing and answers the stock as it is.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct StockBody {
-    on_hand: Option<i64>,
-    add: Option<i64>,
+#[schema(max_properties = 1)]
+pub struct StockBody {
+    #[serde(default, deserialize_with = "super::json::present")]
+    #[schema(value_type = Option<i64>, nullable = false, minimum = 0, maximum = 1_000_000)]
+    on_hand: Option<Whole>,
+    #[serde(default, deserialize_with = "super::json::present")]
+    #[schema(value_type = Option<i64>, nullable = false, minimum = -1_000_000, maximum = 1_000_000)]
+    add: Option<Whole>,
 }
 
 fn product_name(raw: &str) -> Result<String, Invalid> {
@@ -149,6 +208,17 @@ fn product_id(raw: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or(ApiError::ProductNotFound(0))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/products", tag = "admin", security(("admin_token" = [])),
+    params(("X-OPERATOR" = Option<String>, Header, description = "Who acts, for the log")),
+    request_body = NewProductBody,
+    responses(
+        (status = 201, description = "The new product", body = Answer<CatalogEntry>),
+        (status = 400, description = "`INVALID_REQUEST` (with `data.errors[{field, message}]`)", body = Failure),
+        (status = 401, description = "`UNAUTHORIZED`: the admin token is missing or wrong", body = Failure),
+        (status = 404, description = "`NOT_FOUND`: no admin token is configured, the admin API is off", body = Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = Failure),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn create_product(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -156,7 +226,8 @@ pub async fn create_product(
 ) -> Result<Response, ApiError> {
     let operator = authorize(&state, &headers)?;
     let body: NewProductBody = super::json::parse(&headers, body)?;
-    let (name, price, stock) = (product_name(&body.name), product_price(body.price), stock_level("stock", body.stock));
+    let (name, price, stock) =
+        (product_name(&body.name), product_price(body.price.0), stock_level("stock", body.stock.0));
     let (Ok(name), Ok(price), Ok(stock)) = (name.clone(), price.clone(), stock.clone()) else {
         return Err(ApiError::Invalid([name.err(), price.err(), stock.err()].into_iter().flatten().collect()));
     };
@@ -172,6 +243,17 @@ pub async fn create_product(
     Ok(ok(StatusCode::CREATED, product))
 }
 
+#[utoipa::path(patch, path = "/api/v1/admin/products/{product_id}", tag = "admin", security(("admin_token" = [])),
+    params(("product_id" = String, Path, description = "The product's id; unknown or malformed: 404"), ("X-OPERATOR" = Option<String>, Header, description = "Who acts, for the log")),
+    request_body = ProductPatchBody,
+    responses(
+        (status = 200, description = "The product after the change", body = Answer<CatalogEntry>),
+        (status = 400, description = "`INVALID_REQUEST`", body = Failure),
+        (status = 401, description = "`UNAUTHORIZED`: the admin token is missing or wrong", body = Failure),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`; `NOT_FOUND` when no admin token is configured", body = Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = Failure),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn update_product(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -181,11 +263,8 @@ pub async fn update_product(
     let operator = authorize(&state, &headers)?;
     let id = product_id(&raw_id)?;
     let body: ProductPatchBody = super::json::parse(&headers, body)?;
-    if body.name.is_none() && body.price.is_none() {
-        return Err(ApiError::invalid("body", "name 또는 price 중 하나 이상이 필요합니다."));
-    }
     let name = body.name.as_deref().map(product_name).transpose();
-    let price = body.price.map(product_price).transpose();
+    let price = body.price.map(|p| product_price(p.0)).transpose();
     let (Ok(name), Ok(price)) = (name.clone(), price.clone()) else {
         return Err(ApiError::Invalid([name.err(), price.err()].into_iter().flatten().collect()));
     };
@@ -203,6 +282,18 @@ pub async fn update_product(
     Ok(ok(StatusCode::OK, product))
 }
 
+#[utoipa::path(post, path = "/api/v1/admin/products/{product_id}/stock", tag = "admin", security(("admin_token" = [])),
+    params(("product_id" = String, Path, description = "The product's id; unknown or malformed: 404"), ("X-OPERATOR" = Option<String>, Header, description = "Who acts, for the log")),
+    request_body = StockBody,
+    responses(
+        (status = 200, description = "The product's stock after the change", body = Answer<CatalogEntry>),
+        (status = 400, description = "`INVALID_REQUEST`", body = Failure),
+        (status = 401, description = "`UNAUTHORIZED`: the admin token is missing or wrong", body = Failure),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`; `NOT_FOUND` when no admin token is configured", body = Failure),
+        (status = 409, description = "`STOCK_CONFLICT`: below what orders hold, or below zero (with `available`, `reserved`)", body = Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = Failure),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn change_stock(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -212,16 +303,14 @@ pub async fn change_stock(
     let operator = authorize(&state, &headers)?;
     let id = product_id(&raw_id)?;
     let body: StockBody = super::json::parse(&headers, body)?;
-    let change = match (body.on_hand, body.add) {
+    let change = match (body.on_hand.map(|n| n.0), body.add.map(|n| n.0)) {
         (Some(n), None) => StockChange::OnHand(stock_level("onHand", n).map_err(|e| ApiError::Invalid(vec![e]))?),
-        (None, Some(n)) if n != 0 && n.abs() <= MAX_STOCK => StockChange::Add(n),
+        (None, Some(n)) if n.abs() <= MAX_STOCK => StockChange::Add(n),
         (None, Some(_)) => {
-            return Err(ApiError::invalid(
-                "add",
-                format!("add 는 0이 아닌 -{MAX_STOCK}~{MAX_STOCK} 의 정수여야 합니다."),
-            ));
+            return Err(ApiError::invalid("add", format!("add 는 -{MAX_STOCK}~{MAX_STOCK} 의 정수여야 합니다.")));
         }
-        _ => return Err(ApiError::invalid("body", "onHand 와 add 중 정확히 하나가 필요합니다.")),
+        (None, None) => StockChange::Add(0),
+        (Some(_), Some(_)) => return Err(ApiError::invalid("body", "onHand 와 add 중 하나만 보낼 수 있습니다.")),
     };
     let product = state.store.change_stock(id, change).await?.ok_or(ApiError::ProductNotFound(id))?;
     tracing::warn!(

@@ -21,3 +21,24 @@ pub fn parse<T: DeserializeOwned>(headers: &HeaderMap, body: BodyBytes) -> Resul
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::Invalid(vec![Invalid::new("body", format!("요청 본문을 읽을 수 없습니다: {e}"))]))
 }
+
+/// For an optional field that may be left out but never sent as `null`:
+/// `#[serde(default, deserialize_with = "json::present")]`.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// An integer field of a request body: `39` and `39.0` alike (see
+/// `gateway::wire::whole_number`), as the OpenAPI document's `integer` promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Whole(pub i64);
+
+impl<'de> serde::Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        gateway::wire::whole_number(deserializer).map(Whole)
+    }
+}

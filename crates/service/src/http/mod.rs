@@ -5,6 +5,7 @@ pub mod buyer;
 pub mod idempotency;
 pub mod json;
 pub mod limits;
+pub mod openapi;
 pub mod orders;
 pub mod response;
 pub mod server;
@@ -117,7 +118,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ops", get(crate::ops::page))
         .route("/ops/state", get(crate::ops::state))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/healthz", get(health))
+        .route("/openapi.json", get(openapi_document))
         .route("/readyz", get(ready))
         .fallback(|| async { ApiError::UnknownPath })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -126,16 +128,46 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(get, path = "/api/v1/products", tag = "shop",
+    responses(
+        (status = 200, description = "The catalog with price and stock for sale", body = openapi::Answer<Vec<crate::store::Product>>),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = openapi::Failure),
+    ))]
 async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, state.store.products().await?))
 }
 
 /// The primary gateway's callbacks keep the original path.
+#[utoipa::path(post, path = "/api/v1/payments/callback", tag = "pg",
+    params(("X-PG-Signature" = Option<String>, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of <t>.<body>>` when the gateway has a callback secret; without one the callback is checked against the PG")),
+    request_body = openapi::CallbackBody,
+    responses(
+        (status = 200, description = "Verified and applied (or a known duplicate)", body = openapi::Answer<openapi::CallbackResult>),
+        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = openapi::Failure),
+        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = openapi::Failure),
+        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = openapi::Failure),
+        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = openapi::Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = openapi::Failure),
+        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = openapi::Failure),
+    ))]
 async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: BodyBytes) -> Result<Response, ApiError> {
     let primary = state.gateways.primary().name().to_string();
     callback(state, Path(primary), headers, body).await
 }
 
+#[utoipa::path(post, path = "/api/v1/payments/callback/{gateway}", tag = "pg",
+    params(("gateway" = String, Path, description = "A configured gateway's name"),
+        ("X-PG-Signature" = Option<String>, Header, description = "As on the primary's path, with this gateway's secret")),
+    request_body = openapi::CallbackBody,
+    responses(
+        (status = 200, description = "Verified and applied (or a known duplicate)", body = openapi::Answer<openapi::CallbackResult>),
+        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = openapi::Failure),
+        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = openapi::Failure),
+        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = openapi::Failure),
+        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = openapi::Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = openapi::Failure),
+        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = openapi::Failure),
+    ))]
 async fn callback(
     State(state): State<AppState>,
     Path(gateway): Path<String>,
@@ -161,6 +193,8 @@ async fn callback(
     Ok(ok(StatusCode::OK, json!({ "result": received?.as_str() })))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics (docs/operations.md)", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let backlog = state.store.unsettled().await.ok().map(|(pending, oldest)| {
         let age = oldest.map_or(0, |t| (crate::app::now_ms() - t).max(0)) as u64;
@@ -172,6 +206,23 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = openapi::Health)))]
+async fn health() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
+async fn openapi_document() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], openapi::DOCUMENT.as_str()).into_response()
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The database answers", body = openapi::Answer<openapi::Health>),
+        (status = 503, description = "`STORE_UNAVAILABLE`: send no traffic here now", body = openapi::Failure),
+    ))]
 async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Any failure to reach the database means "send no traffic here now".
     state.store.ping().await.map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;

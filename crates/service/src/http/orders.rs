@@ -10,6 +10,8 @@ use axum::response::IntoResponse;
 use super::AppState;
 use super::buyer::Buyer;
 use super::idempotency::{self, IdempotencyKey, NextAction};
+use super::json::Whole;
+use super::openapi::{Answer, Failure};
 use super::response::{ApiError, ok};
 use crate::app::checkout::{Admission, CheckoutRequest};
 use crate::domain::card::parse_card_type;
@@ -18,19 +20,25 @@ use crate::store::{OrderItem, OrderRecord};
 
 pub const MAX_LINES: usize = 50;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct CheckoutBody {
+pub struct CheckoutBody {
+    #[schema(min_items = 1, max_items = 50)]
     items: Vec<ItemBody>,
+    #[schema(pattern = "^(SAMSUNG|KB|HYUNDAI)$")]
     card_type: String,
+    /// Only the last 4 digits are kept.
+    #[schema(pattern = "^[0-9]{4}-[0-9]{4}-[0-9]{4}-[0-9]{4}$")]
     card_no: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct ItemBody {
-    product_id: i64,
-    quantity: i64,
+pub struct ItemBody {
+    #[schema(value_type = i64, minimum = 1)]
+    product_id: Whole,
+    #[schema(value_type = i64, minimum = 1, maximum = 999)]
+    quantity: Whole,
 }
 
 /// Parses the body into a checkout, reporting every broken field at once.
@@ -41,11 +49,11 @@ fn parse_checkout(body: CheckoutBody, buyer: &BuyerId, require_luhn: bool) -> Re
     }
     let mut lines = Vec::with_capacity(body.items.len());
     for item in &body.items {
-        if item.product_id <= 0 {
+        if item.product_id.0 <= 0 {
             problems.push(Invalid::new("productId", "상품 ID는 양의 정수여야 합니다."));
         }
-        match Quantity::parse(item.quantity) {
-            Ok(quantity) => lines.push(CheckoutLine { product_id: ProductId(item.product_id), quantity }),
+        match Quantity::parse(item.quantity.0) {
+            Ok(quantity) => lines.push(CheckoutLine { product_id: ProductId(item.product_id.0), quantity }),
             Err(e) => problems.push(e),
         }
     }
@@ -62,6 +70,21 @@ fn parse_checkout(body: CheckoutBody, buyer: &BuyerId, require_luhn: bool) -> Re
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/orders", tag = "shop",
+    params(("X-USER-ID" = String, Header, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The buyer, as set by the authenticating edge in front of payguard"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$", description = "1-255 visible ASCII characters: the same key and body from the same buyer get the first answer again (`Idempotent-Replayed: true`) and start no second payment")),
+    request_body = CheckoutBody,
+    responses(
+        (status = 202, description = "Accepted: the order, its payment PENDING (or already settled by a fast callback)", body = Answer<OrderDto>),
+        (status = 400, description = "`MISSING_USER_ID`; `INVALID_REQUEST` (with `data.errors[{field, message}]`)", body = Failure),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = Failure),
+        (status = 408, description = "`REQUEST_TIMEOUT`: the body did not arrive in time", body = Failure),
+        (status = 409, description = "`OUT_OF_STOCK` (with `productId`, `available`); `IDEMPOTENCY_KEY_IN_FLIGHT`", body = Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = Failure),
+        (status = 422, description = "`PAYMENT_REJECTED` (with `orderId`); `IDEMPOTENCY_KEY_REUSED`", body = Failure),
+        (status = 429, description = "`TOO_MANY_REQUESTS`, with `Retry-After`", body = Failure),
+        (status = 503, description = "Nothing was sent to the PG, with `Retry-After`: `PAYMENT_GATEWAY_UNAVAILABLE`, `CHECKOUT_OVERLOADED`, `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn checkout(
     State(state): State<AppState>,
     Buyer(buyer): Buyer,
@@ -121,6 +144,14 @@ async fn accepted(state: &AppState, order_id: i64) -> Result<Response, ApiError>
     Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))
 }
 
+#[utoipa::path(get, path = "/api/v1/orders/{order_id}", tag = "shop",
+    params(("X-USER-ID" = String, Header, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The buyer, as set by the authenticating edge in front of payguard"), ("order_id" = String, Path, description = "The order's id; another buyer's, an unknown or a malformed id are all 404")),
+    responses(
+        (status = 200, description = "The buyer's order", body = Answer<OrderDto>),
+        (status = 400, description = "`MISSING_USER_ID`; `INVALID_REQUEST`", body = Failure),
+        (status = 404, description = "`ORDER_NOT_FOUND`", body = Failure),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn detail(
     State(state): State<AppState>,
     Buyer(buyer): Buyer,
@@ -139,6 +170,15 @@ pub struct Page {
     size: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/orders", tag = "shop",
+    params(("X-USER-ID" = String, Header, pattern = "^[A-Za-z0-9._@-]{1,64}$", description = "The buyer, as set by the authenticating edge in front of payguard"),
+        ("page" = Option<i64>, Query, minimum = 0, description = "0 by default"),
+        ("size" = Option<i64>, Query, minimum = 1, maximum = 100, description = "20 by default")),
+    responses(
+        (status = 200, description = "The buyer's orders, newest first", body = Answer<OrderPage>),
+        (status = 400, description = "`MISSING_USER_ID`; `INVALID_REQUEST` (field `page` or `size`)", body = Failure),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = Failure),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     Buyer(buyer): Buyer,
@@ -163,16 +203,16 @@ pub async fn list(
     Ok(ok(StatusCode::OK, OrderPage { orders, page: number, size, has_next }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct OrderPage {
+pub struct OrderPage {
     orders: Vec<OrderDto>,
     page: i64,
     size: i64,
     has_next: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderDto {
     order_id: i64,
@@ -186,9 +226,9 @@ pub struct OrderDto {
     created_at: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct PaymentDto {
+pub struct PaymentDto {
     status: &'static str,
     message: &'static str,
     reason: Option<String>,

@@ -35,6 +35,8 @@ static CONTENT_SECURITY_POLICY: std::sync::LazyLock<String> = std::sync::LazyLoc
     )
 });
 
+#[utoipa::path(get, path = "/ops", tag = "operations",
+    responses((status = 200, description = "The live ops page (no token needed to read it)", content_type = "text/html; charset=utf-8", body = String)))]
 pub async fn page() -> Response {
     let headers = [
         (header::CACHE_CONTROL, "no-store"),
@@ -118,6 +120,8 @@ pub const ANOMALY_LOOKBACK: Duration = Duration::from_secs(15 * 60);
 /// A product with this many or fewer for sale is listed as low on the page.
 pub const LOW_STOCK: i64 = 10;
 
+#[utoipa::path(get, path = "/ops/state", tag = "operations",
+    responses((status = 200, description = "What the ops page shows: breakers, gateways, the pending backlog, alerts, low stock", body = crate::http::openapi::Answer<Object>)))]
 pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     // The page must work best when the database does not: the backlog reads as empty
     // then, and the alert says why.

@@ -39,7 +39,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
     pub product_id: i64,
@@ -88,7 +88,7 @@ pub struct Attempt {
     pub checks: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderItem {
     pub product_id: i64,
@@ -187,7 +187,7 @@ pub struct StockLevels {
 }
 
 /// A product as the catalog's admin sees it: where all of its stock is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CatalogEntry {
     pub product_id: i64,
