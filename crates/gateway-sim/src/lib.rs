@@ -17,6 +17,7 @@ pub mod link;
 pub mod request;
 mod server;
 mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -37,6 +38,8 @@ pub struct SimConfig {
     /// Signs callbacks with HMAC-SHA256 when set.
     pub callback_secret: Option<String>,
     pub faults: Faults,
+    /// Serve the API over HTTPS with this identity.
+    pub tls: Option<tls::TlsIdentity>,
 }
 
 impl Default for SimConfig {
@@ -49,6 +52,7 @@ impl Default for SimConfig {
             callback_allow: CallbackAllowList::Loopback,
             callback_secret: None,
             faults: Faults::default(),
+            tls: None,
         }
     }
 }
@@ -62,6 +66,7 @@ impl std::fmt::Debug for SimConfig {
             .field("callback_allow", &self.callback_allow)
             .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
             .field("faults", &self.faults)
+            .field("tls", &self.tls)
             .finish()
     }
 }

@@ -17,6 +17,8 @@ use crate::SimConfig;
 use crate::api;
 use crate::control;
 use crate::state::Sim;
+use crate::tls::{TlsIdentity, TlsListener};
+use tokio_rustls::TlsAcceptor;
 
 /// Requests larger than this are answered 400 without being read further.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -26,6 +28,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// A running simulator. Dropping it does not stop it; call [`RunningSim::shutdown`].
 pub struct RunningSim {
     addr: SocketAddr,
+    /// `https` when the API port speaks TLS.
+    scheme: &'static str,
     control_addr: Option<SocketAddr>,
     sim: Arc<Sim>,
     shutdown: watch::Sender<bool>,
@@ -39,12 +43,16 @@ impl RunningSim {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
-    /// Where `/sim/*` answers even while the API port is closed by `down: refuse`.
+    /// Where `/sim/*` answers even while the API port is closed by `down: refuse` (a
+    /// separate control port is always plain HTTP).
     pub fn control_url(&self) -> String {
-        format!("http://{}", self.control_addr.unwrap_or(self.addr))
+        match self.control_addr {
+            Some(addr) => format!("http://{addr}"),
+            None => self.base_url(),
+        }
     }
 
     pub fn sim(&self) -> &Arc<Sim> {
@@ -69,11 +77,13 @@ impl RunningSim {
 /// Binds the listeners and starts serving in the background.
 pub async fn spawn(config: SimConfig) -> std::io::Result<RunningSim> {
     let sim = Arc::new(Sim::new(&config));
+    let acceptor = config.tls.as_ref().map(TlsIdentity::acceptor).transpose()?;
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, _) = watch::channel(false);
-    let mut tasks =
-        vec![tokio::spawn(serve_api(listener, addr, api_router(sim.clone()), sim.clone(), shutdown.subscribe()))];
+    let router = api_router(sim.clone());
+    let mut tasks = vec![tokio::spawn(serve_api(listener, acceptor, addr, router, sim.clone(), shutdown.subscribe()))];
 
     let mut control_addr = None;
     if let Some(control_listen) = config.control_listen {
@@ -88,8 +98,8 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<RunningSim> {
             let _ = axum::serve(listener, router).with_graceful_shutdown(stopped).await;
         }));
     }
-    tracing::info!(%addr, ?control_addr, "gateway simulator listening");
-    Ok(RunningSim { addr, control_addr, sim, shutdown, tasks })
+    tracing::info!(%addr, scheme, ?control_addr, "gateway simulator listening");
+    Ok(RunningSim { addr, scheme, control_addr, sim, shutdown, tasks })
 }
 
 fn api_router(sim: Arc<Sim>) -> Router {
@@ -107,6 +117,7 @@ fn api_router(sim: Arc<Sim>) -> Router {
 /// Serves the API port; closes it while the faults say `down: refuse`, reopens after.
 async fn serve_api(
     listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
     addr: SocketAddr,
     router: Router,
     sim: Arc<Sim>,
@@ -126,12 +137,30 @@ async fn serve_api(
             },
         };
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = axum::serve(current, router.clone()).with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = stop_rx.await;
-        });
-        let mut server = tokio::spawn(async move {
-            let _ = server.await;
-        });
+        };
+        let mut server = match &acceptor {
+            None => {
+                let server = axum::serve(current, router.clone()).with_graceful_shutdown(stopped);
+                tokio::spawn(async move {
+                    let _ = server.await;
+                })
+            }
+            Some(acceptor) => {
+                let listener = match TlsListener::new(current, acceptor.clone()) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(%addr, %error, "simulator could not listen for TLS");
+                        return;
+                    }
+                };
+                let server = axum::serve(listener, router.clone()).with_graceful_shutdown(stopped);
+                tokio::spawn(async move {
+                    let _ = server.await;
+                })
+            }
+        };
         tokio::select! {
             _ = until(&mut faults, api::refusing) => {
                 tracing::warn!(%addr, "simulator down: refusing connections");

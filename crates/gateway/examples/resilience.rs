@@ -44,7 +44,12 @@ async fn sim(faults: Faults, seed: u64) -> RunningSim {
 }
 
 fn client(sim: &RunningSim, counts: Arc<Counts>) -> GatewayClient {
-    let settings = GatewaySettings { name: "pg".into(), base_url: sim.base_url(), merchant_id: "merchant".into() };
+    let settings = GatewaySettings {
+        name: "pg".into(),
+        base_url: sim.base_url(),
+        merchant_id: "merchant".into(),
+        tls: Default::default(),
+    };
     GatewayClient::with_observer(settings, ResilienceConfig::default(), counts).expect("default config is valid")
 }
 

@@ -31,6 +31,8 @@ pub enum ClientError {
     Url(String),
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A PG's identity from our side.
@@ -41,6 +43,8 @@ pub struct GatewaySettings {
     pub base_url: String,
     /// Sent as `X-USER-ID`: the merchant's id at the PG, never a buyer's.
     pub merchant_id: String,
+    /// For an `https://` base URL.
+    pub tls: crate::tls::TlsSettings,
 }
 
 #[derive(Clone)]
@@ -74,6 +78,7 @@ impl GatewayClient {
         let transport = HttpTransport::new(
             base,
             settings.merchant_id,
+            &settings.tls,
             config.connect_timeout,
             config.response_timeout,
             observer.clone(),

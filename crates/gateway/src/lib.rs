@@ -14,9 +14,11 @@ pub mod outcome;
 mod recovery;
 pub mod retry;
 pub mod signature;
+pub mod tls;
 pub mod transport;
 pub mod wire;
 
 pub use client::{ClientError, GatewayClient, GatewaySettings, Stack, stack};
 pub use config::ResilienceConfig;
 pub use outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, Rejection, Unknown};
+pub use tls::TlsSettings;

@@ -52,11 +52,12 @@ impl HttpTransport {
     pub(crate) fn new(
         base: Url,
         merchant_id: String,
+        tls: &crate::tls::TlsSettings,
         connect_timeout: Duration,
         response_timeout: Duration,
         observer: Arc<dyn GatewayObserver>,
-    ) -> Result<HttpTransport, reqwest::Error> {
-        let http = reqwest::Client::builder().connect_timeout(connect_timeout).build()?;
+    ) -> Result<HttpTransport, crate::ClientError> {
+        let http = tls.apply(reqwest::Client::builder().connect_timeout(connect_timeout))?.build()?;
         Ok(HttpTransport { http, base, merchant_id, response_timeout, observer })
     }
 

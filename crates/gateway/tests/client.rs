@@ -76,7 +76,12 @@ fn small_breaker() -> BreakerConfig {
 
 fn client_for(url: &str, config: ResilienceConfig) -> (GatewayClient, Arc<Recorder>) {
     let recorder = Arc::new(Recorder::default());
-    let settings = GatewaySettings { name: "pg".into(), base_url: url.into(), merchant_id: "merchant".into() };
+    let settings = GatewaySettings {
+        name: "pg".into(),
+        base_url: url.into(),
+        merchant_id: "merchant".into(),
+        tls: Default::default(),
+    };
     (GatewayClient::with_observer(settings, config, recorder.clone()).unwrap(), recorder)
 }
 

@@ -121,6 +121,27 @@ struct SimArgs {
     #[arg(long, env = "PAYGUARD_SIM_INSTANT")]
     instant: bool,
 
+    /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "PAYGUARD_SIM_TLS_CERT", requires = "tls_key", help_heading = "HTTPS")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "PAYGUARD_SIM_TLS_KEY", requires = "tls_cert", help_heading = "HTTPS")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "PAYGUARD_SIM_TLS_CLIENT_CA", help_heading = "HTTPS")]
+    tls_client_ca: Option<std::path::PathBuf>,
+    /// Serve HTTPS with a fresh certificate for localhost and 127.0.0.1, signed by a fresh
+    /// CA whose certificate is written to DIR/ca.pem (give it to payguard as
+    /// `gateway.tls.ca_file`).
+    #[arg(
+        long,
+        env = "PAYGUARD_SIM_TLS_SELF_SIGNED",
+        value_name = "DIR",
+        conflicts_with = "tls_cert",
+        help_heading = "HTTPS"
+    )]
+    tls_self_signed: Option<std::path::PathBuf>,
+
     /// Share of valid payment requests answered 500 with nothing stored [reference: 0.4].
     #[arg(long, env = "PAYGUARD_SIM_FAILURE_RATE", help_heading = "Faults")]
     failure_rate: Option<f64>,
@@ -222,7 +243,29 @@ impl SimArgs {
             initial_backoff_ms: self.callback_retry_backoff_ms.unwrap_or(default_retry.initial_backoff_ms),
         };
         f.validate()?;
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        };
+        let client_ca_pem = self.tls_client_ca.as_deref().map(read).transpose()?;
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_self_signed) {
+            (Some(cert), Some(key), _) => {
+                Some(gateway_sim::tls::TlsIdentity { cert_chain_pem: read(cert)?, key_pem: read(key)?, client_ca_pem })
+            }
+            (_, _, Some(dir)) => {
+                let ca = gateway_sim::tls::TestCa::new("payguard gateway-sim CA").map_err(|e| e.to_string())?;
+                let mut identity = ca.localhost().map_err(|e| e.to_string())?;
+                identity.client_ca_pem = client_ca_pem;
+                std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+                let ca_file = dir.join("ca.pem");
+                std::fs::write(&ca_file, ca.cert_pem())
+                    .map_err(|e| format!("cannot write {}: {e}", ca_file.display()))?;
+                eprintln!("gateway-sim: HTTPS certificate signed by the CA in {}", ca_file.display());
+                Some(identity)
+            }
+            _ => None,
+        };
         Ok(SimConfig {
+            tls,
             listen: self.listen,
             control_listen: self.control_listen,
             seed: self.seed,
@@ -253,6 +296,19 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_self_signed_simulator_writes_the_ca_to_trust() {
+        let dir = std::env::temp_dir().join(format!("payguard-cli-tls-{}", std::process::id()));
+        let config = sim_args(&["--tls-self-signed", dir.to_str().unwrap()]);
+        let identity = config.tls.expect("HTTPS");
+        assert!(identity.cert_chain_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----") && ca != identity.cert_chain_pem);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(sim_args(&[]).tls.is_none(), "plain HTTP by default");
+        assert!(Cli::try_parse_from(["payguard", "gateway-sim", "--tls-cert", "c.pem"]).is_err(), "a key is needed");
     }
 
     #[test]

@@ -131,6 +131,8 @@ pub struct GatewaySettings {
     /// many per second (more are answered 503 and left to the reconciler), so forged
     /// callbacks cannot spend the status API.
     pub callback_fetch_backs_per_second: u32,
+    /// For an `https://` base URL: extra CA, client certificate (docs/configuration.md).
+    pub tls: gateway::TlsSettings,
     pub resilience: ResilienceConfig,
 }
 
@@ -143,6 +145,7 @@ impl std::fmt::Debug for GatewaySettings {
             .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
             .field("callback_replay_window_secs", &self.callback_replay_window_secs)
             .field("callback_fetch_backs_per_second", &self.callback_fetch_backs_per_second)
+            .field("tls", &self.tls)
             .field("resilience", &self.resilience)
             .finish()
     }
@@ -175,6 +178,7 @@ impl Default for GatewaySettings {
             callback_secret: None,
             callback_replay_window_secs: 300,
             callback_fetch_backs_per_second: 100,
+            tls: gateway::TlsSettings::default(),
             resilience: ResilienceConfig::default(),
         }
     }

@@ -91,6 +91,7 @@ impl Application {
                     name: g.name.clone(),
                     base_url: g.base_url.clone(),
                     merchant_id: g.merchant_id.clone(),
+                    tls: g.tls.clone(),
                 },
                 g.resilience.clone(),
                 Arc::new(Tee(vec![metrics.observer(&g.name), activity.clone()])),
