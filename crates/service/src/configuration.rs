@@ -10,8 +10,6 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use gateway::ResilienceConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::app::reconciler::ReconcilerSettings;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -303,6 +301,54 @@ impl Settings {
     pub fn callback_url(&self, gateway: &str) -> String {
         let base = format!("{}/api/v1/payments/callback", self.public_url.trim_end_matches('/'));
         if gateway == self.gateway.name { base } else { format!("{base}/{gateway}") }
+    }
+}
+
+/// The reconciler: how often and how fast it asks the PG about unsettled payments
+/// (docs/resilience.md, "The reconciler").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconcilerSettings {
+    pub interval_ms: u64,
+    /// Leave an attempt to its callback this long before asking the PG.
+    pub grace_ms: u64,
+    pub batch_size: i64,
+    /// After this long, an attempt the PG has no transaction for was never received:
+    /// longer than any request of ours can still be on its way (the client deadline).
+    pub acceptance_window_ms: u64,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// After this many inconclusive checks an attempt is flagged stuck (it is still
+    /// checked, at the longest backoff).
+    pub stuck_after_checks: i64,
+    /// How long a claimed attempt is this instance's. Renewed every third of it while
+    /// the pass works, so it only has to outlast a stalled renewal; after a crash the
+    /// others take the payments over this long after the last renewal.
+    pub lease_ms: u64,
+    /// Lookups in flight at once (the status stack's bulkhead caps it too).
+    pub concurrency: usize,
+    /// Lookups per second at most, over all gateways: what a backlog may cost the PG.
+    pub max_lookups_per_second: u32,
+    /// When the first pass runs after start.
+    pub first_pass_delay_ms: u64,
+}
+
+impl Default for ReconcilerSettings {
+    fn default() -> Self {
+        ReconcilerSettings {
+            interval_ms: 2_000,
+            // The reference PG decides within 5 s and calls back at once.
+            grace_ms: 10_000,
+            batch_size: 2_000,
+            acceptance_window_ms: 60_000,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 60_000,
+            stuck_after_checks: 20,
+            lease_ms: 3_000,
+            concurrency: 120,
+            max_lookups_per_second: 2_000,
+            first_pass_delay_ms: 0,
+        }
     }
 }
 

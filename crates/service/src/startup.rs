@@ -18,9 +18,9 @@ use crate::configuration::Settings;
 use crate::http::limits::RequestLimits;
 use crate::http::server::{self, ConnectionLimits};
 use crate::http::{AppParts, AppState, router};
-use crate::metrics::Metrics;
-use crate::ops::{Activity, Tee};
 use crate::store::{PgStore, PoolSettings, SqliteStore, Store, StoreError};
+use crate::telemetry::Metrics;
+use crate::telemetry::{Activity, Tee};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

@@ -94,28 +94,24 @@ async fn a_pg_that_requires_a_client_certificate_gets_ours() {
     assert_eq!(app.pg_requests(), 1);
 }
 
+fn client_with(tls: gateway::TlsSettings) -> Result<gateway::GatewayClient, gateway::ClientError> {
+    let settings = gateway::GatewaySettings {
+        name: "pg".into(),
+        base_url: "https://127.0.0.1:1".into(),
+        merchant_id: "m".into(),
+        tls,
+    };
+    gateway::GatewayClient::new(settings, gateway::ResilienceConfig::default())
+}
+
 #[tokio::test]
 async fn tls_settings_that_cannot_work_stop_the_start() {
-    let settings = gateway::TlsSettings { ca_file_only: true, ..Default::default() };
-    let client = gateway::GatewayClient::new(
-        gateway::GatewaySettings {
-            name: "pg".into(),
-            base_url: "https://127.0.0.1:1".into(),
-            merchant_id: "m".into(),
-            tls: settings,
-        },
-        gateway::ResilienceConfig::default(),
-    );
-    assert!(client.err().unwrap().to_string().contains("ca_file_only needs tls.ca_file"));
-    let missing = gateway::TlsSettings { ca_file: Some("/nonexistent/ca.pem".into()), ..Default::default() };
-    let client = gateway::GatewayClient::new(
-        gateway::GatewaySettings {
-            name: "pg".into(),
-            base_url: "https://127.0.0.1:1".into(),
-            merchant_id: "m".into(),
-            tls: missing,
-        },
-        gateway::ResilienceConfig::default(),
-    );
-    assert!(client.err().unwrap().to_string().contains("/nonexistent/ca.pem"));
+    let only_without_a_file = client_with(gateway::TlsSettings { ca_file_only: true, ..Default::default() });
+    assert!(only_without_a_file.err().unwrap().to_string().contains("ca_file_only needs tls.ca_file"));
+    let missing =
+        client_with(gateway::TlsSettings { ca_file: Some("/nonexistent/ca.pem".into()), ..Default::default() });
+    assert!(missing.err().unwrap().to_string().contains("/nonexistent/ca.pem"));
+    let half =
+        client_with(gateway::TlsSettings { client_cert_file: Some("/etc/hostname".into()), ..Default::default() });
+    assert!(half.err().unwrap().to_string().contains("go together"));
 }

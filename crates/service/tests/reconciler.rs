@@ -355,7 +355,7 @@ async fn leases_are_renewed_while_a_slow_pass_works_so_no_one_else_takes_them() 
     let other = service::app::reconciler::Reconciler::new(
         app.store.clone(),
         app.gateways.clone(),
-        Arc::new(service::metrics::Metrics::new()),
+        Arc::new(service::telemetry::Metrics::new()),
         app.state.reconciler.settings().clone(),
     );
     assert_eq!(other.run_once().await.unwrap().examined, 0, "two lease lengths in, the leases still hold");

@@ -23,8 +23,8 @@ use gateway::wire::TransactionDetail;
 use gateway::{GatewayClient, LookupOutcome};
 
 use super::settlement::{Applied, Observed, Settler, Source};
-use crate::metrics::Metrics;
 use crate::store::{EventKind, Store, StoreError};
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {

@@ -21,8 +21,8 @@ use gateway::wire::{CardType, PaymentRequest};
 use super::gateways::Gateways;
 use crate::domain::PaymentStatus;
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Settlement};
-use crate::metrics::Metrics;
 use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
+use crate::telemetry::Metrics;
 
 #[derive(Debug)]
 pub struct CheckoutRequest {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gateway::GatewayClient;
 use gateway::breaker::CircuitBreaker;
 
-use crate::ops::Activity;
+use crate::telemetry::Activity;
 
 pub struct Gateway {
     pub client: GatewayClient,

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use gateway::wire::TransactionStatus;
 
 use crate::domain::{PaymentStatus, Settlement};
-use crate::metrics::Metrics;
 use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
+use crate::telemetry::Metrics;
 
 /// What the PG says about one of its transactions.
 #[derive(Debug, Clone, PartialEq, Eq)]

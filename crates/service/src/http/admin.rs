@@ -13,8 +13,8 @@ use subtle::ConstantTimeEq;
 use serde::Deserialize;
 
 use super::json::Whole;
-use super::openapi::{Answer, BreakerState, Failure};
 use super::response::{ApiError, ok};
+use super::schema::{Answer, BreakerState, Failure};
 use super::{AppState, BodyBytes};
 use crate::domain::{Invalid, Money};
 use crate::store::{CatalogEntry, StockChange};

@@ -6,8 +6,10 @@ pub mod idempotency;
 pub mod json;
 pub mod limits;
 pub mod openapi;
+pub mod ops;
 pub mod orders;
 pub mod response;
+pub mod schema;
 pub mod server;
 
 use std::sync::Arc;
@@ -26,8 +28,8 @@ use crate::app::checkout::Checkout;
 use crate::app::gateways::Gateways;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::CheckoutSettings;
-use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::telemetry::Metrics;
 
 /// Bodies above this are refused before they are read.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -115,8 +117,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/admin/products", get(admin::catalog).post(admin::create_product))
         .route("/api/v1/admin/products/{product_id}", patch(admin::update_product))
         .route("/api/v1/admin/products/{product_id}/stock", post(admin::change_stock))
-        .route("/ops", get(crate::ops::page))
-        .route("/ops/state", get(crate::ops::state))
+        .route("/ops", get(ops::page))
+        .route("/ops/state", get(ops::state))
         .route("/metrics", get(metrics))
         .route("/healthz", get(health))
         .route("/openapi.json", get(openapi_document))
@@ -130,8 +132,8 @@ pub fn router(state: AppState) -> Router {
 
 #[utoipa::path(get, path = "/api/v1/products", tag = "shop",
     responses(
-        (status = 200, description = "The catalog with price and stock for sale", body = openapi::Answer<Vec<crate::store::Product>>),
-        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = openapi::Failure),
+        (status = 200, description = "The catalog with price and stock for sale", body = schema::Answer<Vec<crate::store::Product>>),
+        (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = schema::Failure),
     ))]
 async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, state.store.products().await?))
@@ -140,15 +142,15 @@ async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
 /// The primary gateway's callbacks keep the original path.
 #[utoipa::path(post, path = "/api/v1/payments/callback", tag = "pg",
     params(("X-PG-Signature" = Option<String>, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of <t>.<body>>` when the gateway has a callback secret; without one the callback is checked against the PG")),
-    request_body = openapi::CallbackBody,
+    request_body = schema::CallbackBody,
     responses(
-        (status = 200, description = "Verified and applied (or a known duplicate)", body = openapi::Answer<openapi::CallbackResult>),
-        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = openapi::Failure),
-        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = openapi::Failure),
-        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = openapi::Failure),
-        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = openapi::Failure),
-        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = openapi::Failure),
-        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = openapi::Failure),
+        (status = 200, description = "Verified and applied (or a known duplicate)", body = schema::Answer<schema::CallbackResult>),
+        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = schema::Failure),
+        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = schema::Failure),
+        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = schema::Failure),
+        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = schema::Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = schema::Failure),
+        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = schema::Failure),
     ))]
 async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: BodyBytes) -> Result<Response, ApiError> {
     let primary = state.gateways.primary().name().to_string();
@@ -158,15 +160,15 @@ async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: Body
 #[utoipa::path(post, path = "/api/v1/payments/callback/{gateway}", tag = "pg",
     params(("gateway" = String, Path, description = "A configured gateway's name"),
         ("X-PG-Signature" = Option<String>, Header, description = "As on the primary's path, with this gateway's secret")),
-    request_body = openapi::CallbackBody,
+    request_body = schema::CallbackBody,
     responses(
-        (status = 200, description = "Verified and applied (or a known duplicate)", body = openapi::Answer<openapi::CallbackResult>),
-        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = openapi::Failure),
-        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = openapi::Failure),
-        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = openapi::Failure),
-        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = openapi::Failure),
-        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = openapi::Failure),
-        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = openapi::Failure),
+        (status = 200, description = "Verified and applied (or a known duplicate)", body = schema::Answer<schema::CallbackResult>),
+        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = schema::Failure),
+        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = schema::Failure),
+        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = schema::Failure),
+        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = schema::Failure),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = schema::Failure),
+        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = schema::Failure),
     ))]
 async fn callback(
     State(state): State<AppState>,
@@ -207,7 +209,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 #[utoipa::path(get, path = "/healthz", tag = "operations",
-    responses((status = 200, description = "The process is up", body = openapi::Health)))]
+    responses((status = 200, description = "The process is up", body = schema::Health)))]
 async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
@@ -220,8 +222,8 @@ async fn openapi_document() -> Response {
 
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "The database answers", body = openapi::Answer<openapi::Health>),
-        (status = 503, description = "`STORE_UNAVAILABLE`: send no traffic here now", body = openapi::Failure),
+        (status = 200, description = "The database answers", body = schema::Answer<schema::Health>),
+        (status = 503, description = "`STORE_UNAVAILABLE`: send no traffic here now", body = schema::Failure),
     ))]
 async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Any failure to reach the database means "send no traffic here now".

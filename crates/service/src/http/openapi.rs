@@ -2,92 +2,13 @@
 //! the DTOs' own types. Served at `/openapi.json`; `payguard openapi` prints it, and
 //! docs/openapi.json holds a copy a test keeps equal to what is served.
 //!
-//! The types here exist only to describe the wire: the `{meta, data}` envelope every
-//! JSON answer wears (built by `response::ok` and `ApiError`), and bodies the handlers
-//! read as raw bytes (the PG's callback).
+//! The handlers carry their own annotations; the shapes only the document needs are in
+//! `schema`.
 
 use std::sync::LazyLock;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
-
-/// `{"meta": {...}, "data": ...}` around a successful answer.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Answer<T: ToSchema> {
-    meta: SuccessMeta,
-    data: T,
-}
-
-#[derive(ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct SuccessMeta {
-    #[schema(pattern = "^SUCCESS$")]
-    result: String,
-    error_code: Option<String>,
-    message: Option<String>,
-}
-
-/// Every error: `meta.errorCode` is stable (listed per status on each operation),
-/// `meta.message` is for people; `data` holds details for some codes (the fields of an
-/// `INVALID_REQUEST`, the stock of an `OUT_OF_STOCK`) and is null otherwise.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Failure {
-    meta: FailureMeta,
-    data: Option<serde_json::Value>,
-}
-
-#[derive(ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct FailureMeta {
-    #[schema(pattern = "^FAIL$")]
-    result: String,
-    error_code: String,
-    message: String,
-}
-
-/// The body the PG POSTs to the callback URL (the PG's transaction, flat).
-#[derive(ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-pub struct CallbackBody {
-    #[schema(max_length = 64)]
-    transaction_key: String,
-    #[schema(max_length = 64)]
-    order_id: String,
-    #[schema(pattern = "^(SAMSUNG|KB|HYUNDAI)$")]
-    card_type: String,
-    card_no: String,
-    amount: i64,
-    #[schema(pattern = "^(PENDING|SUCCESS|FAILED)$")]
-    status: String,
-    reason: Option<String>,
-}
-
-/// What a callback did: `settled_success`, `settled_failed`, `duplicate`, ...
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct CallbackResult {
-    result: String,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Health {
-    status: String,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct BreakerState {
-    name: String,
-    gateway: Option<String>,
-    /// closed, open, half_open, forced_open or disabled.
-    state: String,
-}
+use utoipa::{Modify, OpenApi};
 
 struct AdminToken;
 
@@ -126,8 +47,8 @@ impl Modify for AdminToken {
         super::ready,
         super::metrics,
         super::openapi_document,
-        crate::ops::page,
-        crate::ops::state,
+        super::ops::page,
+        super::ops::state,
     ),
     modifiers(&AdminToken),
     tags(

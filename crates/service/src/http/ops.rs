@@ -4,8 +4,6 @@
 //! conditions (the Prometheus rules' expressions, without their `for` delay). Assets
 //! are embedded: no network use.
 
-mod activity;
-
 use std::time::Duration;
 
 use axum::extract::State;
@@ -14,12 +12,12 @@ use axum::response::{Html, IntoResponse, Response};
 use gateway::breaker::{SlidingWindow, State as BreakerState};
 use serde::Serialize;
 
-pub use self::activity::{Activity, Tee};
 use crate::http::AppState;
 use crate::http::response::{ApiError, ok};
 use crate::store::CatalogEntry;
+use crate::telemetry::activity;
 
-const PAGE: &str = include_str!("page.html");
+const PAGE: &str = include_str!("ops.html");
 
 /// The page may run only its own script, talk only to us, and never be framed (it
 /// carries operator controls: no clickjacking). The script is allowed by its hash, so
@@ -121,7 +119,7 @@ pub const ANOMALY_LOOKBACK: Duration = Duration::from_secs(15 * 60);
 pub const LOW_STOCK: i64 = 10;
 
 #[utoipa::path(get, path = "/ops/state", tag = "operations",
-    responses((status = 200, description = "What the ops page shows: breakers, gateways, the pending backlog, alerts, low stock", body = crate::http::openapi::Answer<Object>)))]
+    responses((status = 200, description = "What the ops page shows: breakers, gateways, the pending backlog, alerts, low stock", body = crate::http::schema::Answer<Object>)))]
 pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     // The page must work best when the database does not: the backlog reads as empty
     // then, and the alert says why.
