@@ -38,7 +38,7 @@ pub async fn run(args: DevArgs) -> Result<(), Box<dyn std::error::Error>> {
     let settings = Settings {
         gateway: gateways[0].0.clone(),
         failover_gateways: gateways[1..].iter().map(|(g, _)| g.clone()).collect(),
-        admin: service::configuration::AdminSettings { token: Some(token.clone()) },
+        admin: service::configuration::AdminSettings { token: Some(token.clone().into()) },
         ..Settings::default()
     };
     let app = Application::build(settings).await?;

@@ -8,9 +8,10 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use gateway::ResilienceConfig;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -99,20 +100,17 @@ impl Default for CheckoutSettings {
     }
 }
 
-/// Operator controls (breakers, reconcile now). Without a token they are off.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Operator controls (breakers, reconcile now, the catalog). Without a token they are off.
+/// Secrets are `SecretString`s: redacted in every `Debug` (the settings are logged at
+/// start) and never serialised.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
-    pub token: Option<String>,
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
 }
 
-impl std::fmt::Debug for AdminSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminSettings").field("token", &self.token.as_ref().map(|_| "<redacted>")).finish()
-    }
-}
-
-#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewaySettings {
     /// Our name for this PG: breaker names, metric labels, and recorded on each attempt.
@@ -122,7 +120,8 @@ pub struct GatewaySettings {
     pub merchant_id: String,
     /// When set, callbacks must carry a valid HMAC signature; otherwise each callback is
     /// confirmed by fetching the transaction back from the PG.
-    pub callback_secret: Option<String>,
+    #[serde(skip_serializing)]
+    pub callback_secret: Option<SecretString>,
     /// Accepted age of a signed callback.
     pub callback_replay_window_secs: u64,
     /// Without a secret, each callback costs a status query at the PG: at most this
@@ -132,21 +131,6 @@ pub struct GatewaySettings {
     /// For an `https://` base URL: extra CA, client certificate (docs/configuration.md).
     pub tls: gateway::TlsSettings,
     pub resilience: ResilienceConfig,
-}
-
-impl std::fmt::Debug for GatewaySettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GatewaySettings")
-            .field("name", &self.name)
-            .field("base_url", &self.base_url)
-            .field("merchant_id", &self.merchant_id)
-            .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
-            .field("callback_replay_window_secs", &self.callback_replay_window_secs)
-            .field("callback_fetch_backs_per_second", &self.callback_fetch_backs_per_second)
-            .field("tls", &self.tls)
-            .field("resilience", &self.resilience)
-            .finish()
-    }
 }
 
 impl Default for Settings {
@@ -239,7 +223,7 @@ impl Settings {
             if !http(&g.base_url) {
                 return Err(format!("gateway '{}': base_url must be an http(s) URL, got '{}'", g.name, g.base_url));
             }
-            if g.callback_secret.as_ref().is_some_and(|s| s.len() < MIN_CALLBACK_SECRET_BYTES) {
+            if g.callback_secret.as_ref().is_some_and(|s| s.expose_secret().len() < MIN_CALLBACK_SECRET_BYTES) {
                 // An empty or short key makes every callback forgeable: HMAC under a
                 // guessable key proves nothing.
                 return Err(format!(
@@ -275,7 +259,7 @@ impl Settings {
         if self.checkout.max_in_flight == 0 {
             return Err("checkout.max_in_flight must be at least 1".into());
         }
-        if self.admin.token.as_ref().is_some_and(|t| t.len() < 16) {
+        if self.admin.token.as_ref().is_some_and(|t| t.expose_secret().len() < 16) {
             return Err("admin.token must be at least 16 characters".into());
         }
         let r = &self.reconciler;
@@ -380,7 +364,7 @@ mod tests {
             assert_eq!(s.public_url, "https://shop.example");
             assert_eq!(s.reconciler.grace_ms, 777);
             assert_eq!(s.gateway.resilience.retry.max_attempts, 3);
-            assert_eq!(s.gateway.callback_secret.as_deref(), Some(SECRET));
+            assert_eq!(s.gateway.callback_secret.as_ref().map(|s| s.expose_secret()), Some(SECRET));
             assert!(!format!("{:?}", s.gateway).contains(SECRET), "secrets never printed");
             Ok(())
         });
@@ -457,16 +441,26 @@ mod tests {
     }
 
     #[test]
+    fn secrets_never_show_in_the_logged_settings() {
+        let mut s = Settings::default();
+        s.admin.token = Some("admin-token-that-must-not-leak".into());
+        s.gateway.callback_secret = Some("callback-secret-that-must-not-leak-0123456789".into());
+        let logged = format!("{s:?}");
+        assert!(!logged.contains("must-not-leak"), "{logged}");
+        assert!(logged.contains("REDACTED"), "{logged}");
+    }
+
+    #[test]
     fn empty_and_short_callback_secrets_are_refused_for_every_gateway() {
         let mut s = Settings::default();
         for short in ["", "x", &"k".repeat(MIN_CALLBACK_SECRET_BYTES - 1)] {
             s.gateway.callback_secret = Some(short.into());
             assert!(s.validate().unwrap_err().contains("at least 32 bytes"), "{short:?} refused");
         }
-        s.gateway.callback_secret = Some("k".repeat(MIN_CALLBACK_SECRET_BYTES));
+        s.gateway.callback_secret = Some("k".repeat(MIN_CALLBACK_SECRET_BYTES).into());
         assert_eq!(s.validate(), Ok(()));
         s.failover_gateways.push(GatewaySettings { name: "pg2".into(), ..GatewaySettings::default() });
-        s.failover_gateways[0].callback_secret = Some(String::new());
+        s.failover_gateways[0].callback_secret = Some(String::new().into());
         assert!(s.validate().unwrap_err().contains("gateway 'pg2'"));
         // Set empty through the environment, as in the probe: refused at load.
         figment::Jail::expect_with(|jail| {

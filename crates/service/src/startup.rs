@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::{ClientError, GatewayClient};
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -116,7 +117,7 @@ impl Application {
                     store.clone(),
                     gateway.client.clone(),
                     metrics.clone(),
-                    g.callback_secret.clone(),
+                    g.callback_secret.as_ref().map(|s| s.expose_secret().to_string()),
                     Duration::from_secs(g.callback_replay_window_secs),
                     NonZeroU32::new(g.callback_fetch_backs_per_second).expect("validated positive"),
                 )
@@ -131,7 +132,7 @@ impl Application {
             metrics,
             limiter: Arc::new(crate::http::buyer_limiter(&settings.checkout)),
             checkout_settings: settings.checkout.clone(),
-            admin_token: settings.admin.token.as_deref().map(crate::http::admin::AdminToken::new),
+            admin_token: settings.admin.token.as_ref().map(|t| crate::http::admin::AdminToken::new(t.expose_secret())),
             request_limits: RequestLimits {
                 body_read_timeout: Duration::from_millis(settings.http.body_read_timeout_ms),
                 request_timeout: Duration::from_millis(settings.http.request_timeout_ms),
