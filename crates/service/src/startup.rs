@@ -126,6 +126,7 @@ impl Application {
         let state = AppState::new(AppParts {
             store: store.clone(),
             checkout: Checkout::new(store.clone(), gateways.clone(), metrics.clone(), settings.checkout.max_in_flight),
+            idempotency: crate::app::idempotency::Idempotency::new(store.clone(), &settings.checkout),
             callbacks,
             reconciler: Reconciler::new(store, gateways.clone(), metrics.clone(), settings.reconciler.clone()),
             gateways: gateways.clone(),

@@ -4,6 +4,7 @@
 pub mod callbacks;
 pub mod checkout;
 pub mod gateways;
+pub mod idempotency;
 pub mod reconciler;
 pub mod settlement;
 

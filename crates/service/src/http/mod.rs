@@ -61,6 +61,7 @@ impl std::ops::Deref for AppState {
 pub struct AppParts {
     pub store: Arc<dyn Store>,
     pub checkout: Checkout,
+    pub idempotency: crate::app::idempotency::Idempotency,
     /// One per gateway, in the gateways' order (the primary first).
     pub callbacks: Vec<CallbackIntake>,
     pub reconciler: Reconciler,

@@ -9,11 +9,12 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use super::buyer::Buyer;
-use super::idempotency::{self, IdempotencyKey, NextAction};
+use super::idempotency::{self, IdempotencyKey};
 use super::json::Whole;
 use super::response::{ApiError, ok};
 use super::schema::{Answer, Failure};
 use crate::app::checkout::{Admission, CheckoutRequest};
+use crate::app::idempotency::Start;
 use crate::domain::card::parse_card_type;
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
 use crate::store::{OrderItem, OrderRecord};
@@ -103,25 +104,24 @@ pub async fn checkout(
     let Some(key) = key else {
         return place(&state, slot, request).await;
     };
-    let fingerprint = idempotency::fingerprint(&request);
-    let response =
-        match idempotency::try_processing(&*state.store, &buyer, &key, &fingerprint, &state.checkout_settings).await? {
-            NextAction::ReturnSavedResponse(saved) => return Ok(saved),
-            NextAction::ReplayOrder(order_id) => {
-                let mut replayed = accepted(&state, order_id).await?;
-                replayed.headers_mut().insert("Idempotent-Replayed", axum::http::HeaderValue::from_static("true"));
-                replayed
+    let fingerprint = crate::app::idempotency::fingerprint(&request);
+    let response = match state.idempotency.start(&buyer, key.as_str(), &fingerprint).await? {
+        Start::Saved { status, body } => return Ok(idempotency::replay(status, body)),
+        Start::ReplayOrder(order_id) => {
+            let mut replayed = accepted(&state, order_id).await?;
+            replayed.headers_mut().insert("Idempotent-Replayed", axum::http::HeaderValue::from_static("true"));
+            replayed
+        }
+        Start::Fresh => {
+            request.idempotency_key = Some(key.as_str().to_string());
+            match place(&state, slot, request).await {
+                // Another request owns the key now: its answer is the one to keep.
+                Err(ApiError::IdempotencyInFlight) => return Err(ApiError::IdempotencyInFlight),
+                placed => placed.unwrap_or_else(IntoResponse::into_response),
             }
-            NextAction::StartProcessing => {
-                request.idempotency_key = Some(key.as_str().to_string());
-                match place(&state, slot, request).await {
-                    // Another request owns the key now: its answer is the one to keep.
-                    Err(ApiError::IdempotencyInFlight) => return Err(ApiError::IdempotencyInFlight),
-                    placed => placed.unwrap_or_else(IntoResponse::into_response),
-                }
-            }
-        };
-    idempotency::save_response(&*state.store, &buyer, &key, response).await
+        }
+    };
+    idempotency::save_response(&state.idempotency, &buyer, &key, response).await
 }
 
 async fn place(state: &AppState, slot: Admission, request: CheckoutRequest) -> Result<Response, ApiError> {
