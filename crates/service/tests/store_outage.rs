@@ -277,3 +277,73 @@ async fn checkouts_past_capacity_are_refused_before_anything_is_written() {
     let metrics = app.http.get(format!("{}/metrics", app.url)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.lines().any(|l| l.starts_with("payguard_checkouts_total{result=\"overloaded\"} 6")), "{metrics}");
 }
+
+/// Log events as (level, message), for a test that counts what was said.
+#[derive(Clone, Default)]
+struct Said(std::sync::Arc<std::sync::Mutex<Vec<(tracing::Level, String)>>>);
+
+impl Said {
+    fn count(&self, level: tracing::Level, message: &str) -> usize {
+        self.0.lock().unwrap().iter().filter(|(l, m)| *l == level && m == message).count()
+    }
+
+    async fn wait_for(&self, what: &str, done: impl Fn(&Said) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done(self) {
+            assert!(Instant::now() < deadline, "never saw: {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Said {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        self.0.lock().unwrap().push((*event.metadata().level(), message.0));
+    }
+}
+
+// One thread, so the subscriber set here sees the reconciler's task too.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "needs PostgreSQL in PAYGUARD_TEST_DATABASE_URL: cargo nextest run --run-ignored all (bash .ci/run does)"]
+async fn the_reconciler_says_once_that_the_database_is_gone_backs_off_and_says_when_it_is_back() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let said = Said::default();
+    let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(said.clone()));
+    let (app, link, cleanup) = on_postgres(SimConfig { faults: approve_all(), ..sim_config() }, |_| {}).await;
+    let settings = service::configuration::ReconcilerSettings {
+        interval_ms: 20,
+        first_pass_delay_ms: 0,
+        ..app.state.reconciler.settings().clone()
+    };
+    let reconciler = service::app::reconciler::Reconciler::new(
+        app.store.clone(),
+        app.gateways.clone(),
+        app.state.metrics.clone(),
+        settings,
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    link.cut();
+    let running = tokio::spawn(reconciler.run(stopped));
+    let failed = "reconciliation pass failed: backing off until one succeeds";
+    let again = "reconciliation pass failed again";
+    said.wait_for("three failed passes", |s| s.count(tracing::Level::DEBUG, again) >= 2).await;
+    assert_eq!(said.count(tracing::Level::ERROR, failed), 1, "said once, not once per pass");
+    link.mend();
+    said.wait_for("passes working again", |s| s.count(tracing::Level::INFO, "reconciliation passes work again") == 1)
+        .await;
+    assert_eq!(said.count(tracing::Level::ERROR, failed), 1);
+    stop.send_replace(true);
+    running.await.unwrap();
+    drop(app);
+    cleanup.drop_database().await;
+}
