@@ -1,5 +1,6 @@
 //! The payment attempt's state machine (design section 3). Nothing else decides which
-//! status may follow which; the store turns each decision into a conditional update.
+//! status may follow which; the stores bind these statuses into their conditional
+//! updates and write none of their own.
 //!
 //! ```text
 //! REQUESTED --accepted--> PENDING --callback/reconcile--> SUCCESS | FAILED(reason)
@@ -44,9 +45,16 @@ impl PaymentStatus {
         match to {
             PaymentStatus::Requested => &[],
             PaymentStatus::Pending => &[PaymentStatus::Requested],
-            PaymentStatus::Success | PaymentStatus::Failed => &[PaymentStatus::Requested, PaymentStatus::Pending],
+            PaymentStatus::Success | PaymentStatus::Failed => PaymentStatus::UNSETTLED,
         }
     }
+
+    /// Not final yet: what the reconciler asks about, what may still learn its key.
+    pub const UNSETTLED: &'static [PaymentStatus] = &[PaymentStatus::Requested, PaymentStatus::Pending];
+
+    /// Only an attempt that surely never reached a PG may be rolled back or moved to
+    /// another gateway: one still REQUESTED whose call ended NotDelivered.
+    pub const UNSENT: &'static [PaymentStatus] = &[PaymentStatus::Requested];
 
     /// What the buyer sees: REQUESTED is an internal detail, shown as PENDING.
     pub fn for_buyer(self) -> &'static str {
@@ -101,6 +109,10 @@ mod tests {
             }
         }
         assert_eq!(PaymentStatus::allowed_sources(PaymentStatus::Pending), [PaymentStatus::Requested]);
+        let all = [PaymentStatus::Requested, PaymentStatus::Pending, PaymentStatus::Success, PaymentStatus::Failed];
+        let unsettled: Vec<_> = all.into_iter().filter(|s| !s.is_final()).collect();
+        assert_eq!(PaymentStatus::UNSETTLED, unsettled, "exactly the statuses not final");
+        assert!(PaymentStatus::UNSENT.iter().all(|s| PaymentStatus::UNSETTLED.contains(s)));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Persistence behind one trait, one implementation per backend. Every status change is
-//! a conditional update (`WHERE status IN (...)`), so a callback and the reconciler
-//! racing over one attempt can never both win. No transaction spans a PG call.
+//! a conditional update whose source statuses come from the state machine
+//! (`domain::payment`) as a bound parameter, so a callback and the reconciler racing
+//! over one attempt can never both win, and a transition changes in one place. No
+//! transaction spans a PG call.
 
 mod postgres;
 mod sqlite;
@@ -464,6 +466,17 @@ pub(crate) const COUNTED_TABLES: [(&str, &str); 5] = [
     ("payment_events", "SELECT COUNT(*) FROM payment_events"),
     ("idempotency_keys", "SELECT COUNT(*) FROM idempotency_keys"),
 ];
+
+/// A set of statuses as the stores bind it, so no SQL statement names a status of its
+/// own: the state machine (`domain::payment`) decides, the store applies. SQLite reads
+/// the JSON array with `json_each`; PostgreSQL takes the list as `text[]`.
+pub(crate) fn status_json(statuses: &[PaymentStatus]) -> String {
+    serde_json::to_string(&status_names(statuses)).expect("a list of names serialises")
+}
+
+pub(crate) fn status_names(statuses: &[PaymentStatus]) -> Vec<&'static str> {
+    statuses.iter().map(|s| s.as_str()).collect()
+}
 
 /// Parses a status column; a value outside the CHECK constraint means corruption.
 pub(crate) fn status_of(raw: &str) -> Result<PaymentStatus, StoreError> {

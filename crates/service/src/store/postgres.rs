@@ -13,7 +13,7 @@ use sqlx::{Postgres, Row, Transaction};
 use super::{
     Attempt, AttemptView, CATALOG_COLUMNS, CatalogEntry, CreatedOrder, EventKind, IdempotencyStart, NewOrder,
     OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
-    pg_order_id, status_of,
+    pg_order_id, status_names, status_of,
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
 
@@ -296,7 +296,7 @@ impl Store for PgStore {
         let attempt_id: i64 = sqlx::query_scalar(
             "INSERT INTO payment_attempts
                (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'REQUESTED', to_timestamp($7::float8 / 1000), to_timestamp($7::float8 / 1000),
+             VALUES ($1, $2, $3, $4, $5, $6, $8, to_timestamp($7::float8 / 1000), to_timestamp($7::float8 / 1000),
                      to_timestamp($7::float8 / 1000))
              RETURNING id",
         )
@@ -307,6 +307,7 @@ impl Store for PgStore {
         .bind(&order.card_last4)
         .bind(total.get())
         .bind(order.now_ms)
+        .bind(PaymentStatus::Requested.as_str())
         .fetch_one(&mut *tx)
         .await?;
         if let Some(key) = &order.idempotency_key {
@@ -338,13 +339,15 @@ impl Store for PgStore {
     async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
-            "UPDATE payment_attempts SET status = 'PENDING', transaction_key = COALESCE($1, transaction_key),
+            "UPDATE payment_attempts SET status = $4, transaction_key = COALESCE($1, transaction_key),
                version = version + 1, updated_at = to_timestamp($2::float8 / 1000)
-             WHERE id = $3 AND status = 'REQUESTED'",
+             WHERE id = $3 AND status = ANY($5)",
         )
         .bind(key)
         .bind(now_ms)
         .bind(attempt_id)
+        .bind(PaymentStatus::Pending.as_str())
+        .bind(status_names(PaymentStatus::allowed_sources(PaymentStatus::Pending)))
         .execute(&mut *tx)
         .await
         .map_err(|e| key_taken(e, key))?;
@@ -356,13 +359,15 @@ impl Store for PgStore {
 
     async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError> {
         let updated = sqlx::query(
-            "UPDATE payment_attempts SET transaction_key = $1, status = 'PENDING', version = version + 1,
+            "UPDATE payment_attempts SET transaction_key = $1, status = $4, version = version + 1,
                updated_at = to_timestamp($2::float8 / 1000)
-             WHERE id = $3 AND transaction_key IS NULL AND status IN ('REQUESTED', 'PENDING')",
+             WHERE id = $3 AND transaction_key IS NULL AND status = ANY($5)",
         )
         .bind(key)
         .bind(now_ms)
         .bind(attempt_id)
+        .bind(PaymentStatus::Pending.as_str())
+        .bind(status_names(PaymentStatus::UNSETTLED))
         .execute(&self.pool)
         .await
         .map_err(|e| key_taken(e, Some(key)))?;
@@ -382,7 +387,7 @@ impl Store for PgStore {
             "UPDATE payment_attempts SET status = $1, transaction_key = COALESCE($2, transaction_key), reason = $3,
                version = version + 1, updated_at = to_timestamp($4::float8 / 1000), finalized_at = to_timestamp($4::float8 / 1000),
                settled_by = $5, stuck = FALSE, lease_owner = NULL, lease_until = NULL
-             WHERE id = $6 AND status IN ('REQUESTED', 'PENDING')
+             WHERE id = $6 AND status = ANY($7)
              RETURNING order_id",
         )
         .bind(settlement.status.as_str())
@@ -391,6 +396,7 @@ impl Store for PgStore {
         .bind(now_ms)
         .bind(settled_by)
         .bind(attempt_id)
+        .bind(status_names(PaymentStatus::allowed_sources(settlement.status)))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
@@ -406,12 +412,12 @@ impl Store for PgStore {
 
     async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError> {
         let mut tx = self.begin().await?;
-        let order_id: Option<i64> = sqlx::query_scalar(
-            "SELECT order_id FROM payment_attempts WHERE id = $1 AND status = 'REQUESTED' FOR UPDATE",
-        )
-        .bind(attempt_id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let order_id: Option<i64> =
+            sqlx::query_scalar("SELECT order_id FROM payment_attempts WHERE id = $1 AND status = ANY($2) FOR UPDATE")
+                .bind(attempt_id)
+                .bind(status_names(PaymentStatus::UNSENT))
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some(order_id) = order_id else {
             let result = current(&mut tx, attempt_id).await?;
             tx.commit().await?;
@@ -427,12 +433,13 @@ impl Store for PgStore {
         let updated = sqlx::query(
             "UPDATE payment_attempts SET gateway = $1, version = version + 1,
                updated_at = to_timestamp($2::float8 / 1000)
-             WHERE id = $3 AND gateway = $4 AND status = 'REQUESTED'",
+             WHERE id = $3 AND gateway = $4 AND status = ANY($5)",
         )
         .bind(to)
         .bind(now_ms)
         .bind(attempt_id)
         .bind(from)
+        .bind(status_names(PaymentStatus::UNSENT))
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
@@ -503,7 +510,7 @@ impl Store for PgStore {
             "UPDATE payment_attempts SET lease_owner = $1, lease_until = to_timestamp($2::float8 / 1000)
              WHERE id IN (
                SELECT id FROM payment_attempts
-               WHERE gateway = $6 AND status IN ('REQUESTED', 'PENDING')
+               WHERE gateway = $6 AND status = ANY($7)
                  AND created_at <= to_timestamp($3::float8 / 1000)
                  AND next_check_at <= to_timestamp($4::float8 / 1000)
                  AND (lease_until IS NULL OR lease_until < to_timestamp($4::float8 / 1000))
@@ -518,6 +525,7 @@ impl Store for PgStore {
             .bind(now_ms)
             .bind(limit)
             .bind(gateway)
+            .bind(status_names(PaymentStatus::UNSETTLED))
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(attempt).collect()
@@ -526,10 +534,11 @@ impl Store for PgStore {
     async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {
         let renewed = sqlx::query(
             "UPDATE payment_attempts SET lease_until = to_timestamp($1::float8 / 1000)
-             WHERE lease_owner = $2 AND status IN ('REQUESTED', 'PENDING')",
+             WHERE lease_owner = $2 AND status = ANY($3)",
         )
         .bind(lease_until_ms)
         .bind(owner)
+        .bind(status_names(PaymentStatus::UNSETTLED))
         .execute(&self.pool)
         .await?;
         Ok(renewed.rows_affected())
@@ -555,13 +564,14 @@ impl Store for PgStore {
         sqlx::query(
             "UPDATE payment_attempts SET checks = checks + 1, next_check_at = to_timestamp($1::float8 / 1000),
                last_check = $2, stuck = $3, updated_at = to_timestamp($4::float8 / 1000), lease_owner = NULL, lease_until = NULL
-             WHERE id = $5 AND status IN ('REQUESTED', 'PENDING')",
+             WHERE id = $5 AND status = ANY($6)",
         )
         .bind(next_check_at_ms)
         .bind(note)
         .bind(stuck)
         .bind(now_ms)
         .bind(attempt_id)
+        .bind(status_names(PaymentStatus::UNSETTLED))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -623,17 +633,18 @@ impl Store for PgStore {
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, (extract(epoch from MIN(created_at)) * 1000)::bigint AS oldest
-             FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')",
+             FROM payment_attempts WHERE status = ANY($1)",
         )
+        .bind(status_names(PaymentStatus::UNSETTLED))
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("n")?, row.try_get("oldest")?))
     }
 
     async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let sql = "SELECT gateway, COUNT(*) FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')
+        let sql = "SELECT gateway, COUNT(*) FROM payment_attempts WHERE status = ANY($1)
                    GROUP BY gateway ORDER BY gateway";
-        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(sql).bind(status_names(PaymentStatus::UNSETTLED)).fetch_all(&self.pool).await?)
     }
 
     async fn begin_idempotent(

@@ -14,7 +14,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use super::{
     Attempt, AttemptView, CATALOG_COLUMNS, CatalogEntry, CreatedOrder, EventKind, IdempotencyStart, NewOrder,
     OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
-    pg_order_id, status_of,
+    pg_order_id, status_json, status_of,
 };
 use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
 
@@ -242,7 +242,7 @@ impl Store for SqliteStore {
         let attempt_id: i64 = sqlx::query_scalar(
             "INSERT INTO payment_attempts
                (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at)
-             VALUES (?, ?, ?, ?, ?, ?, 'REQUESTED', ?, ?, ?) RETURNING id",
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(order_id)
         .bind(&pg_order_id)
@@ -250,6 +250,7 @@ impl Store for SqliteStore {
         .bind(order.card_type.as_str())
         .bind(&order.card_last4)
         .bind(total.get())
+        .bind(PaymentStatus::Requested.as_str())
         .bind(order.now_ms)
         .bind(order.now_ms)
         .bind(order.now_ms)
@@ -284,13 +285,15 @@ impl Store for SqliteStore {
     async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
         let mut tx = self.write().await?;
         let updated = sqlx::query(
-            "UPDATE payment_attempts SET status = 'PENDING', transaction_key = COALESCE(?, transaction_key),
+            "UPDATE payment_attempts SET status = ?, transaction_key = COALESCE(?, transaction_key),
                version = version + 1, updated_at = ?
-             WHERE id = ? AND status = 'REQUESTED'",
+             WHERE id = ? AND status IN (SELECT value FROM json_each(?))",
         )
+        .bind(PaymentStatus::Pending.as_str())
         .bind(key)
         .bind(now_ms)
         .bind(attempt_id)
+        .bind(status_json(PaymentStatus::allowed_sources(PaymentStatus::Pending)))
         .execute(&mut *tx)
         .await
         .map_err(|e| key_taken(e, key))?;
@@ -302,12 +305,14 @@ impl Store for SqliteStore {
 
     async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError> {
         let updated = sqlx::query(
-            "UPDATE payment_attempts SET transaction_key = ?, status = 'PENDING', version = version + 1, updated_at = ?
-             WHERE id = ? AND transaction_key IS NULL AND status IN ('REQUESTED', 'PENDING')",
+            "UPDATE payment_attempts SET transaction_key = ?, status = ?, version = version + 1, updated_at = ?
+             WHERE id = ? AND transaction_key IS NULL AND status IN (SELECT value FROM json_each(?))",
         )
         .bind(key)
+        .bind(PaymentStatus::Pending.as_str())
         .bind(now_ms)
         .bind(attempt_id)
+        .bind(status_json(PaymentStatus::UNSETTLED))
         .execute(&self.pool)
         .await
         .map_err(|e| key_taken(e, Some(key)))?;
@@ -327,7 +332,7 @@ impl Store for SqliteStore {
             "UPDATE payment_attempts SET status = ?, transaction_key = COALESCE(?, transaction_key), reason = ?,
                version = version + 1, updated_at = ?, finalized_at = ?, settled_by = ?, stuck = 0,
                lease_owner = NULL, lease_until = NULL
-             WHERE id = ? AND status IN ('REQUESTED', 'PENDING')
+             WHERE id = ? AND status IN (SELECT value FROM json_each(?))
              RETURNING order_id",
         )
         .bind(settlement.status.as_str())
@@ -337,6 +342,7 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .bind(settled_by)
         .bind(attempt_id)
+        .bind(status_json(PaymentStatus::allowed_sources(settlement.status)))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
@@ -352,11 +358,13 @@ impl Store for SqliteStore {
 
     async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError> {
         let mut tx = self.write().await?;
-        let order_id: Option<i64> =
-            sqlx::query_scalar("SELECT order_id FROM payment_attempts WHERE id = ? AND status = 'REQUESTED'")
-                .bind(attempt_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let order_id: Option<i64> = sqlx::query_scalar(
+            "SELECT order_id FROM payment_attempts WHERE id = ? AND status IN (SELECT value FROM json_each(?))",
+        )
+        .bind(attempt_id)
+        .bind(status_json(PaymentStatus::UNSENT))
+        .fetch_optional(&mut *tx)
+        .await?;
         let Some(order_id) = order_id else {
             let result = current(&mut tx, attempt_id).await?;
             tx.commit().await?;
@@ -371,12 +379,13 @@ impl Store for SqliteStore {
     async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE payment_attempts SET gateway = ?, version = version + 1, updated_at = ?
-             WHERE id = ? AND gateway = ? AND status = 'REQUESTED'",
+             WHERE id = ? AND gateway = ? AND status IN (SELECT value FROM json_each(?))",
         )
         .bind(to)
         .bind(now_ms)
         .bind(attempt_id)
         .bind(from)
+        .bind(status_json(PaymentStatus::UNSENT))
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
@@ -446,7 +455,7 @@ impl Store for SqliteStore {
             "UPDATE payment_attempts SET lease_owner = ?1, lease_until = ?2
              WHERE id IN (
                SELECT id FROM payment_attempts
-               WHERE gateway = ?6 AND status IN ('REQUESTED', 'PENDING') AND created_at <= ?3
+               WHERE gateway = ?6 AND status IN (SELECT value FROM json_each(?7)) AND created_at <= ?3
                  AND next_check_at <= ?4 AND (lease_until IS NULL OR lease_until < ?4)
                ORDER BY next_check_at LIMIT ?5)
              RETURNING id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks",
@@ -457,6 +466,7 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .bind(limit)
         .bind(gateway)
+        .bind(status_json(PaymentStatus::UNSETTLED))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -466,10 +476,11 @@ impl Store for SqliteStore {
     async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {
         let renewed = sqlx::query(
             "UPDATE payment_attempts SET lease_until = ?
-             WHERE lease_owner = ? AND status IN ('REQUESTED', 'PENDING')",
+             WHERE lease_owner = ? AND status IN (SELECT value FROM json_each(?))",
         )
         .bind(lease_until_ms)
         .bind(owner)
+        .bind(status_json(PaymentStatus::UNSETTLED))
         .execute(&self.pool)
         .await?;
         Ok(renewed.rows_affected())
@@ -495,13 +506,14 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE payment_attempts SET checks = checks + 1, next_check_at = ?, last_check = ?, stuck = ?, updated_at = ?,
                lease_owner = NULL, lease_until = NULL
-             WHERE id = ? AND status IN ('REQUESTED', 'PENDING')",
+             WHERE id = ? AND status IN (SELECT value FROM json_each(?))",
         )
         .bind(next_check_at_ms)
         .bind(note)
         .bind(stuck)
         .bind(now_ms)
         .bind(attempt_id)
+        .bind(status_json(PaymentStatus::UNSETTLED))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -659,17 +671,19 @@ impl Store for SqliteStore {
 
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
         let row = sqlx::query(
-            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')",
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payment_attempts
+             WHERE status IN (SELECT value FROM json_each(?))",
         )
+        .bind(status_json(PaymentStatus::UNSETTLED))
         .fetch_one(&self.pool)
         .await?;
         Ok((row.try_get("n")?, row.try_get("oldest")?))
     }
 
     async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let sql = "SELECT gateway, COUNT(*) FROM payment_attempts WHERE status IN ('REQUESTED', 'PENDING')
+        let sql = "SELECT gateway, COUNT(*) FROM payment_attempts WHERE status IN (SELECT value FROM json_each(?))
                    GROUP BY gateway ORDER BY gateway";
-        Ok(sqlx::query_as(sql).fetch_all(&self.pool).await?)
+        Ok(sqlx::query_as(sql).bind(status_json(PaymentStatus::UNSETTLED)).fetch_all(&self.pool).await?)
     }
 }
 
