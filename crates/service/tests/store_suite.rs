@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::wire::CardType;
-use service::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, ProductId, Quantity, Settlement};
+use service::domain::{BuyerId, CheckoutLine, Final, Money, PaymentStatus, ProductId, Quantity, Settlement};
 use service::store::{
     CreatedOrder, EventKind, IdempotencyStart, NewOrder, PgStore, PoolSettings, SqliteStore, StockChange, Store,
     StoreError, Transition,
@@ -136,7 +136,7 @@ fn order(buyer: &str, lines: &[(i64, i64)]) -> NewOrder {
 
 fn success(key: &str) -> Settlement {
     Settlement {
-        status: PaymentStatus::Success,
+        status: Final::Success,
         transaction_key: Some(key.into()),
         reason: Some("정상 승인되었습니다.".into()),
     }
@@ -144,9 +144,7 @@ fn success(key: &str) -> Settlement {
 
 fn failure(key: &str) -> Settlement {
     Settlement {
-        status: PaymentStatus::Failed,
-        transaction_key: Some(key.into()),
-        reason: Some("한도초과입니다.".into()),
+        status: Final::Failed, transaction_key: Some(key.into()), reason: Some("한도초과입니다.".into())
     }
 }
 

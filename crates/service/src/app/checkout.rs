@@ -216,7 +216,7 @@ impl Checkout {
             }
             PaymentOutcome::Rejected(rejection) => {
                 let failed = Settlement {
-                    status: crate::domain::PaymentStatus::Failed,
+                    status: crate::domain::Final::Failed,
                     transaction_key: None,
                     reason: Some(rejection.reason.clone()),
                 };

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::settlement::{Applied, Observed, Settler, Source};
 use crate::configuration::ReconcilerSettings;
 use crate::domain::payment::NOT_RECEIVED_REASON;
-use crate::domain::{PaymentStatus, Settlement};
+use crate::domain::{Final, Settlement};
 use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
 
@@ -348,11 +348,8 @@ impl Reconciler {
         if age < self.settings.acceptance_window_ms as i64 {
             return Ok(Verdict::Pending("no transaction at the PG yet".into()));
         }
-        let failed = Settlement {
-            status: PaymentStatus::Failed,
-            transaction_key: None,
-            reason: Some(NOT_RECEIVED_REASON.into()),
-        };
+        let failed =
+            Settlement { status: Final::Failed, transaction_key: None, reason: Some(NOT_RECEIVED_REASON.into()) };
         match self.store.settle(attempt.id, &failed, Source::Reconciler.as_str(), super::now_ms()).await? {
             Transition::Applied => {
                 tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, "the PG never received this payment: FAILED");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use gateway::wire::TransactionStatus;
 
-use crate::domain::{PaymentStatus, Settlement};
+use crate::domain::{Final, PaymentStatus, Settlement};
 use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
 
@@ -150,7 +150,7 @@ impl Settler {
                 );
                 let since_request = std::time::Duration::from_millis((now - attempt.created_at_ms).max(0) as u64);
                 self.metrics.settled(source.as_str(), since_request);
-                return Ok(Applied::Settled(settlement.status));
+                return Ok(Applied::Settled(settlement.status.into()));
             }
             Transition::AlreadyMoved { current, transaction_key } => (current, transaction_key),
             Transition::NotFound => return Err(StoreError::Corrupt(format!("attempt {} vanished", attempt.id))),
@@ -158,8 +158,8 @@ impl Settler {
         let same_transaction = current_key.as_deref().is_none_or(|k| k == key);
         let applied = match (current, settlement.status) {
             (c, s) if c == s && same_transaction => Applied::Duplicate,
-            (PaymentStatus::Success, PaymentStatus::Success) => Applied::DoubleCharge,
-            (PaymentStatus::Failed, PaymentStatus::Success) => Applied::RefundNeeded,
+            (PaymentStatus::Success, Final::Success) => Applied::DoubleCharge,
+            (PaymentStatus::Failed, Final::Success) => Applied::RefundNeeded,
             _ => Applied::Conflict,
         };
         let kind = match applied {

@@ -74,10 +74,38 @@ impl PaymentStatus {
     }
 }
 
-/// A final result to apply to an attempt.
+/// A status an attempt never leaves: all a settlement may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Final {
+    Success,
+    Failed,
+}
+
+impl Final {
+    pub fn as_str(self) -> &'static str {
+        PaymentStatus::from(self).as_str()
+    }
+}
+
+impl From<Final> for PaymentStatus {
+    fn from(status: Final) -> PaymentStatus {
+        match status {
+            Final::Success => PaymentStatus::Success,
+            Final::Failed => PaymentStatus::Failed,
+        }
+    }
+}
+
+impl PartialEq<Final> for PaymentStatus {
+    fn eq(&self, other: &Final) -> bool {
+        *self == PaymentStatus::from(*other)
+    }
+}
+
+/// A final result to apply to an attempt: final by its type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settlement {
-    pub status: PaymentStatus,
+    pub status: Final,
     pub transaction_key: Option<String>,
     pub reason: Option<String>,
 }
@@ -87,8 +115,8 @@ impl Settlement {
     pub fn from_pg(status: TransactionStatus, key: &str, reason: Option<String>) -> Option<Settlement> {
         let status = match status {
             TransactionStatus::Pending => return None,
-            TransactionStatus::Success => PaymentStatus::Success,
-            TransactionStatus::Failed => PaymentStatus::Failed,
+            TransactionStatus::Success => Final::Success,
+            TransactionStatus::Failed => Final::Failed,
         };
         Some(Settlement { status, transaction_key: Some(key.to_string()), reason })
     }

@@ -15,7 +15,7 @@ use super::{
     OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
     pg_order_id, status_names, status_of,
 };
-use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
+use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement};
 
 /// Pool settings.
 #[derive(Debug, Clone, Copy)]
@@ -381,7 +381,6 @@ impl Store for PgStore {
         settled_by: &str,
         now_ms: i64,
     ) -> Result<Transition, StoreError> {
-        debug_assert!(settlement.status.is_final());
         let mut tx = self.begin().await?;
         let order_id: Option<i64> = sqlx::query_scalar(
             "UPDATE payment_attempts SET status = $1, transaction_key = COALESCE($2, transaction_key), reason = $3,
@@ -396,7 +395,7 @@ impl Store for PgStore {
         .bind(now_ms)
         .bind(settled_by)
         .bind(attempt_id)
-        .bind(status_names(PaymentStatus::allowed_sources(settlement.status)))
+        .bind(status_names(PaymentStatus::allowed_sources(settlement.status.into())))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
@@ -405,7 +404,7 @@ impl Store for PgStore {
             tx.commit().await?;
             return Ok(result);
         };
-        release_stock(&mut tx, order_id, settlement.status == PaymentStatus::Success).await?;
+        release_stock(&mut tx, order_id, settlement.status == Final::Success).await?;
         tx.commit().await?;
         Ok(Transition::Applied)
     }

@@ -16,7 +16,7 @@ use super::{
     OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
     pg_order_id, status_json, status_of,
 };
-use crate::domain::{BuyerId, Money, PaymentStatus, Settlement};
+use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -326,7 +326,6 @@ impl Store for SqliteStore {
         settled_by: &str,
         now_ms: i64,
     ) -> Result<Transition, StoreError> {
-        debug_assert!(settlement.status.is_final());
         let mut tx = self.write().await?;
         let order_id: Option<i64> = sqlx::query_scalar(
             "UPDATE payment_attempts SET status = ?, transaction_key = COALESCE(?, transaction_key), reason = ?,
@@ -342,7 +341,7 @@ impl Store for SqliteStore {
         .bind(now_ms)
         .bind(settled_by)
         .bind(attempt_id)
-        .bind(status_json(PaymentStatus::allowed_sources(settlement.status)))
+        .bind(status_json(PaymentStatus::allowed_sources(settlement.status.into())))
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
@@ -351,7 +350,7 @@ impl Store for SqliteStore {
             tx.commit().await?;
             return Ok(result);
         };
-        release_stock(&mut tx, order_id, settlement.status == PaymentStatus::Success).await?;
+        release_stock(&mut tx, order_id, settlement.status == Final::Success).await?;
         tx.commit().await?;
         Ok(Transition::Applied)
     }
