@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway::wire::CardType;
-use service::domain::{BuyerId, CheckoutLine, Final, Money, PaymentStatus, ProductId, Quantity, Settlement};
+use service::domain::{BuyerId, CheckoutLine, Final, Money, PaymentStatus, ProductId, Quantity, Settlement, Source};
 use service::store::{
     CreatedOrder, EventKind, IdempotencyStart, NewOrder, PgStore, PoolSettings, SqliteStore, StockChange, Store,
     StoreError, Transition,
@@ -205,7 +205,9 @@ async fn of_racing_settlements_exactly_one_wins(store: Arc<dyn Store>) {
             .map(|i| {
                 let (store, key) = (store.clone(), key.clone());
                 let settlement = if i % 2 == 0 { success(&key) } else { failure(&key) };
-                tokio::spawn(async move { store.settle(created.attempt_id, &settlement, "race", NOW).await.unwrap() })
+                tokio::spawn(async move {
+                    store.settle(created.attempt_id, &settlement, Source::Callback, NOW).await.unwrap()
+                })
             })
             .collect();
         let mut applied = 0;
@@ -224,11 +226,11 @@ async fn of_racing_settlements_exactly_one_wins(store: Arc<dyn Store>) {
 async fn a_final_status_is_never_left(store: Arc<dyn Store>) {
     let created = create(&store, "alice", &[(1, 1)]).await;
     assert_eq!(
-        store.settle(created.attempt_id, &success("k-final"), "callback", NOW).await.unwrap(),
+        store.settle(created.attempt_id, &success("k-final"), Source::Callback, NOW).await.unwrap(),
         Transition::Applied
     );
     let moved = Transition::AlreadyMoved { current: PaymentStatus::Success, transaction_key: Some("k-final".into()) };
-    assert_eq!(store.settle(created.attempt_id, &failure("k-final"), "reconciler", NOW).await.unwrap(), moved);
+    assert_eq!(store.settle(created.attempt_id, &failure("k-final"), Source::Reconciler, NOW).await.unwrap(), moved);
     assert_eq!(store.mark_pending(created.attempt_id, None, NOW).await.unwrap(), moved);
     assert_eq!(store.roll_back(created.attempt_id).await.unwrap(), moved);
     assert!(!store.adopt_key(created.attempt_id, "other", NOW).await.unwrap());
@@ -281,7 +283,7 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Store>) {
     let expired = store.claim_due_attempts("pg", "e", NOW + 90_000, NOW, NOW + 30_001, 50).await.unwrap();
     assert_eq!(expired.len(), a.len() - 1, "a's expired leases are taken over");
     // Settled attempts are never claimed.
-    store.settle(checked.id, &success("k-claimed"), "callback", NOW).await.unwrap();
+    store.settle(checked.id, &success("k-claimed"), Source::Callback, NOW).await.unwrap();
     assert!(
         store
             .claim_due_attempts("pg", "f", NOW + 200_000, NOW, NOW + 100_000, 50)
@@ -366,7 +368,7 @@ async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Store>) {
     let second = create(&store, "bob", &[(1, 1)]).await;
     store.mark_pending(first.attempt_id, Some("shared-key"), NOW).await.unwrap();
     assert!(matches!(
-        store.settle(second.attempt_id, &success("shared-key"), "callback", NOW).await,
+        store.settle(second.attempt_id, &success("shared-key"), Source::Callback, NOW).await,
         Err(StoreError::KeyTaken(_))
     ));
     assert!(matches!(store.adopt_key(second.attempt_id, "shared-key", NOW).await, Err(StoreError::KeyTaken(_))));

@@ -19,8 +19,9 @@ use gateway::observer::{GatewayEvent, Operation};
 use gateway::wire::{CardType, PaymentRequest};
 
 use super::gateways::Gateways;
-use crate::domain::PaymentStatus;
+use super::settlement::Settler;
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Settlement};
+use crate::domain::{PaymentStatus, Source};
 use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
 
@@ -63,6 +64,7 @@ pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 #[derive(Clone)]
 pub struct Checkout {
     store: Arc<dyn Store>,
+    settler: Settler,
     gateways: Gateways,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
@@ -70,7 +72,8 @@ pub struct Checkout {
 
 impl Checkout {
     pub fn new(store: Arc<dyn Store>, gateways: Gateways, metrics: Arc<Metrics>, max_in_flight: usize) -> Checkout {
-        Checkout { store, gateways, metrics, slots: Arc::new(Semaphore::new(max_in_flight)) }
+        let settler = Settler::new(store.clone(), metrics.clone());
+        Checkout { store, settler, gateways, metrics, slots: Arc::new(Semaphore::new(max_in_flight)) }
     }
 
     /// A slot for one checkout, or an immediate refusal: called before anything of the
@@ -220,7 +223,7 @@ impl Checkout {
                     transaction_key: None,
                     reason: Some(rejection.reason.clone()),
                 };
-                if let Err(error) = self.store.settle(created.attempt_id, &failed, "checkout", now).await {
+                if let Err(error) = self.settler.decide(created.attempt_id, &failed, Source::Checkout).await {
                     unrecorded(error);
                 }
                 tracing::warn!(order = created.order_id, gateway, status = rejection.status, reason = %rejection.reason, "the PG rejected a payment request");

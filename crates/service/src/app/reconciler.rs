@@ -350,7 +350,7 @@ impl Reconciler {
         }
         let failed =
             Settlement { status: Final::Failed, transaction_key: None, reason: Some(NOT_RECEIVED_REASON.into()) };
-        match self.store.settle(attempt.id, &failed, Source::Reconciler.as_str(), super::now_ms()).await? {
+        match self.settler.decide(attempt.id, &failed, Source::Reconciler).await? {
             Transition::Applied => {
                 tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, "the PG never received this payment: FAILED");
                 Ok(Verdict::NotReceived)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use gateway::wire::TransactionStatus;
 
+pub use crate::domain::Source;
 use crate::domain::{Final, PaymentStatus, Settlement};
 use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
@@ -17,21 +18,6 @@ pub struct Observed {
     pub transaction_key: String,
     pub status: TransactionStatus,
     pub reason: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Source {
-    Callback,
-    Reconciler,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Callback => "callback",
-            Source::Reconciler => "reconciler",
-        }
-    }
 }
 
 /// What applying an observation did.
@@ -77,6 +63,18 @@ pub struct Settler {
 impl Settler {
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Settler {
         Settler { store, metrics }
+    }
+
+    /// A final status decided without news of a transaction: the PG rejected the request
+    /// at checkout, or never received it (the reconciler). Applied like any other: only
+    /// from a status the state machine allows, stock released.
+    pub async fn decide(
+        &self,
+        attempt_id: i64,
+        settlement: &Settlement,
+        source: Source,
+    ) -> Result<Transition, StoreError> {
+        self.store.settle(attempt_id, settlement, source, super::now_ms()).await
     }
 
     pub async fn apply(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
@@ -137,7 +135,7 @@ impl Settler {
             }
             return Ok(Applied::StillPending);
         };
-        let (current, current_key) = match self.store.settle(attempt.id, &settlement, source.as_str(), now).await? {
+        let (current, current_key) = match self.store.settle(attempt.id, &settlement, source, now).await? {
             Transition::Applied => {
                 tracing::info!(
                     attempt = attempt.id,

@@ -6,7 +6,7 @@ pub mod payment;
 
 pub use card::CardNumber;
 pub use order::{BuyerId, CheckoutLine, Money, ProductId, Quantity};
-pub use payment::{Final, PaymentStatus, Settlement};
+pub use payment::{Final, PaymentStatus, Settlement, Source};
 
 /// A rule of the domain that an input broke, with the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

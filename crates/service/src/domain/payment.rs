@@ -122,6 +122,25 @@ impl Settlement {
     }
 }
 
+/// Who decided a final status: recorded on the attempt as `settled_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The PG rejected the payment request itself.
+    Checkout,
+    Callback,
+    Reconciler,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Checkout => "checkout",
+            Source::Callback => "callback",
+            Source::Reconciler => "reconciler",
+        }
+    }
+}
+
 /// The reason recorded when the PG never received an attempt.
 pub const NOT_RECEIVED_REASON: &str = "결제 요청이 PG에 도달하지 않았습니다.";
 

@@ -12,7 +12,7 @@ use gateway::wire::CardType;
 
 pub use self::postgres::{PgStore, PoolSettings};
 pub use self::sqlite::SqliteStore;
-use crate::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, Settlement};
+use crate::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, Settlement, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -273,7 +273,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         attempt_id: i64,
         settlement: &Settlement,
-        settled_by: &str,
+        source: Source,
         now_ms: i64,
     ) -> Result<Transition, StoreError>;
 

@@ -15,7 +15,7 @@ use super::{
     OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
     pg_order_id, status_names, status_of,
 };
-use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement};
+use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement, Source};
 
 /// Pool settings.
 #[derive(Debug, Clone, Copy)]
@@ -378,7 +378,7 @@ impl Store for PgStore {
         &self,
         attempt_id: i64,
         settlement: &Settlement,
-        settled_by: &str,
+        source: Source,
         now_ms: i64,
     ) -> Result<Transition, StoreError> {
         let mut tx = self.begin().await?;
@@ -393,7 +393,7 @@ impl Store for PgStore {
         .bind(settlement.transaction_key.as_deref())
         .bind(settlement.reason.as_deref())
         .bind(now_ms)
-        .bind(settled_by)
+        .bind(source.as_str())
         .bind(attempt_id)
         .bind(status_names(PaymentStatus::allowed_sources(settlement.status.into())))
         .fetch_optional(&mut *tx)

@@ -16,7 +16,7 @@ use super::{
     OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
     pg_order_id, status_json, status_of,
 };
-use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement};
+use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement, Source};
 
 #[derive(Clone)]
 pub struct SqliteStore {
@@ -323,7 +323,7 @@ impl Store for SqliteStore {
         &self,
         attempt_id: i64,
         settlement: &Settlement,
-        settled_by: &str,
+        source: Source,
         now_ms: i64,
     ) -> Result<Transition, StoreError> {
         let mut tx = self.write().await?;
@@ -339,7 +339,7 @@ impl Store for SqliteStore {
         .bind(settlement.reason.as_deref())
         .bind(now_ms)
         .bind(now_ms)
-        .bind(settled_by)
+        .bind(source.as_str())
         .bind(attempt_id)
         .bind(status_json(PaymentStatus::allowed_sources(settlement.status.into())))
         .fetch_optional(&mut *tx)
