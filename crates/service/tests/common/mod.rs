@@ -48,6 +48,20 @@ impl Drop for TestApp {
     }
 }
 
+/// `TEST_LOG=1` (or a filter such as `TEST_LOG=service=debug`) shows the service's and
+/// the simulator's logs in a test's output; without it tests stay quiet.
+pub fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Ok(filter) = std::env::var("TEST_LOG") else { return };
+        let filter = if filter == "1" { "info".to_string() } else { filter };
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// The reference PG with no delays and no random failures: outcomes come from faults only.
 pub fn reliable() -> Faults {
     Faults { request_failure_rate: 0.0, ..Faults::instant() }
@@ -72,6 +86,7 @@ pub const SECONDARY: &str = "pg2";
 /// the failover gateway `pg2` with the same test settings.
 pub async fn spawn_app_on(sim: SimConfig, secondary: Option<SimConfig>, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    init_test_log();
     let sim = gateway_sim::spawn(sim).await.expect("simulator starts");
     let secondary = match secondary {
         Some(config) => Some(gateway_sim::spawn(config).await.expect("second simulator starts")),
