@@ -173,7 +173,7 @@ impl Checkout {
                 }
             }
             // 4. Transaction 2, by outcome.
-            return self.conclude(&request, &created, gateway.name(), outcome).await;
+            return self.conclude(&request, created, gateway.name(), outcome).await;
         }
     }
 
@@ -183,7 +183,7 @@ impl Checkout {
     async fn conclude(
         &self,
         request: &CheckoutRequest,
-        created: &CreatedOrder,
+        created: CreatedOrder,
         gateway: &str,
         outcome: PaymentOutcome,
     ) -> Result<(Placed, &'static str), CheckoutError> {
@@ -234,12 +234,7 @@ impl Checkout {
 }
 
 /// The order as a placed checkout left it: PENDING at the PG.
-fn placed(
-    request: &CheckoutRequest,
-    created: &CreatedOrder,
-    transaction_key: Option<String>,
-    recorded: bool,
-) -> Placed {
+fn placed(request: &CheckoutRequest, created: CreatedOrder, transaction_key: Option<String>, recorded: bool) -> Placed {
     Placed {
         recorded,
         order: OrderRecord {
@@ -248,7 +243,7 @@ fn placed(
             total_amount: created.amount.get(),
             created_at_ms: created.created_at_ms,
             anomaly: None,
-            items: created.items.clone(),
+            items: created.items,
             attempt: AttemptView {
                 status: PaymentStatus::Pending,
                 reason: None,

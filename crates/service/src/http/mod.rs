@@ -144,15 +144,7 @@ async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
 #[utoipa::path(post, path = "/api/v1/payments/callback", tag = "pg",
     params(("X-PG-Signature" = Option<String>, Header, description = "`t=<unix seconds>,v1=<hex HMAC-SHA256 of <t>.<body>>` when the gateway has a callback secret; without one the callback is checked against the PG")),
     request_body = schema::CallbackBody,
-    responses(
-        (status = 200, description = "Verified and applied (or a known duplicate)", body = schema::Answer<schema::CallbackResult>),
-        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = schema::Failure),
-        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = schema::Failure),
-        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = schema::Failure),
-        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = schema::Failure),
-        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = schema::Failure),
-        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = schema::Failure),
-    ))]
+    responses(schema::CallbackAnswers))]
 async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: BodyBytes) -> Result<Response, ApiError> {
     let primary = state.gateways.primary().name().to_string();
     callback(state, Path(primary), headers, body).await
@@ -162,15 +154,7 @@ async fn primary_callback(state: State<AppState>, headers: HeaderMap, body: Body
     params(("gateway" = String, Path, description = "A configured gateway's name"),
         ("X-PG-Signature" = Option<String>, Header, description = "As on the primary's path, with this gateway's secret")),
     request_body = schema::CallbackBody,
-    responses(
-        (status = 200, description = "Verified and applied (or a known duplicate)", body = schema::Answer<schema::CallbackResult>),
-        (status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`", body = schema::Failure),
-        (status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set", body = schema::Failure),
-        (status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway", body = schema::Failure),
-        (status = 409, description = "`CALLBACK_WRONG_GATEWAY`", body = schema::Failure),
-        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = schema::Failure),
-        (status = 503, description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = schema::Failure),
-    ))]
+    responses(schema::CallbackAnswers))]
 async fn callback(
     State(state): State<AppState>,
     Path(gateway): Path<String>,

@@ -50,6 +50,9 @@ impl Modify for AdminToken {
         super::ops::page,
         super::ops::state,
     ),
+    // The callbacks' answers come from an `IntoResponses` type, which names its schemas
+    // without registering them.
+    components(schemas(super::schema::CallbackResult, super::schema::Answer<super::schema::CallbackResult>)),
     modifiers(&AdminToken),
     tags(
         (name = "shop", description = "Buyers: the catalog, checkout and their orders"),

@@ -81,3 +81,26 @@ pub struct BreakerState {
     /// closed, open, half_open, forced_open or disabled.
     state: String,
 }
+
+/// What both callback paths answer.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum CallbackAnswers {
+    #[response(status = 200, description = "Verified and applied (or a known duplicate)")]
+    Applied(Answer<CallbackResult>),
+    #[response(status = 400, description = "`CALLBACK_MALFORMED`, `CALLBACK_MISMATCH`")]
+    Malformed(Failure),
+    #[response(status = 401, description = "`CALLBACK_UNAUTHORIZED`: a bad or missing signature where a secret is set")]
+    Unauthorized(Failure),
+    #[response(status = 404, description = "`TRANSACTION_NOT_FOUND`; `NOT_FOUND` for an unknown gateway")]
+    NotFound(Failure),
+    #[response(status = 409, description = "`CALLBACK_WRONG_GATEWAY`")]
+    WrongGateway(Failure),
+    #[response(status = 413, description = "`PAYLOAD_TOO_LARGE`")]
+    TooLarge(Failure),
+    #[response(
+        status = 503,
+        description = "`CALLBACK_UNVERIFIABLE` (the PG could not be asked), `STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`"
+    )]
+    Unavailable(Failure),
+}
