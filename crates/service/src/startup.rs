@@ -12,8 +12,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::app::callbacks::CallbackIntake;
+use crate::app::catalog::Catalog;
 use crate::app::checkout::Checkout;
 use crate::app::gateways::{Gateway, Gateways};
+use crate::app::health::Health;
+use crate::app::orders::Orders;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
 use crate::http::limits::RequestLimits;
@@ -56,6 +59,8 @@ pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: AppState,
+    /// Only for tests and tools that look at what was stored; requests go through the use cases.
+    store: Arc<dyn Store>,
     connection_limits: ConnectionLimits,
 }
 
@@ -124,11 +129,13 @@ impl Application {
             })
             .collect();
         let state = AppState::new(AppParts {
-            store: store.clone(),
+            orders: Orders::new(store.clone()),
+            catalog: Catalog::new(store.clone()),
+            health: Health::new(store.clone()),
             checkout: Checkout::new(store.clone(), gateways.clone(), metrics.clone(), settings.checkout.max_in_flight),
             idempotency: crate::app::idempotency::Idempotency::new(store.clone(), &settings.checkout),
             callbacks,
-            reconciler: Reconciler::new(store, gateways.clone(), metrics.clone(), settings.reconciler.clone()),
+            reconciler: Reconciler::new(store.clone(), gateways.clone(), metrics.clone(), settings.reconciler.clone()),
             gateways: gateways.clone(),
             metrics,
             limiter: Arc::new(crate::http::buyer_limiter(&settings.checkout)),
@@ -144,7 +151,7 @@ impl Application {
             max_connections: settings.http.max_connections,
         };
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
-        Ok(Application { listener, addr, state, connection_limits })
+        Ok(Application { listener, addr, state, store, connection_limits })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -157,6 +164,10 @@ impl Application {
 
     pub fn state(&self) -> &AppState {
         &self.state
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     pub fn gateways(&self) -> &Gateways {

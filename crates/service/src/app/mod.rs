@@ -2,9 +2,12 @@
 //! reconciler) or `Checkout` (the first two steps), so the rules live in one place.
 
 pub mod callbacks;
+pub mod catalog;
 pub mod checkout;
 pub mod gateways;
+pub mod health;
 pub mod idempotency;
+pub mod orders;
 pub mod reconciler;
 pub mod settlement;
 

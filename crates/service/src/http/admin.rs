@@ -15,9 +15,10 @@ use serde::Deserialize;
 use super::json::Whole;
 use super::response::{ApiError, ok};
 use super::schema::{Answer, BreakerState, Failure};
+use super::views::{self, CatalogEntry};
 use super::{AppState, BodyBytes};
 use crate::domain::{Invalid, Money};
-use crate::store::{CatalogEntry, StockChange};
+use crate::store::StockChange;
 
 /// The configured token, kept as a digest so comparisons take the same time whatever
 /// the guess.
@@ -125,7 +126,7 @@ pub async fn reconcile_now(State(state): State<AppState>, headers: HeaderMap) ->
     ))]
 pub async fn catalog(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    Ok(ok(StatusCode::OK, state.store.catalog().await?))
+    Ok(ok(StatusCode::OK, views::all::<_, CatalogEntry>(state.catalog.entries().await?)))
 }
 
 const MAX_PRICE: i64 = 1_000_000_000;
@@ -231,16 +232,8 @@ pub async fn create_product(
     let (Ok(name), Ok(price), Ok(stock)) = (name.clone(), price.clone(), stock.clone()) else {
         return Err(ApiError::Invalid([name.err(), price.err(), stock.err()].into_iter().flatten().collect()));
     };
-    let product = state.store.create_product(&name, price, stock).await?;
-    tracing::warn!(
-        operator,
-        product = product.product_id,
-        name,
-        price = price.get(),
-        stock,
-        "operator created a product"
-    );
-    Ok(ok(StatusCode::CREATED, product))
+    let product = state.catalog.create(&operator, &name, price, stock).await?;
+    Ok(ok(StatusCode::CREATED, CatalogEntry::from(product)))
 }
 
 #[utoipa::path(patch, path = "/api/v1/admin/products/{product_id}", tag = "admin", security(("admin_token" = [])),
@@ -268,18 +261,9 @@ pub async fn update_product(
     let (Ok(name), Ok(price)) = (name.clone(), price.clone()) else {
         return Err(ApiError::Invalid([name.err(), price.err()].into_iter().flatten().collect()));
     };
-    let before = state.store.catalog().await?.into_iter().find(|p| p.product_id == id);
-    let product = state.store.update_product(id, name.as_deref(), price).await?.ok_or(ApiError::ProductNotFound(id))?;
-    tracing::warn!(
-        operator,
-        product = id,
-        old_name = before.as_ref().map(|p| p.name.as_str()),
-        name = product.name,
-        old_price = before.as_ref().map(|p| p.price),
-        price = product.price,
-        "operator changed a product"
-    );
-    Ok(ok(StatusCode::OK, product))
+    let product =
+        state.catalog.update(&operator, id, name.as_deref(), price).await?.ok_or(ApiError::ProductNotFound(id))?;
+    Ok(ok(StatusCode::OK, CatalogEntry::from(product)))
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/products/{product_id}/stock", tag = "admin", security(("admin_token" = [])),
@@ -312,14 +296,6 @@ pub async fn change_stock(
         (None, None) => StockChange::Add(0),
         (Some(_), Some(_)) => return Err(ApiError::invalid("body", "onHand 와 add 중 하나만 보낼 수 있습니다.")),
     };
-    let product = state.store.change_stock(id, change).await?.ok_or(ApiError::ProductNotFound(id))?;
-    tracing::warn!(
-        operator,
-        product = id,
-        ?change,
-        available = product.available,
-        reserved = product.reserved,
-        "operator changed stock"
-    );
-    Ok(ok(StatusCode::OK, product))
+    let product = state.catalog.change_stock(&operator, id, change).await?.ok_or(ApiError::ProductNotFound(id))?;
+    Ok(ok(StatusCode::OK, CatalogEntry::from(product)))
 }

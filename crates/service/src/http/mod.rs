@@ -11,6 +11,7 @@ pub mod orders;
 pub mod response;
 pub mod schema;
 pub mod server;
+pub mod views;
 
 use std::sync::Arc;
 
@@ -28,7 +29,6 @@ use crate::app::checkout::Checkout;
 use crate::app::gateways::Gateways;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::CheckoutSettings;
-use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// Bodies above this are refused before they are read.
@@ -59,7 +59,9 @@ impl std::ops::Deref for AppState {
 }
 
 pub struct AppParts {
-    pub store: Arc<dyn Store>,
+    pub orders: crate::app::orders::Orders,
+    pub catalog: crate::app::catalog::Catalog,
+    pub health: crate::app::health::Health,
     pub checkout: Checkout,
     pub idempotency: crate::app::idempotency::Idempotency,
     /// One per gateway, in the gateways' order (the primary first).
@@ -133,11 +135,11 @@ pub fn router(state: AppState) -> Router {
 
 #[utoipa::path(get, path = "/api/v1/products", tag = "shop",
     responses(
-        (status = 200, description = "The catalog with price and stock for sale", body = schema::Answer<Vec<crate::store::Product>>),
+        (status = 200, description = "The catalog with price and stock for sale", body = schema::Answer<Vec<views::Product>>),
         (status = 503, description = "`STORE_UNAVAILABLE`, `REQUEST_TIMEOUT`", body = schema::Failure),
     ))]
 async fn products(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(ok(StatusCode::OK, state.store.products().await?))
+    Ok(ok(StatusCode::OK, views::all::<_, views::Product>(state.catalog.for_sale().await?)))
 }
 
 /// The primary gateway's callbacks keep the original path.
@@ -183,10 +185,7 @@ async fn callback(
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus metrics (docs/operations.md)", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String)))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let backlog = state.store.unsettled().await.ok().map(|(pending, oldest)| {
-        let age = oldest.map_or(0, |t| (crate::app::now_ms() - t).max(0)) as u64;
-        (pending, std::time::Duration::from_millis(age))
-    });
+    let backlog = state.health.backlog().await.ok().map(|b| (b.count, b.oldest_age));
     let breakers = state.gateways.breakers();
     let body = state.metrics.render(&breakers, backlog);
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -212,7 +211,7 @@ async fn openapi_document() -> Response {
     ))]
 async fn ready(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Any failure to reach the database means "send no traffic here now".
-    state.store.ping().await.map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
+    state.health.ready().await.map_err(|e| ApiError::StoreUnavailable(e.to_string()))?;
     Ok(ok(StatusCode::OK, json!({"status": "ready"})))
 }
 

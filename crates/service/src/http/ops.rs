@@ -12,9 +12,9 @@ use axum::response::{Html, IntoResponse, Response};
 use gateway::breaker::{SlidingWindow, State as BreakerState};
 use serde::Serialize;
 
+use super::views::{self, CatalogEntry};
 use crate::http::AppState;
 use crate::http::response::{ApiError, ok};
-use crate::store::CatalogEntry;
 use crate::telemetry::activity;
 
 const PAGE: &str = include_str!("ops.html");
@@ -123,10 +123,9 @@ pub const LOW_STOCK: i64 = 10;
 pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
     // The page must work best when the database does not: the backlog reads as empty
     // then, and the alert says why.
-    let backlog = app.store.unsettled().await;
+    let backlog = app.health.backlog().await;
     let database_up = backlog.is_ok();
-    let (count, oldest) = backlog.unwrap_or((0, None));
-    let oldest_age_seconds = oldest.map_or(0.0, |t| (crate::app::now_ms() - t).max(0) as f64 / 1_000.0);
+    let (count, oldest_age_seconds) = backlog.map_or((0, 0.0), |b| (b.count, b.oldest_age.as_secs_f64()));
     let reconciled_per_second = app.reconciler.throughput().per_second(Duration::from_secs(10));
     let breakers: Vec<BreakerView> = app
         .gateways
@@ -238,12 +237,7 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
         transitions,
         alerts,
         admin_enabled: app.admin_token.is_some(),
-        low_stock: app
-            .store
-            .catalog()
-            .await
-            .map(|catalog| catalog.into_iter().filter(|p| p.available <= LOW_STOCK).collect())
-            .unwrap_or_default(),
+        low_stock: views::all(app.catalog.low_stock(LOW_STOCK).await.unwrap_or_default()),
         low_stock_threshold: LOW_STOCK,
     };
     Ok(ok(StatusCode::OK, view))

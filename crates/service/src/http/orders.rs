@@ -13,11 +13,12 @@ use super::idempotency::{self, IdempotencyKey};
 use super::json::Whole;
 use super::response::{ApiError, ok};
 use super::schema::{Answer, Failure};
+use super::views::{self, OrderItem};
 use crate::app::checkout::{Admission, CheckoutRequest};
 use crate::app::idempotency::Start;
 use crate::domain::card::parse_card_type;
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
-use crate::store::{OrderItem, OrderRecord};
+use crate::store::OrderRecord;
 
 pub const MAX_LINES: usize = 50;
 
@@ -126,21 +127,13 @@ pub async fn checkout(
 
 async fn place(state: &AppState, slot: Admission, request: CheckoutRequest) -> Result<Response, ApiError> {
     let placed = state.checkout.place(slot, request).await?;
-    // The latest status (a fast callback may have settled it); when the database cannot
-    // say, the order as the checkout left it. Never an error: the PG may have taken it.
-    if !placed.recorded {
-        return Ok(ok(StatusCode::ACCEPTED, OrderDto::from(placed.order)));
-    }
-    let order = match state.store.order(placed.order.order_id).await {
-        Ok(Some(order)) => order,
-        Ok(None) | Err(_) => placed.order,
-    };
+    let order = state.orders.latest(placed).await;
     Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))
 }
 
 /// The 202 a placed checkout answers: the order as it stands.
 async fn accepted(state: &AppState, order_id: i64) -> Result<Response, ApiError> {
-    let order = state.store.order(order_id).await?.ok_or(ApiError::OrderNotFound)?;
+    let order = state.orders.by_id(order_id).await?.ok_or(ApiError::OrderNotFound)?;
     Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))
 }
 
@@ -159,7 +152,7 @@ pub async fn detail(
 ) -> Result<Response, ApiError> {
     // Unknown, malformed and other buyers' ids all answer the same 404.
     let order_id: i64 = raw_id.parse().map_err(|_| ApiError::OrderNotFound)?;
-    let order = state.store.buyer_order(&buyer, order_id).await?.ok_or(ApiError::OrderNotFound)?;
+    let order = state.orders.of_buyer(&buyer, order_id).await?.ok_or(ApiError::OrderNotFound)?;
     Ok(ok(StatusCode::OK, OrderDto::from(order)))
 }
 
@@ -195,12 +188,10 @@ pub async fn list(
         Some(Ok(n)) if (1..=100).contains(&n) => n,
         Some(_) => return Err(ApiError::invalid("size", "size 는 1 이상 100 이하의 정수여야 합니다.")),
     };
-    let offset = number.checked_mul(size).ok_or_else(|| ApiError::invalid("page", "page 가 너무 큽니다."))?;
-    let mut orders = state.store.orders_for_buyer(&buyer, offset, size + 1).await?;
-    let has_next = orders.len() as i64 > size;
-    orders.truncate(size as usize);
-    let orders: Vec<OrderDto> = orders.into_iter().map(OrderDto::from).collect();
-    Ok(ok(StatusCode::OK, OrderPage { orders, page: number, size, has_next }))
+    number.checked_mul(size).ok_or_else(|| ApiError::invalid("page", "page 가 너무 큽니다."))?;
+    let found = state.orders.page(&buyer, number, size).await?;
+    let orders: Vec<OrderDto> = found.orders.into_iter().map(OrderDto::from).collect();
+    Ok(ok(StatusCode::OK, OrderPage { orders, page: number, size, has_next: found.has_next }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -253,7 +244,7 @@ impl From<OrderRecord> for OrderDto {
         OrderDto {
             order_id: o.order_id,
             status,
-            items: o.items,
+            items: views::all(o.items),
             total_amount: o.total_amount,
             payment: PaymentDto {
                 status: o.attempt.status.for_buyer(),

@@ -41,8 +41,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Product {
     pub product_id: i64,
     pub name: String,
@@ -90,8 +89,7 @@ pub struct Attempt {
     pub checks: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderItem {
     pub product_id: i64,
     pub name: String,
@@ -189,8 +187,7 @@ pub struct StockLevels {
 }
 
 /// A product as the catalog's admin sees it: where all of its stock is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CatalogEntry {
     pub product_id: i64,
     pub name: String,

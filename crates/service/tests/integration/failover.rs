@@ -2,11 +2,9 @@
 //! (`pg`) misbehaves, the secondary (`pg2`) works. A payment moves on only when the
 //! primary surely did not receive it; whatever may be at the primary stays there.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gateway::breaker::{BreakerConfig, SlidingWindow, State};
 use gateway::signature;
 use gateway_sim::faults::{CallbackFaults, DownMode, OutcomeSplit};

@@ -1,8 +1,6 @@
 //! Spawns the real service on a random port, on a fresh SQLite file, against the real
 //! simulator; typed helpers read like the use cases.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -140,12 +138,13 @@ pub async fn spawn_app_on(sim: SimConfig, secondary: Option<SimConfig>, tweak: i
     let db_is_shared = settings.database_url != format!("sqlite://{}", db.display());
     let app = Application::build_on(settings, listener).await.expect("app builds");
     let state = app.state().clone();
+    let store = app.store().clone();
     let gateways = app.gateways().clone();
     let gateway = gateways.primary().client.clone();
     tokio::spawn(app.run_until(std::future::pending()));
     TestApp {
         url: format!("http://{addr}"),
-        store: state.store.clone(),
+        store,
         state,
         gateway,
         gateways,

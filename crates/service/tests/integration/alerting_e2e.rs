@@ -6,16 +6,14 @@
 //! Needs `prometheus` and `prometheus-alertmanager` (Debian packages). Without them the
 //! test prints why and returns, except under CI (`CI` set), where it fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::Json;
 use axum::routing::post;
-use common::*;
 use gateway_sim::Faults;
 use gateway_sim::faults::DownMode;
 use serde_json::Value;

@@ -8,11 +8,9 @@
 //! connection to it through a TCP hop (what a stopped or unreachable server looks like
 //! to the service) rather than stopping the shared server other tests use.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{TestApp, checkout_body, reliable, sim_config, spawn_app_with};
+use crate::common::{TestApp, checkout_body, reliable, sim_config, spawn_app_with};
 use gateway::wire::TransactionStatus;
 use gateway_sim::SimConfig;
 use gateway_sim::faults::{MsRange, OutcomeSplit};
@@ -33,7 +31,7 @@ fn approve_all() -> gateway_sim::Faults {
 
 /// An app on a fresh PostgreSQL database reached through `link`.
 async fn on_postgres(sim: SimConfig, tweak: impl FnOnce(&mut Settings)) -> (TestApp, Link, Cleanup) {
-    let (server, database) = common::fresh_postgres_database("payguard_outage").await;
+    let (server, database) = crate::common::fresh_postgres_database("payguard_outage").await;
     let mut url = reqwest::Url::parse(&server).unwrap();
     let upstream =
         tokio::net::lookup_host((url.host_str().unwrap(), url.port().unwrap_or(5432))).await.unwrap().next().unwrap();

@@ -1,9 +1,7 @@
 //! Callback intake: normal, duplicate, stale, contradictory, spoofed and unknown
 //! deliveries; verified by fetching back from the PG, or by HMAC signature.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gateway::signature;
 use gateway_sim::faults::{CallbackFaults, MsRange, OutcomeSplit};
 use gateway_sim::{Faults, SimConfig};

@@ -1,10 +1,8 @@
 //! The reference PG's contract over real HTTP: endpoints, header rule, every validation
 //! message, status codes, envelope fields, key format, lookups and the callback.
 
-mod common;
-
+use crate::common::*;
 use axum::http::StatusCode;
-use common::*;
 use gateway_sim::Faults;
 use serde_json::{Value, json};
 

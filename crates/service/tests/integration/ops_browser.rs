@@ -8,15 +8,13 @@
 //! Needs `chromium` and `chromium-driver`; without them the test prints why and returns,
 //! except under CI, where it fails.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine;
-use common::*;
 use gateway_sim::Faults;
 use gateway_sim::faults::{DownMode, MsRange};
 use serde_json::{Value, json};

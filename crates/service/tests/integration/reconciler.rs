@@ -2,11 +2,9 @@
 //! a crash between the checkout transactions, two transactions for one attempt, a PG
 //! outage during reconciliation; plus stock conservation and the callback/reconciler race.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use gateway::wire::{CardType, PaymentRequest};
 use gateway_sim::Faults;
 use gateway_sim::faults::{CallbackFaults, DownMode, MsRange, OutcomeSplit, StoreThenTimeout, StoreThenTimeoutMode};

@@ -1,8 +1,6 @@
 //! Test helpers: a simulator on a random port with instant timings and a fixed seed,
 //! a client, and a callback receiver that records every delivery.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -4,11 +4,9 @@
 //! `serve` log line is JSON, and both processes exit cleanly. Also here: a keyed checkout
 //! whose process is SIGKILLed mid-request still gets its answer under its key.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Scene, scene, start, terminate, wait_ready};
+use crate::common::{Scene, scene, start, terminate, wait_ready};
 use serde_json::{Value, json};
 
 const CARD: &str = "1234-5678-9814-1451";
@@ -172,7 +170,7 @@ async fn a_keyed_checkout_killed_mid_request_answers_under_its_key_after_restart
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(reached, "the payment reached the PG");
-    common::signal(&service, "-KILL").await;
+    crate::common::signal(&service, "-KILL").await;
     let _ = service.wait().await;
     assert!(first.await.unwrap().is_err(), "the first request died with its process");
 

@@ -1,7 +1,5 @@
 //! Running the real `payguard` binary from tests.
 
-#![allow(dead_code)] // each test binary uses a different subset
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;

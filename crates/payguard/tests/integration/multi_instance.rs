@@ -6,14 +6,12 @@
 //! Needs `PAYGUARD_TEST_DATABASE_URL` (a PostgreSQL server where it may create a
 //! database), so it is `#[ignore]`d: `cargo nextest run --run-ignored all` runs it.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{free_port, signal, start, wait_ready};
+use crate::common::{free_port, signal, start, wait_ready};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,11 +2,9 @@
 //! callback attack, idempotent checkout, the admin token. Each shows the answer and
 //! that nothing was written.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gateway::signature;
 use gateway_sim::faults::{CallbackFaults, MsRange};
 use gateway_sim::{Faults, SimConfig};

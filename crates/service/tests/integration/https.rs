@@ -2,9 +2,7 @@
 //! payguard pays, looks up and verifies callbacks over it; an untrusted certificate is
 //! refused before anything is sent; a PG that requires a client certificate gets one.
 
-mod common;
-
-use common::{TestApp, reliable, sim_config, spawn_app_with};
+use crate::common::{TestApp, reliable, sim_config, spawn_app_with};
 use gateway::LookupOutcome;
 use gateway_sim::SimConfig;
 use gateway_sim::tls::TestCa;

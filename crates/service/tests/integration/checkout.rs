@@ -1,8 +1,6 @@
 //! Checkout, row by row of the outcome table (design section 4), and reading orders.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gateway_sim::faults::{MsRange, OutcomeSplit, StoreThenTimeout, StoreThenTimeoutMode};
 use gateway_sim::{CallbackAllowList, Faults, SimConfig};
 use reqwest::StatusCode;

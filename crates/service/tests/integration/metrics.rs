@@ -1,9 +1,7 @@
 //! The metrics of design section 7 on a live scrape: names, labels, and values that
 //! follow what happened.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gateway_sim::Faults;
 use gateway_sim::faults::{CallbackFaults, OutcomeSplit};
 use reqwest::StatusCode;

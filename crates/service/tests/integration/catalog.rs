@@ -2,9 +2,7 @@
 //! it (never below what orders hold), list it with reserved and sold counts. Bad input is
 //! a 400 with nothing written; a restock racing checkouts never oversells.
 
-mod common;
-
-use common::{TestApp, reliable, sim_config, spawn_app_with};
+use crate::common::{TestApp, reliable, sim_config, spawn_app_with};
 use gateway_sim::SimConfig;
 use gateway_sim::faults::{MsRange, OutcomeSplit};
 use reqwest::StatusCode;

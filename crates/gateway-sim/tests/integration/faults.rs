@@ -1,12 +1,10 @@
 //! Each fault mode, observed from the outside: a client with a short timeout, the
 //! ledger, and a callback receiver that counts drops, duplicates and order.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use axum::http::StatusCode;
-use common::*;
 use gateway::signature::SignatureHeader;
 use gateway_sim::faults::{CallbackFaults, CallbackRetry, DownMode, MsRange, StoreThenTimeout, StoreThenTimeoutMode};
 use gateway_sim::{Faults, SimConfig};

@@ -1,9 +1,7 @@
 //! Property test: random bytes and random JSON thrown at checkout and callback intake
 //! never get a 500, never crash the service, and never persist anything.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gateway_sim::Faults;
 use gateway_sim::faults::MsRange;
 use proptest::prelude::*;

@@ -1,0 +1,95 @@
+//! The catalog: what is for sale (buyers) and the admin's changes to it (create, rename
+//! or reprice, restock). Every admin change is logged with who made it and what it was,
+//! the shop's audit trail for prices and stock.
+
+use std::sync::Arc;
+
+use crate::domain::Money;
+use crate::store::{CatalogEntry, Product, StockChange, Store, StoreError};
+
+#[derive(Clone)]
+pub struct Catalog {
+    store: Arc<dyn Store>,
+}
+
+impl Catalog {
+    pub fn new(store: Arc<dyn Store>) -> Catalog {
+        Catalog { store }
+    }
+
+    /// Products with their price and the stock for sale.
+    pub async fn for_sale(&self) -> Result<Vec<Product>, StoreError> {
+        self.store.products().await
+    }
+
+    /// Every product with where its stock is (available, reserved, sold).
+    pub async fn entries(&self) -> Result<Vec<CatalogEntry>, StoreError> {
+        self.store.catalog().await
+    }
+
+    /// Products with at most `threshold` for sale.
+    pub async fn low_stock(&self, threshold: i64) -> Result<Vec<CatalogEntry>, StoreError> {
+        Ok(self.entries().await?.into_iter().filter(|p| p.available <= threshold).collect())
+    }
+
+    pub async fn create(
+        &self,
+        operator: &str,
+        name: &str,
+        price: Money,
+        stock: i64,
+    ) -> Result<CatalogEntry, StoreError> {
+        let product = self.store.create_product(name, price, stock).await?;
+        tracing::warn!(
+            operator,
+            product = product.product_id,
+            name,
+            price = price.get(),
+            stock,
+            "operator created a product"
+        );
+        Ok(product)
+    }
+
+    /// `None`: no such product.
+    pub async fn update(
+        &self,
+        operator: &str,
+        id: i64,
+        name: Option<&str>,
+        price: Option<Money>,
+    ) -> Result<Option<CatalogEntry>, StoreError> {
+        // What it was, for the log line only.
+        let before = self.store.catalog().await?.into_iter().find(|p| p.product_id == id);
+        let Some(product) = self.store.update_product(id, name, price).await? else { return Ok(None) };
+        tracing::warn!(
+            operator,
+            product = id,
+            old_name = before.as_ref().map(|p| p.name.as_str()),
+            name = product.name,
+            old_price = before.as_ref().map(|p| p.price),
+            price = product.price,
+            "operator changed a product"
+        );
+        Ok(Some(product))
+    }
+
+    /// `None`: no such product.
+    pub async fn change_stock(
+        &self,
+        operator: &str,
+        id: i64,
+        change: StockChange,
+    ) -> Result<Option<CatalogEntry>, StoreError> {
+        let Some(product) = self.store.change_stock(id, change).await? else { return Ok(None) };
+        tracing::warn!(
+            operator,
+            product = id,
+            ?change,
+            available = product.available,
+            reserved = product.reserved,
+            "operator changed stock"
+        );
+        Ok(Some(product))
+    }
+}
