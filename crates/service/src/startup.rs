@@ -22,7 +22,7 @@ use crate::configuration::Settings;
 use crate::http::limits::RequestLimits;
 use crate::http::server::{self, ConnectionLimits};
 use crate::http::{AppParts, AppState, router};
-use crate::store::{PgStore, PoolSettings, SqliteStore, Store, StoreError};
+use crate::store::{Inspect, PgStore, PoolSettings, SqliteStore, Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::telemetry::{Activity, Tee};
 
@@ -60,7 +60,7 @@ pub struct Application {
     addr: SocketAddr,
     state: AppState,
     /// Only for tests and tools that look at what was stored; requests go through the use cases.
-    store: Arc<dyn Store>,
+    store: Arc<dyn Inspect>,
     connection_limits: ConnectionLimits,
 }
 
@@ -77,7 +77,7 @@ impl Application {
         // Settings built in code (tests, the dev command) get the same checks as a file.
         settings.validate().map_err(StartupError::Settings)?;
         let url = settings.database_url.as_str();
-        let store: Arc<dyn Store> = if url.starts_with("sqlite:") {
+        let inspect: Arc<dyn Inspect> = if url.starts_with("sqlite:") {
             Arc::new(SqliteStore::connect(url, Duration::from_millis(settings.database_acquire_timeout_ms)).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PoolSettings {
@@ -88,6 +88,7 @@ impl Application {
         } else {
             return Err(StartupError::DatabaseUrl(settings.database_url.clone()));
         };
+        let store: Arc<dyn Store> = inspect.clone();
         let metrics = Arc::new(Metrics::new());
         let mut gateways = Vec::new();
         for g in settings.gateways() {
@@ -151,7 +152,7 @@ impl Application {
             max_connections: settings.http.max_connections,
         };
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
-        Ok(Application { listener, addr, state, store, connection_limits })
+        Ok(Application { listener, addr, state, store: inspect, connection_limits })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -166,7 +167,7 @@ impl Application {
         &self.state
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub fn store(&self) -> &Arc<dyn Inspect> {
         &self.store
     }
 

@@ -23,7 +23,7 @@ use gateway::wire::TransactionDetail;
 use gateway::{GatewayClient, LookupOutcome};
 
 use super::settlement::{Applied, Observed, Settler, Source};
-use crate::store::{EventKind, Store, StoreError};
+use crate::store::{EventKind, PaymentStore, StoreError};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,7 +50,7 @@ pub enum CallbackError {
 
 #[derive(Clone)]
 pub struct CallbackIntake {
-    store: Arc<dyn Store>,
+    store: Arc<dyn PaymentStore>,
     gateway: GatewayClient,
     settler: Settler,
     secret: Option<Vec<u8>>,
@@ -78,7 +78,7 @@ pub fn bounded(value: &str, max: usize) -> String {
 
 impl CallbackIntake {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<dyn PaymentStore>,
         gateway: GatewayClient,
         metrics: Arc<Metrics>,
         secret: Option<String>,

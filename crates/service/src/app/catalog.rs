@@ -5,15 +5,15 @@
 use std::sync::Arc;
 
 use crate::domain::Money;
-use crate::store::{CatalogEntry, Product, StockChange, Store, StoreError};
+use crate::store::{CatalogEntry, CatalogStore, Product, StockChange, StoreError};
 
 #[derive(Clone)]
 pub struct Catalog {
-    store: Arc<dyn Store>,
+    store: Arc<dyn CatalogStore>,
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn Store>) -> Catalog {
+    pub fn new(store: Arc<dyn CatalogStore>) -> Catalog {
         Catalog { store }
     }
 

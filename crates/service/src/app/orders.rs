@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::app::checkout::Placed;
 use crate::domain::BuyerId;
-use crate::store::{OrderRecord, Store, StoreError};
+use crate::store::{OrderRecord, OrderStore, StoreError};
 
 /// A page of a buyer's orders, newest first.
 #[derive(Debug)]
@@ -16,11 +16,11 @@ pub struct OrderPage {
 
 #[derive(Clone)]
 pub struct Orders {
-    store: Arc<dyn Store>,
+    store: Arc<dyn OrderStore>,
 }
 
 impl Orders {
-    pub fn new(store: Arc<dyn Store>) -> Orders {
+    pub fn new(store: Arc<dyn OrderStore>) -> Orders {
         Orders { store }
     }
 

@@ -9,7 +9,7 @@ use gateway::wire::TransactionStatus;
 
 pub use crate::domain::Source;
 use crate::domain::{Final, PaymentStatus, Settlement};
-use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
+use crate::store::{Attempt, EventKind, PaymentStore, StoreError, Transition};
 use crate::telemetry::Metrics;
 
 /// What the PG says about one of its transactions.
@@ -56,12 +56,12 @@ impl Applied {
 
 #[derive(Clone)]
 pub struct Settler {
-    store: Arc<dyn Store>,
+    store: Arc<dyn PaymentStore>,
     metrics: Arc<Metrics>,
 }
 
 impl Settler {
-    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Settler {
+    pub fn new(store: Arc<dyn PaymentStore>, metrics: Arc<Metrics>) -> Settler {
         Settler { store, metrics }
     }
 

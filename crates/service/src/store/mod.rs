@@ -5,6 +5,7 @@
 //! transaction spans a PG call.
 
 mod postgres;
+mod shared;
 mod sqlite;
 
 use async_trait::async_trait;
@@ -230,10 +231,9 @@ where
     })
 }
 
+/// Products, prices and stock.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
-    async fn ping(&self) -> Result<(), StoreError>;
-
+pub trait CatalogStore: Send + Sync + 'static {
     async fn products(&self) -> Result<Vec<Product>, StoreError>;
 
     /// Every product with its stock, by id.
@@ -254,10 +254,27 @@ pub trait Store: Send + Sync + 'static {
     /// oversell; `StockConflict` when the change would break its rule, None when there is
     /// no such product.
     async fn change_stock(&self, product_id: i64, change: StockChange) -> Result<Option<CatalogEntry>, StoreError>;
+}
 
+/// Orders: created with their first attempt (stock reserved) and read back.
+#[async_trait]
+pub trait OrderStore: Send + Sync + 'static {
     /// Transaction 1: the order, its items, the stock reservation and the REQUESTED attempt.
     async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError>;
 
+    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
+
+    /// The order if it is `buyer`'s. Another buyer's order costs the same one indexed
+    /// lookup as an unknown id, so timing does not tell that it exists.
+    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
+
+    /// A buyer's orders, newest first; `limit + 1` are read to tell whether more follow.
+    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError>;
+}
+
+/// Payment attempts: every status change is conditional on the statuses it may start from.
+#[async_trait]
+pub trait PaymentStore: Send + Sync + 'static {
     /// REQUESTED -> PENDING, with the transaction key when the PG gave one.
     async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError>;
 
@@ -285,15 +302,13 @@ pub trait Store: Send + Sync + 'static {
 
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError>;
 
-    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
+    async fn record_event(&self, attempt_id: i64, kind: EventKind, detail: &str, now_ms: i64)
+    -> Result<(), StoreError>;
+}
 
-    /// The order if it is `buyer`'s. Another buyer's order costs the same one indexed
-    /// lookup as an unknown id, so timing does not tell that it exists.
-    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
-
-    /// A buyer's orders, newest first; `limit + 1` are read to tell whether more follow.
-    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError>;
-
+/// The reconciler's queue: unsettled attempts, their leases and checks.
+#[async_trait]
+pub trait ReconciliationStore: Send + Sync + 'static {
     /// Claims unsettled attempts of `gateway` created before `created_before_ms` whose
     /// next check is due and that no live lease holds: each gets a lease for `owner`
     /// until `lease_until_ms`. Concurrent claimers never get the same attempt.
@@ -323,19 +338,16 @@ pub trait Store: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<(), StoreError>;
 
-    async fn record_event(&self, attempt_id: i64, kind: EventKind, detail: &str, now_ms: i64)
-    -> Result<(), StoreError>;
-
-    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError>;
-
-    async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError>;
-
     /// Unsettled attempts now, and the creation time of the oldest.
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError>;
 
     /// Unsettled attempts per gateway, by gateway name.
     async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError>;
+}
 
+/// Idempotency keys and the answers they replay.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
     /// Claims `key` for a request; atomically, so of concurrent duplicates one starts.
     /// Keys older than `expires_before_ms` are forgotten.
     async fn begin_idempotent(
@@ -363,6 +375,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Releases `key` without a saved response (the request may safely run again).
     async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError>;
+}
+
+/// Everything the use cases need; each takes the narrowest part that serves it.
+#[async_trait]
+pub trait Store: CatalogStore + OrderStore + PaymentStore + ReconciliationStore + IdempotencyStore {
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// What tests and tools read to check the store's books; no use case calls these.
+#[async_trait]
+pub trait Inspect: Store {
+    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError>;
+
+    async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError>;
 
     /// Row counts of every table, for tests that prove nothing was written.
     async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;

@@ -1,7 +1,7 @@
 //! The PostgreSQL store, for several payguard instances on one database. Times are
-//! `timestamptz` in the database and unix milliseconds in the code: the conversion
-//! happens in SQL (`ms(..)` in, `epoch_ms(..)` out). Reconciliation claims use
-//! `FOR UPDATE SKIP LOCKED`, so instances never claim the same attempt.
+//! BIGINT unix milliseconds, as on SQLite (migration 0005). Reconciliation claims use
+//! `FOR UPDATE SKIP LOCKED`, so instances never claim the same attempt. What both
+//! backends run as written lives in shared.rs.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -11,9 +11,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
 use super::{
-    Attempt, AttemptView, CATALOG_COLUMNS, CatalogEntry, CreatedOrder, EventKind, IdempotencyStart, NewOrder,
-    OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
-    pg_order_id, status_names, status_of,
+    Attempt, AttemptView, CreatedOrder, EventKind, NewOrder, OrderItem, OrderRecord, OrderStore, PaymentStore,
+    ReconciliationStore, StoreError, Transition, key_taken, pg_order_id, status_names, status_of,
 };
 use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement, Source};
 
@@ -30,7 +29,7 @@ pub struct PgStore {
 }
 
 const ATTEMPT: &str = "id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, \
-                       (extract(epoch from created_at) * 1000)::bigint AS created_at, checks";
+                       created_at, checks";
 
 fn attempt(row: &PgRow) -> Result<Attempt, StoreError> {
     Ok(Attempt {
@@ -63,7 +62,9 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+    /// A transaction that writes (named like SQLite's, which must say so up front, so
+    /// that shared.rs calls the same method on both).
+    async fn write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
 
@@ -144,95 +145,12 @@ async fn current(tx: &mut Transaction<'static, Postgres>, attempt_id: i64) -> Re
     })
 }
 
+super::shared::impl_catalog!(PgStore);
+
 #[async_trait]
-impl Store for PgStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, name, price, available FROM products ORDER BY id").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Product {
-                    product_id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    price: r.try_get("price")?,
-                    stock: r.try_get("available")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
-        let sql = format!("SELECT {CATALOG_COLUMNS} FROM products ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-        rows.iter().map(catalog_entry).collect()
-    }
-
-    async fn create_product(&self, name: &str, price: Money, available: i64) -> Result<CatalogEntry, StoreError> {
-        let sql =
-            format!("INSERT INTO products (name, price, available) VALUES ($1, $2, $3) RETURNING {CATALOG_COLUMNS}");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .bind(price.get())
-            .bind(available)
-            .fetch_one(&self.pool)
-            .await?;
-        catalog_entry(&row)
-    }
-
-    async fn update_product(
-        &self,
-        product_id: i64,
-        name: Option<&str>,
-        price: Option<Money>,
-    ) -> Result<Option<CatalogEntry>, StoreError> {
-        let sql = format!(
-            "UPDATE products SET name = COALESCE($1, name), price = COALESCE($2, price) WHERE id = $3 RETURNING {CATALOG_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .bind(price.map(Money::get))
-            .bind(product_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(catalog_entry).transpose()
-    }
-
-    async fn change_stock(&self, product_id: i64, change: StockChange) -> Result<Option<CatalogEntry>, StoreError> {
-        let (sql, amount) = match change {
-            StockChange::OnHand(n) => (
-                format!(
-                    "UPDATE products SET available = $1 - reserved WHERE id = $2 AND $1 >= reserved RETURNING {CATALOG_COLUMNS}"
-                ),
-                n,
-            ),
-            StockChange::Add(n) => (
-                format!(
-                    "UPDATE products SET available = available + $1 WHERE id = $2 AND available + $1 >= 0 RETURNING {CATALOG_COLUMNS}"
-                ),
-                n,
-            ),
-        };
-        let changed =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.pool).await?;
-        if let Some(row) = changed {
-            return catalog_entry(&row).map(Some);
-        }
-        let sql = format!("SELECT {CATALOG_COLUMNS} FROM products WHERE id = $1");
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(product_id).fetch_optional(&self.pool).await? {
-            Some(row) => {
-                let now = catalog_entry(&row)?;
-                Err(StoreError::StockConflict { product: product_id, available: now.available, reserved: now.reserved })
-            }
-            None => Ok(None),
-        }
-    }
+impl OrderStore for PgStore {
     async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.write().await?;
         let mut total = Money::default();
         let mut priced = Vec::with_capacity(order.lines.len());
         for line in &order.lines {
@@ -270,7 +188,7 @@ impl Store for PgStore {
             }
         }
         let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, to_timestamp($3::float8 / 1000)) RETURNING id",
+            "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, $3) RETURNING id",
         )
         .bind(order.buyer.as_str())
         .bind(total.get())
@@ -296,8 +214,8 @@ impl Store for PgStore {
         let attempt_id: i64 = sqlx::query_scalar(
             "INSERT INTO payment_attempts
                (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $8, to_timestamp($7::float8 / 1000), to_timestamp($7::float8 / 1000),
-                     to_timestamp($7::float8 / 1000))
+             VALUES ($1, $2, $3, $4, $5, $6, $8, $7, $7,
+                     $7)
              RETURNING id",
         )
         .bind(order_id)
@@ -336,11 +254,60 @@ impl Store for PgStore {
         })
     }
 
+    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, buyer_id, total_amount, created_at, anomaly
+             FROM orders WHERE id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, buyer_id, total_amount, created_at, anomaly
+             FROM orders WHERE id = $1 AND buyer_id = $2",
+        )
+        .bind(order_id)
+        .bind(buyer.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, buyer_id, total_amount, created_at, anomaly
+             FROM orders WHERE buyer_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
+        )
+        .bind(buyer.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            orders.push(self.assemble(row).await?);
+        }
+        Ok(orders)
+    }
+}
+
+#[async_trait]
+impl PaymentStore for PgStore {
     async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.write().await?;
         let updated = sqlx::query(
             "UPDATE payment_attempts SET status = $4, transaction_key = COALESCE($1, transaction_key),
-               version = version + 1, updated_at = to_timestamp($2::float8 / 1000)
+               version = version + 1, updated_at = $2
              WHERE id = $3 AND status = ANY($5)",
         )
         .bind(key)
@@ -360,7 +327,7 @@ impl Store for PgStore {
     async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE payment_attempts SET transaction_key = $1, status = $4, version = version + 1,
-               updated_at = to_timestamp($2::float8 / 1000)
+               updated_at = $2
              WHERE id = $3 AND transaction_key IS NULL AND status = ANY($5)",
         )
         .bind(key)
@@ -381,10 +348,10 @@ impl Store for PgStore {
         source: Source,
         now_ms: i64,
     ) -> Result<Transition, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.write().await?;
         let order_id: Option<i64> = sqlx::query_scalar(
             "UPDATE payment_attempts SET status = $1, transaction_key = COALESCE($2, transaction_key), reason = $3,
-               version = version + 1, updated_at = to_timestamp($4::float8 / 1000), finalized_at = to_timestamp($4::float8 / 1000),
+               version = version + 1, updated_at = $4, finalized_at = $4,
                settled_by = $5, stuck = FALSE, lease_owner = NULL, lease_until = NULL
              WHERE id = $6 AND status = ANY($7)
              RETURNING order_id",
@@ -410,7 +377,7 @@ impl Store for PgStore {
     }
 
     async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError> {
-        let mut tx = self.begin().await?;
+        let mut tx = self.write().await?;
         let order_id: Option<i64> =
             sqlx::query_scalar("SELECT order_id FROM payment_attempts WHERE id = $1 AND status = ANY($2) FOR UPDATE")
                 .bind(attempt_id)
@@ -431,7 +398,7 @@ impl Store for PgStore {
     async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError> {
         let updated = sqlx::query(
             "UPDATE payment_attempts SET gateway = $1, version = version + 1,
-               updated_at = to_timestamp($2::float8 / 1000)
+               updated_at = $2
              WHERE id = $3 AND gateway = $4 AND status = ANY($5)",
         )
         .bind(to)
@@ -450,52 +417,37 @@ impl Store for PgStore {
         row.as_ref().map(attempt).transpose()
     }
 
-    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, buyer_id, total_amount, (extract(epoch from created_at) * 1000)::bigint AS created_at, anomaly
-             FROM orders WHERE id = $1",
-        )
-        .bind(order_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(self.assemble(&row).await?)),
-            None => Ok(None),
+    async fn record_event(
+        &self,
+        attempt_id: i64,
+        kind: EventKind,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(attempt_id)
+            .bind(kind.as_str())
+            .bind(detail)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        if kind.is_anomaly() {
+            sqlx::query(
+                "UPDATE orders SET anomaly = $1 WHERE id = (SELECT order_id FROM payment_attempts WHERE id = $2)",
+            )
+            .bind(kind.as_str())
+            .bind(attempt_id)
+            .execute(&mut *tx)
+            .await?;
         }
+        tx.commit().await?;
+        Ok(())
     }
+}
 
-    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, buyer_id, total_amount, (extract(epoch from created_at) * 1000)::bigint AS created_at, anomaly
-             FROM orders WHERE id = $1 AND buyer_id = $2",
-        )
-        .bind(order_id)
-        .bind(buyer.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(self.assemble(&row).await?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, buyer_id, total_amount, (extract(epoch from created_at) * 1000)::bigint AS created_at, anomaly
-             FROM orders WHERE buyer_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
-        )
-        .bind(buyer.as_str())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            orders.push(self.assemble(row).await?);
-        }
-        Ok(orders)
-    }
-
+#[async_trait]
+impl ReconciliationStore for PgStore {
     async fn claim_due_attempts(
         &self,
         gateway: &str,
@@ -506,13 +458,13 @@ impl Store for PgStore {
         limit: i64,
     ) -> Result<Vec<Attempt>, StoreError> {
         let sql = sqlx::AssertSqlSafe(format!(
-            "UPDATE payment_attempts SET lease_owner = $1, lease_until = to_timestamp($2::float8 / 1000)
+            "UPDATE payment_attempts SET lease_owner = $1, lease_until = $2
              WHERE id IN (
                SELECT id FROM payment_attempts
                WHERE gateway = $6 AND status = ANY($7)
-                 AND created_at <= to_timestamp($3::float8 / 1000)
-                 AND next_check_at <= to_timestamp($4::float8 / 1000)
-                 AND (lease_until IS NULL OR lease_until < to_timestamp($4::float8 / 1000))
+                 AND created_at <= $3
+                 AND next_check_at <= $4
+                 AND (lease_until IS NULL OR lease_until < $4)
                ORDER BY next_check_at LIMIT $5
                FOR UPDATE SKIP LOCKED)
              RETURNING {ATTEMPT}"
@@ -532,7 +484,7 @@ impl Store for PgStore {
 
     async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {
         let renewed = sqlx::query(
-            "UPDATE payment_attempts SET lease_until = to_timestamp($1::float8 / 1000)
+            "UPDATE payment_attempts SET lease_until = $1
              WHERE lease_owner = $2 AND status = ANY($3)",
         )
         .bind(lease_until_ms)
@@ -561,8 +513,8 @@ impl Store for PgStore {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE payment_attempts SET checks = checks + 1, next_check_at = to_timestamp($1::float8 / 1000),
-               last_check = $2, stuck = $3, updated_at = to_timestamp($4::float8 / 1000), lease_owner = NULL, lease_until = NULL
+            "UPDATE payment_attempts SET checks = checks + 1, next_check_at = $1,
+               last_check = $2, stuck = $3, updated_at = $4, lease_owner = NULL, lease_until = NULL
              WHERE id = $5 AND status = ANY($6)",
         )
         .bind(next_check_at_ms)
@@ -576,62 +528,9 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn record_event(
-        &self,
-        attempt_id: i64,
-        kind: EventKind,
-        detail: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000))",
-        )
-        .bind(attempt_id)
-        .bind(kind.as_str())
-        .bind(detail)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        if kind.is_anomaly() {
-            sqlx::query(
-                "UPDATE orders SET anomaly = $1 WHERE id = (SELECT order_id FROM payment_attempts WHERE id = $2)",
-            )
-            .bind(kind.as_str())
-            .bind(attempt_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT kind, detail FROM payment_events WHERE attempt_id = $1 ORDER BY id")
-            .bind(attempt_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("detail")?))).collect()
-    }
-
-    async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, available, reserved, sold FROM products ORDER BY id").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StockLevels {
-                    product_id: r.try_get("id")?,
-                    available: r.try_get("available")?,
-                    reserved: r.try_get("reserved")?,
-                    sold: r.try_get("sold")?,
-                })
-            })
-            .collect()
-    }
-
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
         let row = sqlx::query(
-            "SELECT COUNT(*) AS n, (extract(epoch from MIN(created_at)) * 1000)::bigint AS oldest
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest
              FROM payment_attempts WHERE status = ANY($1)",
         )
         .bind(status_names(PaymentStatus::UNSETTLED))
@@ -645,105 +544,10 @@ impl Store for PgStore {
                    GROUP BY gateway ORDER BY gateway";
         Ok(sqlx::query_as(sql).bind(status_names(PaymentStatus::UNSETTLED)).fetch_all(&self.pool).await?)
     }
-
-    async fn begin_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        request_hash: &str,
-        now_ms: i64,
-        expires_before_ms: i64,
-    ) -> Result<IdempotencyStart, StoreError> {
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND created_at < to_timestamp($3::float8 / 1000)")
-            .bind(buyer.as_str())
-            .bind(key)
-            .bind(expires_before_ms)
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (buyer_id, key, request_hash, created_at) VALUES ($1, $2, $3, to_timestamp($4::float8 / 1000))
-             ON CONFLICT (buyer_id, key) DO NOTHING",
-        )
-        .bind(buyer.as_str())
-        .bind(key)
-        .bind(request_hash)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        let start = if inserted.rows_affected() == 1 {
-            IdempotencyStart::Started
-        } else {
-            let row = sqlx::query(
-                "SELECT request_hash, response_status, response_body, order_id,
-                        (extract(epoch from created_at) * 1000)::bigint AS created_at
-                 FROM idempotency_keys WHERE buyer_id = $1 AND key = $2",
-            )
-            .bind(buyer.as_str())
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-            super::idempotency_start(
-                request_hash,
-                row.try_get("request_hash")?,
-                row.try_get("response_status")?,
-                row.try_get("response_body")?,
-                row.try_get("order_id")?,
-                row.try_get("created_at")?,
-            )?
-        };
-        tx.commit().await?;
-        Ok(start)
-    }
-
-    async fn retake_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        since_ms: i64,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let taken = sqlx::query(
-            "UPDATE idempotency_keys SET created_at = to_timestamp($1::float8 / 1000), order_id = NULL
-             WHERE buyer_id = $2 AND key = $3 AND (extract(epoch from created_at) * 1000)::bigint = $4
-               AND response_status IS NULL",
-        )
-        .bind(now_ms)
-        .bind(buyer.as_str())
-        .bind(key)
-        .bind(since_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(taken.rows_affected() == 1)
-    }
-
-    async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE buyer_id = $3 AND key = $4",
-        )
-        .bind(status as i64)
-        .bind(body)
-        .bind(buyer.as_str())
-        .bind(key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND response_status IS NULL")
-            .bind(buyer.as_str())
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut counts = Vec::new();
-        for (table, sql) in super::COUNTED_TABLES {
-            counts.push((table.to_string(), sqlx::query_scalar(sql).fetch_one(&self.pool).await?));
-        }
-        Ok(counts)
-    }
 }
+
+super::shared::impl_idempotency!(PgStore);
+
+super::shared::impl_ping!(PgStore);
+
+super::shared::impl_inspect!(PgStore);

@@ -12,9 +12,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, Sqlite, Transaction};
 
 use super::{
-    Attempt, AttemptView, CATALOG_COLUMNS, CatalogEntry, CreatedOrder, EventKind, IdempotencyStart, NewOrder,
-    OrderItem, OrderRecord, Product, StockChange, StockLevels, Store, StoreError, Transition, catalog_entry, key_taken,
-    pg_order_id, status_json, status_of,
+    Attempt, AttemptView, CreatedOrder, EventKind, NewOrder, OrderItem, OrderRecord, OrderStore, PaymentStore,
+    ReconciliationStore, StoreError, Transition, key_taken, pg_order_id, status_json, status_of,
 };
 use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement, Source};
 
@@ -91,93 +90,10 @@ async fn current(tx: &mut Transaction<'static, Sqlite>, attempt_id: i64) -> Resu
     })
 }
 
+super::shared::impl_catalog!(SqliteStore);
+
 #[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, name, price, available FROM products ORDER BY id").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Product {
-                    product_id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    price: r.try_get("price")?,
-                    stock: r.try_get("available")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
-        let sql = format!("SELECT {CATALOG_COLUMNS} FROM products ORDER BY id");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-        rows.iter().map(catalog_entry).collect()
-    }
-
-    async fn create_product(&self, name: &str, price: Money, available: i64) -> Result<CatalogEntry, StoreError> {
-        let sql =
-            format!("INSERT INTO products (name, price, available) VALUES (?1, ?2, ?3) RETURNING {CATALOG_COLUMNS}");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .bind(price.get())
-            .bind(available)
-            .fetch_one(&self.pool)
-            .await?;
-        catalog_entry(&row)
-    }
-
-    async fn update_product(
-        &self,
-        product_id: i64,
-        name: Option<&str>,
-        price: Option<Money>,
-    ) -> Result<Option<CatalogEntry>, StoreError> {
-        let sql = format!(
-            "UPDATE products SET name = COALESCE(?1, name), price = COALESCE(?2, price) WHERE id = ?3 RETURNING {CATALOG_COLUMNS}"
-        );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(name)
-            .bind(price.map(Money::get))
-            .bind(product_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(catalog_entry).transpose()
-    }
-
-    async fn change_stock(&self, product_id: i64, change: StockChange) -> Result<Option<CatalogEntry>, StoreError> {
-        let (sql, amount) = match change {
-            StockChange::OnHand(n) => (
-                format!(
-                    "UPDATE products SET available = ?1 - reserved WHERE id = ?2 AND ?1 >= reserved RETURNING {CATALOG_COLUMNS}"
-                ),
-                n,
-            ),
-            StockChange::Add(n) => (
-                format!(
-                    "UPDATE products SET available = available + ?1 WHERE id = ?2 AND available + ?1 >= 0 RETURNING {CATALOG_COLUMNS}"
-                ),
-                n,
-            ),
-        };
-        let changed =
-            sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.pool).await?;
-        if let Some(row) = changed {
-            return catalog_entry(&row).map(Some);
-        }
-        let sql = format!("SELECT {CATALOG_COLUMNS} FROM products WHERE id = ?1");
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(product_id).fetch_optional(&self.pool).await? {
-            Some(row) => {
-                let now = catalog_entry(&row)?;
-                Err(StoreError::StockConflict { product: product_id, available: now.available, reserved: now.reserved })
-            }
-            None => Ok(None),
-        }
-    }
+impl OrderStore for SqliteStore {
     async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
         let mut tx = self.write().await?;
         let mut total = Money::default();
@@ -282,6 +198,51 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE id = ?")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE id = ? AND buyer_id = ?",
+        )
+        .bind(order_id)
+        .bind(buyer.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.assemble(&row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE buyer_id = ?
+             ORDER BY id DESC LIMIT ? OFFSET ?",
+        )
+        .bind(buyer.as_str())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut orders = Vec::with_capacity(rows.len());
+        for row in &rows {
+            orders.push(self.assemble(row).await?);
+        }
+        Ok(orders)
+    }
+}
+
+#[async_trait]
+impl PaymentStore for SqliteStore {
     async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
         let mut tx = self.write().await?;
         let updated = sqlx::query(
@@ -398,48 +359,37 @@ impl Store for SqliteStore {
         row.as_ref().map(attempt).transpose()
     }
 
-    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE id = ?")
-            .bind(order_id)
-            .fetch_optional(&self.pool)
+    async fn record_event(
+        &self,
+        attempt_id: i64,
+        kind: EventKind,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write().await?;
+        sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (?, ?, ?, ?)")
+            .bind(attempt_id)
+            .bind(kind.as_str())
+            .bind(detail)
+            .bind(now_ms)
+            .execute(&mut *tx)
             .await?;
-        match row {
-            Some(row) => Ok(Some(self.assemble(&row).await?)),
-            None => Ok(None),
+        if kind.is_anomaly() {
+            sqlx::query(
+                "UPDATE orders SET anomaly = ? WHERE id = (SELECT order_id FROM payment_attempts WHERE id = ?)",
+            )
+            .bind(kind.as_str())
+            .bind(attempt_id)
+            .execute(&mut *tx)
+            .await?;
         }
+        tx.commit().await?;
+        Ok(())
     }
+}
 
-    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE id = ? AND buyer_id = ?",
-        )
-        .bind(order_id)
-        .bind(buyer.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(self.assemble(&row).await?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, buyer_id, total_amount, created_at, anomaly FROM orders WHERE buyer_id = ?
-             ORDER BY id DESC LIMIT ? OFFSET ?",
-        )
-        .bind(buyer.as_str())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            orders.push(self.assemble(row).await?);
-        }
-        Ok(orders)
-    }
-
+#[async_trait]
+impl ReconciliationStore for SqliteStore {
     async fn claim_due_attempts(
         &self,
         gateway: &str,
@@ -518,156 +468,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_event(
-        &self,
-        attempt_id: i64,
-        kind: EventKind,
-        detail: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.write().await?;
-        sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (?, ?, ?, ?)")
-            .bind(attempt_id)
-            .bind(kind.as_str())
-            .bind(detail)
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?;
-        if kind.is_anomaly() {
-            sqlx::query(
-                "UPDATE orders SET anomaly = ? WHERE id = (SELECT order_id FROM payment_attempts WHERE id = ?)",
-            )
-            .bind(kind.as_str())
-            .bind(attempt_id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT kind, detail FROM payment_events WHERE attempt_id = ? ORDER BY id")
-            .bind(attempt_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("detail")?))).collect()
-    }
-
-    async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, available, reserved, sold FROM products ORDER BY id").fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StockLevels {
-                    product_id: r.try_get("id")?,
-                    available: r.try_get("available")?,
-                    reserved: r.try_get("reserved")?,
-                    sold: r.try_get("sold")?,
-                })
-            })
-            .collect()
-    }
-
-    async fn begin_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        request_hash: &str,
-        now_ms: i64,
-        expires_before_ms: i64,
-    ) -> Result<IdempotencyStart, StoreError> {
-        let mut tx = self.write().await?;
-        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = ? AND key = ? AND created_at < ?")
-            .bind(buyer.as_str())
-            .bind(key)
-            .bind(expires_before_ms)
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(
-            "INSERT INTO idempotency_keys (buyer_id, key, request_hash, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (buyer_id, key) DO NOTHING",
-        )
-        .bind(buyer.as_str())
-        .bind(key)
-        .bind(request_hash)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        let start = if inserted.rows_affected() == 1 {
-            IdempotencyStart::Started
-        } else {
-            let row = sqlx::query(
-                "SELECT request_hash, response_status, response_body, order_id, created_at FROM idempotency_keys
-                 WHERE buyer_id = ? AND key = ?",
-            )
-            .bind(buyer.as_str())
-            .bind(key)
-            .fetch_one(&mut *tx)
-            .await?;
-            super::idempotency_start(
-                request_hash,
-                row.try_get("request_hash")?,
-                row.try_get("response_status")?,
-                row.try_get("response_body")?,
-                row.try_get("order_id")?,
-                row.try_get("created_at")?,
-            )?
-        };
-        tx.commit().await?;
-        Ok(start)
-    }
-
-    async fn retake_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        since_ms: i64,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let taken = sqlx::query(
-            "UPDATE idempotency_keys SET created_at = ?, order_id = NULL
-             WHERE buyer_id = ? AND key = ? AND created_at = ? AND response_status IS NULL",
-        )
-        .bind(now_ms)
-        .bind(buyer.as_str())
-        .bind(key)
-        .bind(since_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(taken.rows_affected() == 1)
-    }
-
-    async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE idempotency_keys SET response_status = ?, response_body = ? WHERE buyer_id = ? AND key = ?",
-        )
-        .bind(status as i64)
-        .bind(body)
-        .bind(buyer.as_str())
-        .bind(key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = ? AND key = ? AND response_status IS NULL")
-            .bind(buyer.as_str())
-            .bind(key)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let mut counts = Vec::new();
-        for (table, sql) in super::COUNTED_TABLES {
-            counts.push((table.to_string(), sqlx::query_scalar(sql).fetch_one(&self.pool).await?));
-        }
-        Ok(counts)
-    }
-
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payment_attempts
@@ -685,6 +485,12 @@ impl Store for SqliteStore {
         Ok(sqlx::query_as(sql).bind(status_json(PaymentStatus::UNSETTLED)).fetch_all(&self.pool).await?)
     }
 }
+
+super::shared::impl_idempotency!(SqliteStore);
+
+super::shared::impl_ping!(SqliteStore);
+
+super::shared::impl_inspect!(SqliteStore);
 
 impl SqliteStore {
     async fn assemble(&self, row: &SqliteRow) -> Result<OrderRecord, StoreError> {

@@ -1,11 +1,12 @@
 //! Upgrading a database that holds payments: the schema before transaction keys became
 //! unique per gateway (SQLite rebuilds the table for it) is migrated with its data kept,
-//! and idempotency fingerprints that covered the card number are overwritten.
+//! idempotency fingerprints that covered the card number are overwritten, and
+//! PostgreSQL's times become milliseconds without moving.
 
 use std::str::FromStr;
 use std::sync::Arc;
 
-use service::store::{PgStore, PoolSettings, SqliteStore, Store, StoreError};
+use service::store::{Inspect, OrderStore, PgStore, PoolSettings, ReconciliationStore, SqliteStore, StoreError};
 
 /// The migrations of `backend` before `first_new`, copied to a directory of their own.
 fn migrations_before(backend: &str, first_new: &str) -> tempfile::TempDir {
@@ -21,7 +22,7 @@ fn migrations_before(backend: &str, first_new: &str) -> tempfile::TempDir {
 }
 
 /// What every backend must show after the upgrade.
-async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Store>) {
+async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Inspect>) {
     let attempt = store.attempt_by_pg_order_id("ORD000001-1").await.unwrap().expect("the old attempt survived");
     assert_eq!((attempt.gateway.as_str(), attempt.transaction_key.as_deref()), ("pg", Some("20261124:TR:aaaaaa")));
     assert_eq!(attempt.amount, 39_000);
@@ -45,7 +46,7 @@ async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Store
     assert!(matches!(taken, Err(StoreError::KeyTaken(_))), "{taken:?}");
 }
 
-async fn new_order(store: &Arc<dyn Store>, gateway: &str) -> service::store::CreatedOrder {
+async fn new_order(store: &Arc<dyn Inspect>, gateway: &str) -> service::store::CreatedOrder {
     store
         .create_order(service::store::NewOrder {
             buyer: service::domain::BuyerId::parse("buyer-2").unwrap(),
@@ -108,17 +109,17 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
     let old = migrations_before("postgres", "0002");
     sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
     sqlx::raw_sql(
-        "INSERT INTO orders (id, buyer_id, total_amount, created_at) VALUES (1, 'buyer-1', 39000, now());
+        "INSERT INTO orders (id, buyer_id, total_amount, created_at) VALUES (1, 'buyer-1', 39000, '2026-11-24 12:00:00.123+00');
          SELECT setval('orders_id_seq', 1);
          INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
            VALUES (1, 1, 1, '무선 키보드', 39000, 1, 39000);
          INSERT INTO payment_attempts (id, order_id, pg_order_id, gateway, card_type, card_last4, amount, status,
              transaction_key, created_at, updated_at, next_check_at)
-           VALUES (7, 1, 'ORD000001-1', 'pg', 'KB', '1451', 39000, 'PENDING', '20261124:TR:aaaaaa', now(), now(), now());
+           VALUES (7, 1, 'ORD000001-1', 'pg', 'KB', '1451', 39000, 'PENDING', '20261124:TR:aaaaaa', '2026-11-24 12:00:00.123+00', '2026-11-24 12:00:00.123+00', '2026-11-24 12:00:00.123+00');
          SELECT setval('payment_attempts_id_seq', 7);
-         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', now());
+         INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES (7, 'duplicate_delivery', 'kept', '2026-11-24 12:00:00.123+00');
          INSERT INTO idempotency_keys (buyer_id, key, request_hash, response_status, response_body, created_at)
-           VALUES ('buyer-1', 'k-old', 'sha256-of-a-body-with-the-card-number', 202, '\\x7b7d'::bytea, now());",
+           VALUES ('buyer-1', 'k-old', 'sha256-of-a-body-with-the-card-number', 202, '\\x7b7d'::bytea, '2026-11-24 12:00:00.123+00');",
     )
     .execute(&pool)
     .await
@@ -127,6 +128,10 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
 
     let settings = PoolSettings { max_connections: 4, acquire_timeout: std::time::Duration::from_secs(10) };
     let store = PgStore::connect_with(options, settings).await.expect("the new migrations apply over the old ones");
+    // Times became milliseconds (migration 0005), each the same instant as before.
+    let then = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00.123Z").unwrap().timestamp_millis();
+    assert_eq!(store.order(1).await.unwrap().expect("the old order").created_at_ms, then);
+    assert_eq!(store.unsettled().await.unwrap(), (1, Some(then)));
     the_old_payment_is_intact_and_keys_are_per_gateway(Arc::new(store)).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
 }

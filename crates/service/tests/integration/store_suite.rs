@@ -12,13 +12,13 @@ use std::time::Duration;
 use gateway::wire::CardType;
 use service::domain::{BuyerId, CheckoutLine, Final, Money, PaymentStatus, ProductId, Quantity, Settlement, Source};
 use service::store::{
-    CreatedOrder, EventKind, IdempotencyStart, NewOrder, PgStore, PoolSettings, SqliteStore, StockChange, Store,
+    CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore, StockChange,
     StoreError, Transition,
 };
 
 /// A store and what to remove when the test ends.
 struct Fresh {
-    store: Arc<dyn Store>,
+    store: Arc<dyn Inspect>,
     cleanup: Cleanup,
 }
 
@@ -148,16 +148,16 @@ fn failure(key: &str) -> Settlement {
     }
 }
 
-async fn levels(store: &Arc<dyn Store>, product: i64) -> (i64, i64, i64) {
+async fn levels(store: &Arc<dyn Inspect>, product: i64) -> (i64, i64, i64) {
     let l = store.stock_levels().await.unwrap().into_iter().find(|l| l.product_id == product).unwrap();
     (l.available, l.reserved, l.sold)
 }
 
-async fn create(store: &Arc<dyn Store>, buyer: &str, lines: &[(i64, i64)]) -> CreatedOrder {
+async fn create(store: &Arc<dyn Inspect>, buyer: &str, lines: &[(i64, i64)]) -> CreatedOrder {
     store.create_order(order(buyer, lines)).await.unwrap()
 }
 
-async fn checkout_reserves_stock_and_creates_a_requested_attempt(store: Arc<dyn Store>) {
+async fn checkout_reserves_stock_and_creates_a_requested_attempt(store: Arc<dyn Inspect>) {
     let created = create(&store, "alice", &[(1, 2), (3, 1)]).await;
     assert_eq!(created.amount.get(), 39_000 * 2 + 289_000);
     assert_eq!(created.pg_order_id, format!("ORD{:06}-1", created.order_id));
@@ -175,7 +175,7 @@ async fn checkout_reserves_stock_and_creates_a_requested_attempt(store: Arc<dyn 
     assert_eq!(record.attempt.card_last4, "1451");
 }
 
-async fn a_shortage_reserves_nothing(store: Arc<dyn Store>) {
+async fn a_shortage_reserves_nothing(store: Arc<dyn Inspect>) {
     let error = store.create_order(order("alice", &[(1, 5), (3, 501)])).await.unwrap_err();
     assert!(matches!(error, StoreError::OutOfStock { product: 3, available: 500 }), "{error}");
     assert_eq!(levels(&store, 1).await, (1000, 0, 0), "the first line's reservation was rolled back too");
@@ -186,7 +186,7 @@ async fn a_shortage_reserves_nothing(store: Arc<dyn Store>) {
     assert_eq!(store.row_counts().await.unwrap().iter().map(|(_, n)| n).sum::<i64>(), 0);
 }
 
-async fn a_shortage_reports_the_stock_of_the_product_over_all_its_lines(store: Arc<dyn Store>) {
+async fn a_shortage_reports_the_stock_of_the_product_over_all_its_lines(store: Arc<dyn Inspect>) {
     // 999 + 2 of a product with 1,000: it had 1,000, not the 1 left after the first line.
     let error = store.create_order(order("alice", &[(1, 999), (2, 1), (1, 2)])).await.unwrap_err();
     assert!(matches!(error, StoreError::OutOfStock { product: 1, available: 1000 }), "{error}");
@@ -196,7 +196,7 @@ async fn a_shortage_reports_the_stock_of_the_product_over_all_its_lines(store: A
     assert_eq!(store.order(created.order_id).await.unwrap().unwrap().items.len(), 2, "the lines stay as ordered");
 }
 
-async fn of_racing_settlements_exactly_one_wins(store: Arc<dyn Store>) {
+async fn of_racing_settlements_exactly_one_wins(store: Arc<dyn Inspect>) {
     for round in 0..5 {
         let created = create(&store, "alice", &[(2, 1)]).await;
         let key = format!("20250101:TR:{round:06x}");
@@ -223,7 +223,7 @@ async fn of_racing_settlements_exactly_one_wins(store: Arc<dyn Store>) {
     assert_eq!(available + sold, 1000, "each order's stock moved exactly once");
 }
 
-async fn a_final_status_is_never_left(store: Arc<dyn Store>) {
+async fn a_final_status_is_never_left(store: Arc<dyn Inspect>) {
     let created = create(&store, "alice", &[(1, 1)]).await;
     assert_eq!(
         store.settle(created.attempt_id, &success("k-final"), Source::Callback, NOW).await.unwrap(),
@@ -237,7 +237,7 @@ async fn a_final_status_is_never_left(store: Arc<dyn Store>) {
     assert_eq!(levels(&store, 1).await, (999, 0, 1));
 }
 
-async fn only_a_requested_attempt_is_rolled_back(store: Arc<dyn Store>) {
+async fn only_a_requested_attempt_is_rolled_back(store: Arc<dyn Inspect>) {
     let requested = create(&store, "alice", &[(4, 3)]).await;
     assert_eq!(store.roll_back(requested.attempt_id).await.unwrap(), Transition::Applied);
     assert!(store.order(requested.order_id).await.unwrap().is_none(), "the order is gone");
@@ -251,7 +251,7 @@ async fn only_a_requested_attempt_is_rolled_back(store: Arc<dyn Store>) {
     assert_eq!(levels(&store, 4).await, (999, 1, 0));
 }
 
-async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Store>) {
+async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
     for _ in 0..20 {
         let created = create(&store, "alice", &[(5, 1)]).await;
         store.mark_pending(created.attempt_id, None, NOW).await.unwrap();
@@ -294,7 +294,7 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Store>) {
     );
 }
 
-async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Store>) {
+async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Inspect>) {
     let alice = BuyerId::parse("alice").unwrap();
     let bob = BuyerId::parse("bob").unwrap();
     let racers: Vec<_> = (0..10)
@@ -335,7 +335,7 @@ async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Store>) {
     );
 }
 
-async fn a_key_in_flight_names_its_order_and_is_retaken_once(store: Arc<dyn Store>) {
+async fn a_key_in_flight_names_its_order_and_is_retaken_once(store: Arc<dyn Inspect>) {
     let alice = BuyerId::parse("alice").unwrap();
     let in_flight = |order_id| IdempotencyStart::InFlight { order_id, since_ms: NOW };
     // The order is linked to its key in the order's own transaction.
@@ -363,7 +363,7 @@ async fn a_key_in_flight_names_its_order_and_is_retaken_once(store: Arc<dyn Stor
     assert!(!store.retake_idempotent(&alice, "k2", NOW + 60_000, NOW + 70_000).await.unwrap());
 }
 
-async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Store>) {
+async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Inspect>) {
     let first = create(&store, "alice", &[(1, 1)]).await;
     let second = create(&store, "bob", &[(1, 1)]).await;
     store.mark_pending(first.attempt_id, Some("shared-key"), NOW).await.unwrap();
@@ -381,7 +381,7 @@ async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Store>) {
     assert_eq!((attempt.status, attempt.transaction_key.as_deref()), (PaymentStatus::Pending, Some("shared-key")));
 }
 
-async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Store>) {
+async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Inspect>) {
     assert_eq!(store.unsettled().await.unwrap(), (0, None));
     let older = store.create_order(NewOrder { now_ms: NOW - 5_000, ..order("alice", &[(1, 1)]) }).await.unwrap();
     let newer = create(&store, "alice", &[(2, 1)]).await;
@@ -398,7 +398,7 @@ async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Store>)
     assert!(store.order(older.order_id).await.unwrap().unwrap().attempt.stuck);
 }
 
-async fn orders_are_listed_per_buyer_newest_first(store: Arc<dyn Store>) {
+async fn orders_are_listed_per_buyer_newest_first(store: Arc<dyn Inspect>) {
     let mut ids = Vec::new();
     for _ in 0..3 {
         ids.push(create(&store, "alice", &[(1, 1)]).await.order_id);
@@ -414,7 +414,7 @@ async fn orders_are_listed_per_buyer_newest_first(store: Arc<dyn Store>) {
     assert_eq!(store.buyer_order(&bob, ids[0]).await.unwrap(), None, "another buyer's order is not found");
 }
 
-async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Store>) {
+async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Inspect>) {
     let moved = create(&store, "alice", &[(1, 1)]).await;
     assert!(!store.reassign_gateway(moved.attempt_id, "other", "pg2", NOW).await.unwrap(), "only from its gateway");
     assert!(store.reassign_gateway(moved.attempt_id, "pg", "pg2", NOW).await.unwrap());
@@ -437,7 +437,7 @@ async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Store>
     assert_eq!(store.unsettled_by_gateway().await.unwrap(), [("pg".to_string(), 1), ("pg2".to_string(), 1)]);
 }
 
-async fn the_catalog_grows_and_restocks_around_reservations(store: Arc<dyn Store>) {
+async fn the_catalog_grows_and_restocks_around_reservations(store: Arc<dyn Inspect>) {
     let added = store.create_product("기계식 키보드", Money::won(129_000), 4).await.unwrap();
     assert!(added.product_id > 5, "ids continue after the seeded catalog: {added:?}");
     assert_eq!((added.available, added.reserved, added.sold), (4, 0, 0));

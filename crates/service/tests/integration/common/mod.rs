@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use service::app::gateways::Gateways;
 use service::configuration::GatewaySettings;
 use service::http::AppState;
-use service::store::{StockLevels, Store};
+use service::store::{Inspect, StockLevels};
 use service::{Application, Settings};
 
 pub struct TestApp {
@@ -25,7 +25,7 @@ pub struct TestApp {
     /// The failover gateway's simulator (gateway `pg2`), when spawned with one.
     pub secondary: Option<RunningSim>,
     pub state: AppState,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn Inspect>,
     /// The primary gateway's client.
     pub gateway: GatewayClient,
     pub gateways: Gateways,
