@@ -7,14 +7,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{
-    Attempt, AttemptView, CreatedOrder, EventKind, NewOrder, OrderItem, OrderRecord, OrderStore, PaymentStore,
-    ReconciliationStore, StoreError, Transition, key_taken, pg_order_id, status_names, status_of,
-};
-use crate::domain::{BuyerId, Final, Money, PaymentStatus, Settlement, Source};
+use super::{Attempt, EventKind, PaymentStore, ReconciliationStore, StoreError, Transition, key_taken, status_names};
+use crate::domain::{Final, PaymentStatus, Settlement, Source};
 
 /// Pool settings.
 #[derive(Debug, Clone, Copy)]
@@ -30,21 +27,6 @@ pub struct PgStore {
 
 const ATTEMPT: &str = "id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, \
                        created_at, checks";
-
-fn attempt(row: &PgRow) -> Result<Attempt, StoreError> {
-    Ok(Attempt {
-        id: row.try_get("id")?,
-        order_id: row.try_get("order_id")?,
-        pg_order_id: row.try_get("pg_order_id")?,
-        gateway: row.try_get("gateway")?,
-        amount: row.try_get("amount")?,
-        status: status_of(row.try_get("status")?)?,
-        transaction_key: row.try_get("transaction_key")?,
-        reason: row.try_get("reason")?,
-        created_at_ms: row.try_get("created_at")?,
-        checks: row.try_get("checks")?,
-    })
-}
 
 impl PgStore {
     /// Connects to `postgres://...` and migrates.
@@ -67,239 +49,13 @@ impl PgStore {
     async fn write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         Ok(self.pool.begin().await?)
     }
-
-    async fn assemble(&self, row: &PgRow) -> Result<OrderRecord, StoreError> {
-        let order_id: i64 = row.try_get("id")?;
-        let items = sqlx::query(
-            "SELECT product_id, name, unit_price, quantity, amount FROM order_items WHERE order_id = $1 ORDER BY line",
-        )
-        .bind(order_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(OrderItem {
-                product_id: r.try_get("product_id")?,
-                name: r.try_get("name")?,
-                unit_price: r.try_get("unit_price")?,
-                quantity: r.try_get("quantity")?,
-                amount: r.try_get("amount")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?;
-        let a = sqlx::query(
-            "SELECT status, reason, card_type, card_last4, transaction_key, stuck FROM payment_attempts
-             WHERE order_id = $1 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(order_id)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(OrderRecord {
-            order_id,
-            buyer_id: row.try_get("buyer_id")?,
-            total_amount: row.try_get("total_amount")?,
-            created_at_ms: row.try_get("created_at")?,
-            anomaly: row.try_get("anomaly")?,
-            items,
-            attempt: AttemptView {
-                status: status_of(a.try_get("status")?)?,
-                reason: a.try_get("reason")?,
-                card_type: a.try_get("card_type")?,
-                card_last4: a.try_get("card_last4")?,
-                transaction_key: a.try_get("transaction_key")?,
-                stuck: a.try_get("stuck")?,
-            },
-        })
-    }
 }
 
-async fn release_stock(
-    tx: &mut Transaction<'static, Postgres>,
-    order_id: i64,
-    to_sold: bool,
-) -> Result<(), StoreError> {
-    let sql = if to_sold {
-        "UPDATE products p SET reserved = p.reserved - i.quantity, sold = p.sold + i.quantity
-         FROM (SELECT product_id, SUM(quantity)::bigint AS quantity FROM order_items WHERE order_id = $1 GROUP BY product_id) i
-         WHERE p.id = i.product_id"
-    } else {
-        "UPDATE products p SET reserved = p.reserved - i.quantity, available = p.available + i.quantity
-         FROM (SELECT product_id, SUM(quantity)::bigint AS quantity FROM order_items WHERE order_id = $1 GROUP BY product_id) i
-         WHERE p.id = i.product_id"
-    };
-    sqlx::query(sql).bind(order_id).execute(&mut **tx).await?;
-    Ok(())
-}
-
-async fn current(tx: &mut Transaction<'static, Postgres>, attempt_id: i64) -> Result<Transition, StoreError> {
-    let row = sqlx::query("SELECT status, transaction_key FROM payment_attempts WHERE id = $1")
-        .bind(attempt_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    Ok(match row {
-        None => Transition::NotFound,
-        Some(row) => Transition::AlreadyMoved {
-            current: status_of(row.try_get("status")?)?,
-            transaction_key: row.try_get("transaction_key")?,
-        },
-    })
-}
+super::shared::row_helpers!(PgStore, Postgres);
 
 super::shared::impl_catalog!(PgStore);
 
-#[async_trait]
-impl OrderStore for PgStore {
-    async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-        let mut tx = self.write().await?;
-        let mut total = Money::default();
-        let mut priced = Vec::with_capacity(order.lines.len());
-        for line in &order.lines {
-            let id = line.product_id.0;
-            let row = sqlx::query("SELECT name, price FROM products WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(StoreError::ProductNotFound(id))?;
-            let (name, price): (String, i64) = (row.try_get("name")?, row.try_get("price")?);
-            let amount = Money::won(price).checked_mul(line.quantity).ok_or(StoreError::AmountOverflow)?;
-            total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
-            priced.push(OrderItem {
-                product_id: id,
-                name,
-                unit_price: price,
-                quantity: line.quantity.get() as i64,
-                amount: amount.get(),
-            });
-        }
-        for (id, quantity) in super::reservations(&order.lines) {
-            let reserved = sqlx::query(
-                "UPDATE products SET available = available - $1, reserved = reserved + $1 WHERE id = $2 AND available >= $1",
-            )
-            .bind(quantity)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            if reserved.rows_affected() == 0 {
-                let available: i64 = sqlx::query_scalar("SELECT available FROM products WHERE id = $1")
-                    .bind(id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                return Err(StoreError::OutOfStock { product: id, available });
-            }
-        }
-        let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(order.buyer.as_str())
-        .bind(total.get())
-        .bind(order.now_ms)
-        .fetch_one(&mut *tx)
-        .await?;
-        for (line, item) in priced.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(order_id)
-            .bind(line as i64)
-            .bind(item.product_id)
-            .bind(&item.name)
-            .bind(item.unit_price)
-            .bind(item.quantity)
-            .bind(item.amount)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let pg_order_id = pg_order_id(order_id, 1);
-        let attempt_id: i64 = sqlx::query_scalar(
-            "INSERT INTO payment_attempts
-               (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $8, $7, $7,
-                     $7)
-             RETURNING id",
-        )
-        .bind(order_id)
-        .bind(&pg_order_id)
-        .bind(&order.gateway)
-        .bind(order.card_type.as_str())
-        .bind(&order.card_last4)
-        .bind(total.get())
-        .bind(order.now_ms)
-        .bind(PaymentStatus::Requested.as_str())
-        .fetch_one(&mut *tx)
-        .await?;
-        if let Some(key) = &order.idempotency_key {
-            // Conditional: a request that retook the key after this one stalled owns it.
-            let linked = sqlx::query(
-                "UPDATE idempotency_keys SET order_id = $1
-                 WHERE buyer_id = $2 AND key = $3 AND order_id IS NULL AND response_status IS NULL",
-            )
-            .bind(order_id)
-            .bind(order.buyer.as_str())
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-            if linked.rows_affected() == 0 {
-                return Err(StoreError::IdempotencyKeyTaken);
-            }
-        }
-        tx.commit().await?;
-        Ok(CreatedOrder {
-            order_id,
-            attempt_id,
-            pg_order_id,
-            amount: total,
-            items: priced,
-            created_at_ms: order.now_ms,
-        })
-    }
-
-    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, buyer_id, total_amount, created_at, anomaly
-             FROM orders WHERE id = $1",
-        )
-        .bind(order_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(self.assemble(&row).await?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, buyer_id, total_amount, created_at, anomaly
-             FROM orders WHERE id = $1 AND buyer_id = $2",
-        )
-        .bind(order_id)
-        .bind(buyer.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(self.assemble(&row).await?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, buyer_id, total_amount, created_at, anomaly
-             FROM orders WHERE buyer_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
-        )
-        .bind(buyer.as_str())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            orders.push(self.assemble(row).await?);
-        }
-        Ok(orders)
-    }
-}
+super::shared::impl_orders!(PgStore);
 
 #[async_trait]
 impl PaymentStore for PgStore {
