@@ -542,3 +542,260 @@ macro_rules! impl_orders {
     };
 }
 pub(crate) use impl_orders;
+
+/// Payment attempts: every status change conditional on the statuses the state machine
+/// lets it start from. `one_of!("$n")` and `statuses(..)` are the backend's way to test
+/// a status against a bound set, `row_lock!()` its row lock for a read before a write.
+macro_rules! impl_payments {
+    ($store:ty) => {
+        const _: () = {
+            use $crate::domain::{Final, PaymentStatus, Settlement, Source};
+            use $crate::store::{key_taken, Attempt, EventKind, PaymentStore, StoreError, Transition};
+
+            #[async_trait::async_trait]
+            impl PaymentStore for $store {
+                async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
+                    let mut tx = self.write().await?;
+                    let updated = sqlx::query(
+                        concat!("UPDATE payment_attempts SET status = $4, transaction_key = COALESCE($1, transaction_key),
+                           version = version + 1, updated_at = $2
+                         WHERE id = $3 AND status ", one_of!("$5")),
+                    )
+                    .bind(key)
+                    .bind(now_ms)
+                    .bind(attempt_id)
+                    .bind(PaymentStatus::Pending.as_str())
+                    .bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| key_taken(e, key))?;
+                    let result =
+                        if updated.rows_affected() == 1 { Transition::Applied } else { current(&mut tx, attempt_id).await? };
+                    tx.commit().await?;
+                    Ok(result)
+                }
+
+                async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+                    let updated = sqlx::query(
+                        concat!("UPDATE payment_attempts SET transaction_key = $1, status = $4, version = version + 1,
+                           updated_at = $2
+                         WHERE id = $3 AND transaction_key IS NULL AND status ", one_of!("$5")),
+                    )
+                    .bind(key)
+                    .bind(now_ms)
+                    .bind(attempt_id)
+                    .bind(PaymentStatus::Pending.as_str())
+                    .bind(statuses(PaymentStatus::UNSETTLED))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| key_taken(e, Some(key)))?;
+                    Ok(updated.rows_affected() == 1)
+                }
+
+                async fn settle(
+                    &self,
+                    attempt_id: i64,
+                    settlement: &Settlement,
+                    source: Source,
+                    now_ms: i64,
+                ) -> Result<Transition, StoreError> {
+                    let mut tx = self.write().await?;
+                    let order_id: Option<i64> = sqlx::query_scalar(
+                        concat!("UPDATE payment_attempts SET status = $1, transaction_key = COALESCE($2, transaction_key), reason = $3,
+                           version = version + 1, updated_at = $4, finalized_at = $4,
+                           settled_by = $5, stuck = FALSE, lease_owner = NULL, lease_until = NULL
+                         WHERE id = $6 AND status ", one_of!("$7"), "
+                         RETURNING order_id"),
+                    )
+                    .bind(settlement.status.as_str())
+                    .bind(settlement.transaction_key.as_deref())
+                    .bind(settlement.reason.as_deref())
+                    .bind(now_ms)
+                    .bind(source.as_str())
+                    .bind(attempt_id)
+                    .bind(statuses(PaymentStatus::allowed_sources(settlement.status.into())))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
+                    let Some(order_id) = order_id else {
+                        let result = current(&mut tx, attempt_id).await?;
+                        tx.commit().await?;
+                        return Ok(result);
+                    };
+                    release_stock(&mut tx, order_id, settlement.status == Final::Success).await?;
+                    tx.commit().await?;
+                    Ok(Transition::Applied)
+                }
+
+                async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError> {
+                    let mut tx = self.write().await?;
+                    let order_id: Option<i64> =
+                        sqlx::query_scalar(concat!("SELECT order_id FROM payment_attempts WHERE id = $1 AND status ", one_of!("$2"), row_lock!()))
+                            .bind(attempt_id)
+                            .bind(statuses(PaymentStatus::UNSENT))
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    let Some(order_id) = order_id else {
+                        let result = current(&mut tx, attempt_id).await?;
+                        tx.commit().await?;
+                        return Ok(result);
+                    };
+                    release_stock(&mut tx, order_id, false).await?;
+                    sqlx::query("DELETE FROM orders WHERE id = $1").bind(order_id).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    Ok(Transition::Applied)
+                }
+
+                async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError> {
+                    let updated = sqlx::query(
+                        concat!("UPDATE payment_attempts SET gateway = $1, version = version + 1,
+                           updated_at = $2
+                         WHERE id = $3 AND gateway = $4 AND status ", one_of!("$5")),
+                    )
+                    .bind(to)
+                    .bind(now_ms)
+                    .bind(attempt_id)
+                    .bind(from)
+                    .bind(statuses(PaymentStatus::UNSENT))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(updated.rows_affected() == 1)
+                }
+
+                async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError> {
+                    let sql = "SELECT id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks
+                               FROM payment_attempts WHERE pg_order_id = $1";
+                    let row = sqlx::query(sql).bind(pg_order_id).fetch_optional(&self.pool).await?;
+                    row.as_ref().map(attempt).transpose()
+                }
+
+                async fn record_event(
+                    &self,
+                    attempt_id: i64,
+                    kind: EventKind,
+                    detail: &str,
+                    now_ms: i64,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.write().await?;
+                    sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES ($1, $2, $3, $4)")
+                        .bind(attempt_id)
+                        .bind(kind.as_str())
+                        .bind(detail)
+                        .bind(now_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                    if kind.is_anomaly() {
+                        sqlx::query(
+                            "UPDATE orders SET anomaly = $1 WHERE id = (SELECT order_id FROM payment_attempts WHERE id = $2)",
+                        )
+                        .bind(kind.as_str())
+                        .bind(attempt_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+            }
+        };
+    };
+}
+pub(crate) use impl_payments;
+
+/// The reconciler's queue, but for the claim itself (`claim`), which locks differently
+/// on each backend.
+macro_rules! impl_reconciliation {
+    ($store:ty) => {
+        const _: () = {
+            use $crate::domain::PaymentStatus;
+            use $crate::store::{Attempt, ReconciliationStore, StoreError};
+
+            #[async_trait::async_trait]
+            impl ReconciliationStore for $store {
+                async fn claim_due_attempts(
+                    &self,
+                    gateway: &str,
+                    owner: &str,
+                    lease_until_ms: i64,
+                    created_before_ms: i64,
+                    now_ms: i64,
+                    limit: i64,
+                ) -> Result<Vec<Attempt>, StoreError> {
+                    self.claim(gateway, owner, lease_until_ms, created_before_ms, now_ms, limit).await
+                }
+
+                async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {
+                    let renewed = sqlx::query(concat!(
+                        "UPDATE payment_attempts SET lease_until = $1
+                         WHERE lease_owner = $2 AND status ",
+                        one_of!("$3")
+                    ))
+                    .bind(lease_until_ms)
+                    .bind(owner)
+                    .bind(statuses(PaymentStatus::UNSETTLED))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(renewed.rows_affected())
+                }
+
+                async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+                    let done = sqlx::query(
+                        "UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+                    )
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(done.rows_affected())
+                }
+
+                async fn record_check(
+                    &self,
+                    attempt_id: i64,
+                    next_check_at_ms: i64,
+                    note: &str,
+                    stuck: bool,
+                    now_ms: i64,
+                ) -> Result<(), StoreError> {
+                    sqlx::query(concat!(
+                        "UPDATE payment_attempts SET checks = checks + 1, next_check_at = $1,
+                           last_check = $2, stuck = $3, updated_at = $4, lease_owner = NULL, lease_until = NULL
+                         WHERE id = $5 AND status ",
+                        one_of!("$6")
+                    ))
+                    .bind(next_check_at_ms)
+                    .bind(note)
+                    .bind(stuck)
+                    .bind(now_ms)
+                    .bind(attempt_id)
+                    .bind(statuses(PaymentStatus::UNSETTLED))
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
+                    let row = sqlx::query(concat!(
+                        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest
+                         FROM payment_attempts WHERE status ",
+                        one_of!("$1")
+                    ))
+                    .bind(statuses(PaymentStatus::UNSETTLED))
+                    .fetch_one(&self.pool)
+                    .await?;
+                    Ok((row.try_get("n")?, row.try_get("oldest")?))
+                }
+
+                async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError> {
+                    let sql = concat!(
+                        "SELECT gateway, COUNT(*) FROM payment_attempts WHERE status ",
+                        one_of!("$1"),
+                        "
+                               GROUP BY gateway ORDER BY gateway"
+                    );
+                    Ok(sqlx::query_as(sql).bind(statuses(PaymentStatus::UNSETTLED)).fetch_all(&self.pool).await?)
+                }
+            }
+        };
+    };
+}
+pub(crate) use impl_reconciliation;
