@@ -5,8 +5,8 @@ pub mod order;
 pub mod payment;
 
 pub use card::CardNumber;
-pub use order::{BuyerId, CheckoutLine, Money, ProductId, Quantity};
-pub use payment::{Final, PaymentStatus, Settlement, Source};
+pub use order::{BuyerId, CheckoutLine, Listing, Money, Priced, PricedLine, ProductId, Quantity, price};
+pub use payment::{Final, PaymentStatus, Settlement, Source, pg_order_id};
 
 /// A rule of the domain that an input broke, with the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -77,9 +77,72 @@ pub struct CheckoutLine {
     pub quantity: Quantity,
 }
 
+/// A product's name and price as the catalog has them when an order is placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    pub name: String,
+    pub price: Money,
+}
+
+/// A checkout line at its listed price.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PricedLine {
+    pub product_id: ProductId,
+    pub name: String,
+    pub unit_price: Money,
+    pub quantity: Quantity,
+    pub amount: Money,
+}
+
+/// An order's lines at the catalog's prices, and what the buyer pays for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Priced {
+    pub lines: Vec<PricedLine>,
+    pub total: Money,
+}
+
+/// Prices an order: each line's amount is its price times its quantity, the total their
+/// sum. `None` when an amount or the total would overflow (never a wrapped amount).
+pub fn price(lines: impl IntoIterator<Item = (CheckoutLine, Listing)>) -> Option<Priced> {
+    let mut total = Money::default();
+    let mut priced = Vec::new();
+    for (line, listing) in lines {
+        let amount = listing.price.checked_mul(line.quantity)?;
+        total = total.checked_add(amount)?;
+        priced.push(PricedLine {
+            product_id: line.product_id,
+            name: listing.name,
+            unit_price: listing.price,
+            quantity: line.quantity,
+            amount,
+        });
+    }
+    Some(Priced { lines: priced, total })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(id: i64, quantity: i64, price: i64) -> (CheckoutLine, Listing) {
+        let line = CheckoutLine { product_id: ProductId(id), quantity: Quantity::parse(quantity).unwrap() };
+        (line, Listing { name: format!("product {id}"), price: Money::won(price) })
+    }
+
+    #[test]
+    fn an_order_costs_each_price_times_its_quantity() {
+        let priced = price([line(1, 2, 39_000), line(2, 1, 25_000), line(1, 1, 39_000)]).unwrap();
+        let amounts: Vec<i64> = priced.lines.iter().map(|l| l.amount.get()).collect();
+        assert_eq!(amounts, [78_000, 25_000, 39_000]);
+        assert_eq!(priced.total, Money::won(142_000));
+        assert_eq!(priced.lines[0].unit_price, Money::won(39_000));
+    }
+
+    #[test]
+    fn an_amount_or_total_that_would_overflow_is_refused() {
+        assert_eq!(price([line(1, 999, i64::MAX / 10)]), None);
+        assert_eq!(price([line(1, 1, i64::MAX), line(2, 1, 1)]), None);
+    }
 
     #[test]
     fn quantities_are_between_one_and_999() {

@@ -144,9 +144,21 @@ impl Source {
 /// The reason recorded when the PG never received an attempt.
 pub const NOT_RECEIVED_REASON: &str = "결제 요청이 PG에 도달하지 않았습니다.";
 
+/// The PG orderId of an order's `attempt_no`th payment attempt: unique per attempt and
+/// at least the 6 characters the PG asks for.
+pub fn pg_order_id(order_id: i64, attempt_no: i64) -> String {
+    format!("ORD{order_id:06}-{attempt_no}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pg_order_ids_meet_the_pgs_minimum_length() {
+        assert_eq!(pg_order_id(123, 1), "ORD000123-1");
+        assert!(pg_order_id(1, 1).len() >= 6);
+    }
 
     #[test]
     fn final_statuses_are_never_left() {

@@ -428,11 +428,6 @@ pub(crate) fn reservations(lines: &[crate::domain::CheckoutLine]) -> Vec<(i64, i
     totals.into_iter().collect()
 }
 
-/// The PG orderId of an attempt: unique per attempt, at least 6 characters.
-pub fn pg_order_id(order_id: i64, attempt_no: i64) -> String {
-    format!("ORD{order_id:06}-{attempt_no}")
-}
-
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_unavailability(&error) { StoreError::Unavailable(error) } else { StoreError::Database(error) }
@@ -538,11 +533,5 @@ mod tests {
         let error: StoreError =
             sqlx::PgConnection::connect(&format!("postgres://nobody@127.0.0.1:{port}/none")).await.unwrap_err().into();
         assert!(error.is_unavailable(), "{error}");
-    }
-
-    #[test]
-    fn pg_order_ids_meet_the_pgs_minimum_length() {
-        assert_eq!(super::pg_order_id(123, 1), "ORD000123-1");
-        assert!(super::pg_order_id(1, 1).len() >= 6);
     }
 }

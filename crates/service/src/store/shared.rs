@@ -12,7 +12,9 @@ macro_rules! impl_catalog {
         const _: () = {
             use sqlx::Row;
             use $crate::domain::Money;
-            use $crate::store::{catalog_entry, CatalogEntry, CatalogStore, Product, StockChange, StoreError, CATALOG_COLUMNS as columns};
+            use $crate::store::{
+                catalog_entry, CatalogEntry, CatalogStore, Product, StockChange, StoreError, CATALOG_COLUMNS as columns,
+            };
 
             #[async_trait::async_trait]
             impl CatalogStore for $store {
@@ -37,7 +39,12 @@ macro_rules! impl_catalog {
                 rows.iter().map(catalog_entry).collect()
             }
 
-            async fn create_product(&self, name: &str, price: Money, available: i64) -> Result<CatalogEntry, StoreError> {
+            async fn create_product(
+                &self,
+                name: &str,
+                price: Money,
+                available: i64,
+            ) -> Result<CatalogEntry, StoreError> {
                 let sql = format!("INSERT INTO products (name, price, available) VALUES ($1, $2, $3) RETURNING {columns}");
                 let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(name)
@@ -66,7 +73,11 @@ macro_rules! impl_catalog {
                 row.as_ref().map(catalog_entry).transpose()
             }
 
-            async fn change_stock(&self, product_id: i64, change: StockChange) -> Result<Option<CatalogEntry>, StoreError> {
+            async fn change_stock(
+                &self,
+                product_id: i64,
+                change: StockChange,
+            ) -> Result<Option<CatalogEntry>, StoreError> {
                 let (sql, amount) = match change {
                     StockChange::OnHand(n) => (
                         format!(
@@ -247,7 +258,13 @@ macro_rules! impl_idempotency {
                     Ok(taken.rows_affected() == 1)
                 }
 
-                async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {
+                async fn finish_idempotent(
+                    &self,
+                    buyer: &BuyerId,
+                    key: &str,
+                    status: u16,
+                    body: &[u8],
+                ) -> Result<(), StoreError> {
                     sqlx::query(
                         "UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE buyer_id = $3 AND key = $4",
                     )
@@ -295,7 +312,11 @@ macro_rules! row_helpers {
         }
 
         /// Moves an order's reserved stock to sold (`to_sold`) or back to available.
-        async fn release_stock(tx: &mut sqlx::Transaction<'static, $db>, order_id: i64, to_sold: bool) -> Result<(), $crate::store::StoreError> {
+        async fn release_stock(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            order_id: i64,
+            to_sold: bool,
+        ) -> Result<(), $crate::store::StoreError> {
             let sql = if to_sold {
                 "UPDATE products SET reserved = reserved - i.quantity, sold = sold + i.quantity
                  FROM (SELECT product_id, CAST(SUM(quantity) AS BIGINT) AS quantity FROM order_items WHERE order_id = $1 GROUP BY product_id) AS i
@@ -309,7 +330,10 @@ macro_rules! row_helpers {
             Ok(())
         }
 
-        async fn current(tx: &mut sqlx::Transaction<'static, $db>, attempt_id: i64) -> Result<$crate::store::Transition, $crate::store::StoreError> {
+        async fn current(
+            tx: &mut sqlx::Transaction<'static, $db>,
+            attempt_id: i64,
+        ) -> Result<$crate::store::Transition, $crate::store::StoreError> {
             let row = sqlx::query("SELECT status, transaction_key FROM payment_attempts WHERE id = $1")
                 .bind(attempt_id)
                 .fetch_optional(&mut **tx)
@@ -382,15 +406,14 @@ macro_rules! impl_orders {
     ($store:ty) => {
         const _: () = {
             use sqlx::Row;
-            use $crate::domain::{BuyerId, Money, PaymentStatus};
-            use $crate::store::{pg_order_id, reservations, CreatedOrder, NewOrder, OrderItem, OrderRecord, OrderStore, StoreError};
+            use $crate::domain::{pg_order_id, price, BuyerId, Listing, Money, PaymentStatus, Priced};
+            use $crate::store::{reservations, CreatedOrder, NewOrder, OrderItem, OrderRecord, OrderStore, StoreError};
 
             #[async_trait::async_trait]
             impl OrderStore for $store {
                 async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
                     let mut tx = self.write().await?;
-                    let mut total = Money::default();
-                    let mut priced = Vec::with_capacity(order.lines.len());
+                    let mut listed = Vec::with_capacity(order.lines.len());
                     for line in &order.lines {
                         let id = line.product_id.0;
                         let row = sqlx::query("SELECT name, price FROM products WHERE id = $1")
@@ -398,17 +421,20 @@ macro_rules! impl_orders {
                             .fetch_optional(&mut *tx)
                             .await?
                             .ok_or(StoreError::ProductNotFound(id))?;
-                        let (name, price): (String, i64) = (row.try_get("name")?, row.try_get("price")?);
-                        let amount = Money::won(price).checked_mul(line.quantity).ok_or(StoreError::AmountOverflow)?;
-                        total = total.checked_add(amount).ok_or(StoreError::AmountOverflow)?;
-                        priced.push(OrderItem {
-                            product_id: id,
-                            name,
-                            unit_price: price,
-                            quantity: line.quantity.get() as i64,
-                            amount: amount.get(),
-                        });
+                        let listing = Listing { name: row.try_get("name")?, price: Money::won(row.try_get("price")?) };
+                        listed.push((*line, listing));
                     }
+                    let Priced { lines: priced, total } = price(listed).ok_or(StoreError::AmountOverflow)?;
+                    let priced: Vec<OrderItem> = priced
+                        .into_iter()
+                        .map(|l| OrderItem {
+                            product_id: l.product_id.0,
+                            name: l.name,
+                            unit_price: l.unit_price.get(),
+                            quantity: l.quantity.get() as i64,
+                            amount: l.amount.get(),
+                        })
+                        .collect();
                     for (id, quantity) in reservations(&order.lines) {
                         let reserved = sqlx::query(
                             "UPDATE products SET available = available - $1, reserved = reserved + $1 WHERE id = $2 AND available >= $1",
@@ -521,7 +547,12 @@ macro_rules! impl_orders {
                     }
                 }
 
-                async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError> {
+                async fn orders_for_buyer(
+                    &self,
+                    buyer: &BuyerId,
+                    offset: i64,
+                    limit: i64,
+                ) -> Result<Vec<OrderRecord>, StoreError> {
                     let rows = sqlx::query(
                         "SELECT id, buyer_id, total_amount, created_at, anomaly
                          FROM orders WHERE buyer_id = $1 ORDER BY id DESC LIMIT $2 OFFSET $3",
@@ -554,7 +585,12 @@ macro_rules! impl_payments {
 
             #[async_trait::async_trait]
             impl PaymentStore for $store {
-                async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError> {
+                async fn mark_pending(
+                    &self,
+                    attempt_id: i64,
+                    key: Option<&str>,
+                    now_ms: i64,
+                ) -> Result<Transition, StoreError> {
                     let mut tx = self.write().await?;
                     let updated = sqlx::query(
                         concat!("UPDATE payment_attempts SET status = $4, transaction_key = COALESCE($1, transaction_key),
@@ -646,7 +682,13 @@ macro_rules! impl_payments {
                     Ok(Transition::Applied)
                 }
 
-                async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError> {
+                async fn reassign_gateway(
+                    &self,
+                    attempt_id: i64,
+                    from: &str,
+                    to: &str,
+                    now_ms: i64,
+                ) -> Result<bool, StoreError> {
                     let updated = sqlx::query(
                         concat!("UPDATE payment_attempts SET gateway = $1, version = version + 1,
                            updated_at = $2

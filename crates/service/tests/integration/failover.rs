@@ -12,7 +12,7 @@ use gateway_sim::{Faults, SimConfig};
 use reqwest::StatusCode;
 use serde_json::json;
 use service::Settings;
-use service::store::pg_order_id;
+use service::domain::pg_order_id;
 
 /// Every payment the simulator decides is approved.
 fn approving() -> Faults {
