@@ -16,11 +16,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use gateway::PaymentOutcome;
 use gateway::observer::{GatewayEvent, Operation};
-use gateway::wire::{CardType, PaymentRequest};
+use gateway::wire::{self, PaymentRequest};
 
 use super::gateways::Gateways;
 use super::settlement::Settler;
-use crate::domain::{BuyerId, CardNumber, CheckoutLine, Settlement};
+use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, Settlement};
 use crate::domain::{PaymentStatus, Source};
 use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
@@ -147,7 +147,7 @@ impl Checkout {
             let gateway = &self.gateways.all()[current];
             let payment = PaymentRequest {
                 order_id: created.pg_order_id.clone(),
-                card_type: request.card_type,
+                card_type: wire_card(request.card_type),
                 card_no: request.card.expose_for_gateway().to_string(),
                 amount: created.amount.get(),
                 callback_url: gateway.callback_url.clone(),
@@ -253,5 +253,26 @@ fn placed(request: &CheckoutRequest, created: CreatedOrder, transaction_key: Opt
                 stuck: false,
             },
         },
+    }
+}
+
+/// The PG's name for a card brand.
+fn wire_card(card: CardType) -> wire::CardType {
+    match card {
+        CardType::Samsung => wire::CardType::Samsung,
+        CardType::Kb => wire::CardType::Kb,
+        CardType::Hyundai => wire::CardType::Hyundai,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_card_brand_goes_to_the_pg_by_its_own_name() {
+        for card in CardType::ALL {
+            assert_eq!(wire_card(card).as_str(), card.as_str());
+        }
     }
 }

@@ -119,7 +119,7 @@ mod tests {
                 .iter()
                 .map(|&(p, q)| CheckoutLine { product_id: ProductId(p), quantity: Quantity::parse(q as i64).unwrap() })
                 .collect(),
-            card_type: gateway::wire::CardType::Kb,
+            card_type: crate::domain::CardType::Kb,
             card: CardNumber::parse(card).unwrap(),
             idempotency_key: None,
         }

@@ -125,7 +125,7 @@ impl Settler {
     async fn apply_own(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
         let now = super::now_ms();
         let key = observed.transaction_key.as_str();
-        let Some(settlement) = Settlement::from_pg(observed.status, key, observed.reason.clone()) else {
+        let Some(settlement) = from_pg(observed.status, key, observed.reason.clone()) else {
             if attempt.status.is_final() {
                 self.note(attempt, EventKind::StaleDelivery, source, observed).await?;
                 return Ok(Applied::Stale);
@@ -212,4 +212,13 @@ impl Settler {
         );
         self.store.record_event(attempt.id, kind, &detail, super::now_ms()).await
     }
+}
+/// The PG's final status as a settlement; `None` for PENDING (nothing to settle).
+fn from_pg(status: TransactionStatus, key: &str, reason: Option<String>) -> Option<Settlement> {
+    let status = match status {
+        TransactionStatus::Pending => return None,
+        TransactionStatus::Success => Final::Success,
+        TransactionStatus::Failed => Final::Failed,
+    };
+    Some(Settlement { status, transaction_key: Some(key.to_string()), reason })
 }

@@ -1,8 +1,6 @@
 //! Card numbers: the full number lives in memory only for the PG call; everything that
 //! is stored, logged or shown uses the last four digits.
 
-use gateway::wire::CardType;
-
 use super::Invalid;
 
 /// A card number in the PG's `dddd-dddd-dddd-dddd` form. No `Display`, no `Serialize`,
@@ -49,8 +47,32 @@ impl std::fmt::Debug for CardNumber {
     }
 }
 
-pub fn parse_card_type(raw: &str) -> Result<CardType, Invalid> {
-    CardType::parse(raw).ok_or_else(|| Invalid::new("cardType", "카드 종류는 SAMSUNG, KB, HYUNDAI 중 하나여야 합니다."))
+/// The card brands the shop takes, named as the buyer and the PG write them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CardType {
+    Samsung,
+    Kb,
+    Hyundai,
+}
+
+impl CardType {
+    pub const ALL: [CardType; 3] = [CardType::Samsung, CardType::Kb, CardType::Hyundai];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardType::Samsung => "SAMSUNG",
+            CardType::Kb => "KB",
+            CardType::Hyundai => "HYUNDAI",
+        }
+    }
+
+    /// Exact and case-sensitive, as the PG reads it.
+    pub fn parse(raw: &str) -> Result<CardType, Invalid> {
+        CardType::ALL
+            .into_iter()
+            .find(|c| c.as_str() == raw)
+            .ok_or_else(|| Invalid::new("cardType", "카드 종류는 SAMSUNG, KB, HYUNDAI 중 하나여야 합니다."))
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ pub mod card;
 pub mod order;
 pub mod payment;
 
-pub use card::CardNumber;
+pub use card::{CardNumber, CardType};
 pub use order::{BuyerId, CheckoutLine, Listing, Money, Priced, PricedLine, ProductId, Quantity, price};
 pub use payment::{Final, PaymentStatus, Settlement, Source, pg_order_id};
 

@@ -8,8 +8,6 @@
 //! REQUESTED --not delivered--> rolled back (the order is removed)
 //! ```
 
-use gateway::wire::TransactionStatus;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PaymentStatus {
     /// Stored before the PG call; its outcome is not known yet.
@@ -110,18 +108,6 @@ pub struct Settlement {
     pub reason: Option<String>,
 }
 
-impl Settlement {
-    /// The PG's final status as a settlement; `None` for PENDING (nothing to settle).
-    pub fn from_pg(status: TransactionStatus, key: &str, reason: Option<String>) -> Option<Settlement> {
-        let status = match status {
-            TransactionStatus::Pending => return None,
-            TransactionStatus::Success => Final::Success,
-            TransactionStatus::Failed => Final::Failed,
-        };
-        Some(Settlement { status, transaction_key: Some(key.to_string()), reason })
-    }
-}
-
 /// Who decided a final status: recorded on the attempt as `settled_by`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -180,6 +166,5 @@ mod tests {
             assert_eq!(PaymentStatus::parse(s.as_str()), Some(s));
         }
         assert_eq!(PaymentStatus::Requested.for_buyer(), "PENDING");
-        assert_eq!(Settlement::from_pg(TransactionStatus::Pending, "k", None), None);
     }
 }

@@ -16,7 +16,6 @@ use super::schema::{Answer, Failure};
 use super::views::{self, OrderItem};
 use crate::app::checkout::{Admission, CheckoutRequest};
 use crate::app::idempotency::Start;
-use crate::domain::card::parse_card_type;
 use crate::domain::{BuyerId, CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
 use crate::store::OrderRecord;
 
@@ -59,7 +58,7 @@ fn parse_checkout(body: CheckoutBody, buyer: &BuyerId, require_luhn: bool) -> Re
             Err(e) => problems.push(e),
         }
     }
-    let card_type = parse_card_type(&body.card_type).map_err(|e| problems.push(e)).ok();
+    let card_type = crate::domain::CardType::parse(&body.card_type).map_err(|e| problems.push(e)).ok();
     let card = CardNumber::parse(&body.card_no).map_err(|e| problems.push(e)).ok();
     if require_luhn && card.as_ref().is_some_and(|c| !c.passes_luhn()) {
         problems.push(Invalid::new("cardNo", "유효하지 않은 카드 번호입니다."));

@@ -9,11 +9,10 @@ mod shared;
 mod sqlite;
 
 use async_trait::async_trait;
-use gateway::wire::CardType;
 
 pub use self::postgres::{PgStore, PoolSettings};
 pub use self::sqlite::SqliteStore;
-use crate::domain::{BuyerId, CheckoutLine, Money, PaymentStatus, Settlement, Source};
+use crate::domain::{BuyerId, CardType, CheckoutLine, Money, PaymentStatus, Settlement, Source};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -45,3 +45,19 @@ fn imports_run_one_way() {
     }
     assert!(checked > 50, "too few imports found ({checked}): is the layout still src/<layer>?");
 }
+
+/// The PG's wire types stop at the use cases: the shop's own types and its records do not
+/// change when the PG's JSON does.
+#[test]
+fn the_domain_and_the_store_know_nothing_of_the_pg() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut read = 0;
+    for layer in ["domain", "store"] {
+        for file in sources(&src.join(layer)) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(!text.contains("gateway::"), "{} names the gateway crate", file.display());
+            read += 1;
+        }
+    }
+    assert!(read >= 6, "too few files read ({read})");
+}

@@ -55,7 +55,7 @@ async fn new_order(store: &Arc<dyn Inspect>, gateway: &str) -> service::store::C
                 quantity: service::domain::Quantity::parse(1).unwrap(),
             }],
             gateway: gateway.into(),
-            card_type: gateway::wire::CardType::Kb,
+            card_type: service::domain::CardType::Kb,
             card_last4: "1451".into(),
             now_ms: 1_800_000_000_000,
             idempotency_key: None,

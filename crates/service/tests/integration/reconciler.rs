@@ -90,7 +90,7 @@ async fn a_crash_between_the_checkout_transactions_is_settled() {
         buyer: BuyerId::parse("buyer-1").unwrap(),
         lines: vec![CheckoutLine { product_id: ProductId(5), quantity: Quantity::parse(1).unwrap() }],
         gateway: "pg".into(),
-        card_type: CardType::Kb,
+        card_type: service::domain::CardType::Kb,
         card_last4: card_last4.into(),
         now_ms: chrono::Utc::now().timestamp_millis() - 1_000,
         idempotency_key: None,

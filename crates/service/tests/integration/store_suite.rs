@@ -9,7 +9,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::wire::CardType;
+use service::domain::CardType;
 use service::domain::{BuyerId, CheckoutLine, Final, Money, PaymentStatus, ProductId, Quantity, Settlement, Source};
 use service::store::{
     CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore, StockChange,
