@@ -1,6 +1,6 @@
 //! The payment gateway (PG): its wire API and a resilient, typed client.
 //!
-//! `wire` is the exact JSON contract of the reference PG (see shared/reference-pg.md);
+//! `wire` is the exact JSON contract of the reference PG (docs/gateway-simulator.md);
 //! the simulator and the client both speak it, so the two can never drift apart.
 //! `GatewayClient` classifies every call by what we know about the request's fate
 //! (`PaymentOutcome`), which is what the service decides on.

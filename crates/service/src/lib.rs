@@ -3,8 +3,10 @@
 //! Layout, imports running one way, top to bottom:
 //! - `startup`: builds everything from `configuration` and runs it.
 //! - `http`: the API, the ops page and the accept loop; parses, calls the use cases, maps results.
-//! - `app`: the use cases (checkout, callbacks, settlement, the reconciler).
-//! - `store`: persistence, one implementation per database.
+//! - `app`: the use cases (checkout, callbacks, settlement, the reconciler, order and
+//!   catalog reads, health).
+//! - `store`: persistence, one trait per aggregate; the SQL written once (`shared.rs`),
+//!   only what differs per database.
 //! - `domain`: the shop's types and the payment rules.
 //! - `telemetry` and `configuration`: below everything that uses them.
 
