@@ -1,5 +1,5 @@
 //! What a PG call came to, classified by what we know about the request's fate: this,
-//! not a raw HTTP error, is what the service decides on (design section 4).
+//! not a raw HTTP error, is what the service decides on (docs/resilience.md).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Checkout, by the outcome table of design section 4: never a database transaction
+//! Checkout, by its outcome table (docs/resilience.md): never a database transaction
 //! across the PG call; every PG outcome is one `match` arm. With several gateways the
 //! attempt goes to the first whose payment breaker admits it, and moves on only after
 //! a NotDelivered outcome (breaker refusal, full bulkhead, connection refused, the PG's

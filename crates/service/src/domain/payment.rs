@@ -1,4 +1,4 @@
-//! The payment attempt's state machine (design section 3). Nothing else decides which
+//! The payment attempt's state machine (docs/architecture.md). Nothing else decides which
 //! status may follow which; the stores bind these statuses into their conditional
 //! updates and write none of their own.
 //!

@@ -1,4 +1,4 @@
-//! The HTTP API (design section 8): `/api/v1` with the PG's `{meta, data}` envelope.
+//! The HTTP API (docs/openapi.json): `/api/v1` with the PG's `{meta, data}` envelope.
 
 pub mod admin;
 pub mod buyer;

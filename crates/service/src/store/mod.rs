@@ -1,4 +1,5 @@
-//! Persistence behind one trait, one implementation per backend. Every status change is
+//! Persistence: one trait per aggregate, the SQL written once for both databases
+//! (shared.rs), only what differs per backend. Every status change is
 //! a conditional update whose source statuses come from the state machine
 //! (`domain::payment`) as a bound parameter, so a callback and the reconciler racing
 //! over one attempt can never both win, and a transition changes in one place. No

@@ -1,4 +1,4 @@
-//! Checkout, row by row of the outcome table (design section 4), and reading orders.
+//! Checkout, row by row of the outcome table (docs/resilience.md), and reading orders.
 
 use crate::common::*;
 use gateway_sim::faults::{MsRange, OutcomeSplit, StoreThenTimeout, StoreThenTimeoutMode};

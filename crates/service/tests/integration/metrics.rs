@@ -1,4 +1,4 @@
-//! The metrics of design section 7 on a live scrape: names, labels, and values that
+//! The metrics of docs/operations.md on a live scrape: names, labels, and values that
 //! follow what happened.
 
 use crate::common::*;
