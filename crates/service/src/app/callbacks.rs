@@ -122,7 +122,7 @@ impl CallbackIntake {
         // Our own records first: an orderId we never issued needs no PG query.
         let attempt =
             self.store.attempt_by_pg_order_id(&body.order_id).await?.ok_or(CallbackError::UnknownTransaction)?;
-        if attempt.gateway != self.gateway.name() {
+        if attempt.gateway.as_str() != self.gateway.name() {
             // A gateway speaks only for payments it was sent; settling another one's
             // attempt on its word could mark an unpaid order paid.
             let detail = format!(
@@ -133,14 +133,17 @@ impl CallbackIntake {
                 attempt.gateway
             );
             self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
-            tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, "callback refused: {detail}");
-            return Err(CallbackError::WrongGateway { attempt_gateway: attempt.gateway });
+            tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, "callback refused: {detail}");
+            return Err(CallbackError::WrongGateway { attempt_gateway: attempt.gateway.to_string() });
         }
         let truth = match &self.secret {
             Some(_) => body.clone(),
             None => self.fetch_back(&body).await?,
         };
-        if body.amount != attempt.amount || truth.amount != attempt.amount || truth.order_id != attempt.pg_order_id {
+        if body.amount != attempt.amount.get()
+            || truth.amount != attempt.amount.get()
+            || truth.order_id != attempt.pg_order_id
+        {
             let detail = format!(
                 "callback for {} says amount {} / orderId {}, the PG {} / {}, ours is {} / {}",
                 body.transaction_key,
@@ -148,11 +151,11 @@ impl CallbackIntake {
                 body.order_id,
                 truth.amount,
                 bounded(&truth.order_id, MAX_ID_LEN),
-                attempt.amount,
+                attempt.amount.get(),
                 attempt.pg_order_id
             );
             self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
-            tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, transaction_key = %body.transaction_key, "callback refused: {detail}");
+            tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, transaction_key = %body.transaction_key, "callback refused: {detail}");
             return Err(CallbackError::Mismatch { detail });
         }
         let reason = truth.reason.map(|r| bounded(&r, MAX_REASON_CHARS));

@@ -20,7 +20,7 @@ use gateway::wire::{self, PaymentRequest};
 
 use super::gateways::Gateways;
 use super::settlement::Settler;
-use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, Settlement};
+use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, OrderId, Settlement};
 use crate::domain::{PaymentStatus, Source};
 use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
@@ -42,7 +42,7 @@ pub enum CheckoutError {
     #[error("the payment gateway is unavailable: {0}")]
     GatewayUnavailable(String),
     #[error("the PG rejected the payment: {reason}")]
-    Rejected { order_id: i64, reason: String },
+    Rejected { order_id: OrderId, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -166,7 +166,7 @@ impl Checkout {
             {
                 let to = self.gateways.all()[next].name();
                 if self.store.reassign_gateway(created.attempt_id, gateway.name(), to, super::now_ms()).await? {
-                    tracing::warn!(order = created.order_id, pg_order_id = %created.pg_order_id, from = gateway.name(), to, %why, "payment not delivered: failing over to the next gateway");
+                    tracing::warn!(order = %created.order_id, pg_order_id = %created.pg_order_id, from = gateway.name(), to, %why, "payment not delivered: failing over to the next gateway");
                     self.metrics.failover(gateway.name(), to);
                     current = next;
                     continue;
@@ -189,7 +189,7 @@ impl Checkout {
     ) -> Result<(Placed, &'static str), CheckoutError> {
         let now = super::now_ms();
         let unrecorded = |error: StoreError| {
-            tracing::error!(order = created.order_id, pg_order_id = %created.pg_order_id, gateway, %error, "the PG's answer could not be recorded: the reconciler will settle this order");
+            tracing::error!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %error, "the PG's answer could not be recorded: the reconciler will settle this order");
         };
         match outcome {
             PaymentOutcome::Accepted { transaction_key } => {
@@ -199,18 +199,18 @@ impl Checkout {
                 Ok((placed(request, created, Some(transaction_key), recorded), "accepted"))
             }
             PaymentOutcome::Unknown(why) => {
-                tracing::warn!(order = created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment outcome unknown: left PENDING for the reconciler");
+                tracing::warn!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment outcome unknown: left PENDING for the reconciler");
                 let recorded = self.store.mark_pending(created.attempt_id, None, now).await.map_err(unrecorded).is_ok();
                 Ok((placed(request, created, None, recorded), "unknown"))
             }
             PaymentOutcome::NotDelivered(why) => {
                 match self.store.roll_back(created.attempt_id).await {
                     Ok(Transition::Applied) => {
-                        tracing::info!(order = created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment not delivered: order rolled back")
+                        tracing::info!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment not delivered: order rolled back")
                     }
                     // Only a REQUESTED attempt is rolled back; anything else is settled news.
                     Ok(other) => {
-                        tracing::error!(order = created.order_id, ?other, "a not-delivered attempt had already moved")
+                        tracing::error!(order = %created.order_id, ?other, "a not-delivered attempt had already moved")
                     }
                     // The reconciler finds that the PG never received it, and fails it.
                     Err(error) => unrecorded(error),
@@ -226,7 +226,7 @@ impl Checkout {
                 if let Err(error) = self.settler.decide(created.attempt_id, &failed, Source::Checkout).await {
                     unrecorded(error);
                 }
-                tracing::warn!(order = created.order_id, gateway, status = rejection.status, reason = %rejection.reason, "the PG rejected a payment request");
+                tracing::warn!(order = %created.order_id, gateway, status = rejection.status, reason = %rejection.reason, "the PG rejected a payment request");
                 Err(CheckoutError::Rejected { order_id: created.order_id, reason: rejection.reason })
             }
         }

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::checkout::CheckoutRequest;
 use crate::configuration::CheckoutSettings;
-use crate::domain::BuyerId;
+use crate::domain::{BuyerId, OrderId};
 use crate::store::{IdempotencyStart, Store, StoreError};
 
 /// How a request under a key goes on.
@@ -22,7 +22,7 @@ pub enum Start {
     /// The key's first request finished: answer with what it answered.
     Saved { status: u16, body: Vec<u8> },
     /// The key's first request died after creating this order: answer with the order.
-    ReplayOrder(i64),
+    ReplayOrder(OrderId),
 }
 
 #[derive(Debug, thiserror::Error)]

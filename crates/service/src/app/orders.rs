@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::app::checkout::Placed;
-use crate::domain::BuyerId;
+use crate::domain::{BuyerId, OrderId};
 use crate::store::{OrderRecord, OrderStore, StoreError};
 
 /// A page of a buyer's orders, newest first.
@@ -38,12 +38,12 @@ impl Orders {
     }
 
     /// Any order by id (the answer a replayed checkout gives).
-    pub async fn by_id(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+    pub async fn by_id(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
         self.store.order(order_id).await
     }
 
     /// The buyer's order; another buyer's is `None`, like an unknown one.
-    pub async fn of_buyer(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+    pub async fn of_buyer(&self, buyer: &BuyerId, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
         self.store.buyer_order(buyer, order_id).await
     }
 

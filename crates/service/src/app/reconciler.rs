@@ -269,7 +269,7 @@ impl Reconciler {
                 }
                 Err(error) => {
                     report.errors += 1;
-                    tracing::error!(attempt = attempt.id, gateway = %attempt.gateway, %error, "reconciling an attempt failed");
+                    tracing::error!(attempt = %attempt.id, gateway = %attempt.gateway, %error, "reconciling an attempt failed");
                 }
             }
         }
@@ -279,7 +279,7 @@ impl Reconciler {
 
     async fn reconcile(&self, gateway: &GatewayClient, attempt: &Attempt) -> Result<Verdict, StoreError> {
         match &attempt.transaction_key {
-            Some(key) => match gateway.transaction(key).await {
+            Some(key) => match gateway.transaction(key.as_str()).await {
                 LookupOutcome::Found(detail) => {
                     let observed = Observed {
                         transaction_key: detail.transaction_key,
@@ -336,7 +336,7 @@ impl Reconciler {
                 extra.transaction_key, chosen.transaction_key, attempt.pg_order_id
             );
             self.store.record_event(attempt.id, EventKind::DoubleCharge, &detail, super::now_ms()).await?;
-            tracing::error!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, transaction_key = %extra.transaction_key, "double charge detected");
+            tracing::error!(attempt = %attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, transaction_key = %extra.transaction_key, "double charge detected");
             self.metrics.double_charge();
             verdict = Verdict::DoubleCharge;
         }
@@ -352,7 +352,7 @@ impl Reconciler {
             Settlement { status: Final::Failed, transaction_key: None, reason: Some(NOT_RECEIVED_REASON.into()) };
         match self.settler.decide(attempt.id, &failed, Source::Reconciler).await? {
             Transition::Applied => {
-                tracing::warn!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, "the PG never received this payment: FAILED");
+                tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, "the PG never received this payment: FAILED");
                 Ok(Verdict::NotReceived)
             }
             _ => Ok(Verdict::Settled),
@@ -366,7 +366,7 @@ impl Reconciler {
         let wait = exp.min(s.backoff_max_ms) as i64;
         let stuck = attempt.checks + 1 >= s.stuck_after_checks;
         if stuck {
-            tracing::error!(attempt = attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, checks = attempt.checks + 1, note, "payment stuck: still unsettled after many checks");
+            tracing::error!(attempt = %attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, checks = attempt.checks + 1, note, "payment stuck: still unsettled after many checks");
         }
         let now = super::now_ms();
         self.store.record_check(attempt.id, now + wait, note, stuck, now).await

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gateway::wire::TransactionStatus;
 
 pub use crate::domain::Source;
-use crate::domain::{Final, PaymentStatus, Settlement};
+use crate::domain::{AttemptId, Final, PaymentStatus, Settlement, TransactionKey};
 use crate::store::{Attempt, EventKind, PaymentStore, StoreError, Transition};
 use crate::telemetry::Metrics;
 
@@ -70,7 +70,7 @@ impl Settler {
     /// from a status the state machine allows, stock released.
     pub async fn decide(
         &self,
-        attempt_id: i64,
+        attempt_id: AttemptId,
         settlement: &Settlement,
         source: Source,
     ) -> Result<Transition, StoreError> {
@@ -81,14 +81,14 @@ impl Settler {
         let key = observed.transaction_key.as_str();
         // An attempt is settled only by its own transaction once it knows it. Any other
         // SUCCESS for it took money that is not this order's payment: it goes back.
-        if attempt.transaction_key.as_deref().is_some_and(|own| own != key) {
+        if attempt.transaction_key.as_ref().map(TransactionKey::as_str).is_some_and(|own| own != key) {
             return self.other_transaction(attempt, observed, source).await;
         }
         match self.apply_own(attempt, observed, source).await {
             Err(StoreError::KeyTaken(_)) => {
                 self.note(attempt, EventKind::ConflictingDelivery, source, observed).await?;
                 tracing::warn!(
-                    attempt = attempt.id,
+                    attempt = %attempt.id,
                     gateway = %attempt.gateway,
                     transaction_key = key,
                     "news names a transaction of another attempt: ignored"
@@ -112,11 +112,11 @@ impl Settler {
         self.note(attempt, EventKind::DoubleCharge, source, observed).await?;
         self.metrics.double_charge();
         tracing::error!(
-            attempt = attempt.id,
+            attempt = %attempt.id,
             gateway = %attempt.gateway,
             pg_order_id = %attempt.pg_order_id,
             transaction_key = %observed.transaction_key,
-            own_key = attempt.transaction_key.as_deref().unwrap_or("-"),
+            own_key = attempt.transaction_key.as_ref().map(TransactionKey::as_str).unwrap_or("-"),
             "a second transaction charged this payment: refund it"
         );
         Ok(Applied::DoubleCharge)
@@ -138,7 +138,7 @@ impl Settler {
         let (current, current_key) = match self.store.settle(attempt.id, &settlement, source, now).await? {
             Transition::Applied => {
                 tracing::info!(
-                    attempt = attempt.id,
+                    attempt = %attempt.id,
                     gateway = %attempt.gateway,
                     pg_order_id = %attempt.pg_order_id,
                     transaction_key = key,
@@ -174,7 +174,7 @@ impl Settler {
         }
         match applied {
             Applied::DoubleCharge | Applied::RefundNeeded => tracing::error!(
-                attempt = attempt.id,
+                attempt = %attempt.id,
                 gateway = %attempt.gateway,
                 pg_order_id = %attempt.pg_order_id,
                 transaction_key = key,
@@ -183,7 +183,7 @@ impl Settler {
                 "the PG charged a payment that must be refunded"
             ),
             Applied::Conflict => tracing::warn!(
-                attempt = attempt.id,
+                attempt = %attempt.id,
                 gateway = %attempt.gateway,
                 transaction_key = key,
                 settled = current.as_str(),

@@ -6,7 +6,9 @@ pub mod payment;
 
 pub use card::{CardNumber, CardType};
 pub use order::{BuyerId, CheckoutLine, Listing, Money, Priced, PricedLine, ProductId, Quantity, price};
-pub use payment::{Final, PaymentStatus, Settlement, Source, pg_order_id};
+pub use payment::{
+    AttemptId, Final, GatewayName, OrderId, PaymentStatus, Settlement, Source, TransactionKey, pg_order_id,
+};
 
 /// A rule of the domain that an input broke, with the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

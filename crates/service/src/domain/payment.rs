@@ -130,6 +130,66 @@ impl Source {
 /// The reason recorded when the PG never received an attempt.
 pub const NOT_RECEIVED_REASON: &str = "결제 요청이 PG에 도달하지 않았습니다.";
 
+/// A payment attempt in our records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttemptId(pub i64);
+
+/// An order in our records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrderId(pub i64);
+
+impl std::fmt::Display for AttemptId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for OrderId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// The name of a configured gateway, which an attempt is sent to and settled by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GatewayName(String);
+
+impl GatewayName {
+    pub fn new(name: impl Into<String>) -> GatewayName {
+        GatewayName(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for GatewayName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The PG's key for one transaction: unique at its gateway, the proof of a charge.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TransactionKey(String);
+
+impl TransactionKey {
+    pub fn new(key: impl Into<String>) -> TransactionKey {
+        TransactionKey(key.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for TransactionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The PG orderId of an order's `attempt_no`th payment attempt: unique per attempt and
 /// at least the 6 characters the PG asks for.
 pub fn pg_order_id(order_id: i64, attempt_no: i64) -> String {

@@ -16,7 +16,7 @@ use super::schema::{Answer, Failure};
 use super::views::{self, OrderItem};
 use crate::app::checkout::{Admission, CheckoutRequest};
 use crate::app::idempotency::Start;
-use crate::domain::{BuyerId, CardNumber, CheckoutLine, Invalid, ProductId, Quantity};
+use crate::domain::{BuyerId, CardNumber, CheckoutLine, Invalid, OrderId, ProductId, Quantity};
 use crate::store::OrderRecord;
 
 pub const MAX_LINES: usize = 50;
@@ -131,7 +131,7 @@ async fn place(state: &AppState, slot: Admission, request: CheckoutRequest) -> R
 }
 
 /// The 202 a placed checkout answers: the order as it stands.
-async fn accepted(state: &AppState, order_id: i64) -> Result<Response, ApiError> {
+async fn accepted(state: &AppState, order_id: OrderId) -> Result<Response, ApiError> {
     let order = state.orders.by_id(order_id).await?.ok_or(ApiError::OrderNotFound)?;
     Ok(ok(StatusCode::ACCEPTED, OrderDto::from(order)))
 }
@@ -150,7 +150,7 @@ pub async fn detail(
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
     // Unknown, malformed and other buyers' ids all answer the same 404.
-    let order_id: i64 = raw_id.parse().map_err(|_| ApiError::OrderNotFound)?;
+    let order_id = OrderId(raw_id.parse().map_err(|_| ApiError::OrderNotFound)?);
     let order = state.orders.of_buyer(&buyer, order_id).await?.ok_or(ApiError::OrderNotFound)?;
     Ok(ok(StatusCode::OK, OrderDto::from(order)))
 }
@@ -241,7 +241,7 @@ impl From<OrderRecord> for OrderDto {
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
             .unwrap_or_default();
         OrderDto {
-            order_id: o.order_id,
+            order_id: o.order_id.0,
             status,
             items: views::all(o.items),
             total_amount: o.total_amount,

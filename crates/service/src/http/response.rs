@@ -90,7 +90,7 @@ impl From<CheckoutError> for ApiError {
         match error {
             CheckoutError::Overloaded => ApiError::Overloaded,
             CheckoutError::GatewayUnavailable(why) => ApiError::GatewayUnavailable(why),
-            CheckoutError::Rejected { order_id, reason } => ApiError::PaymentRejected { order_id, reason },
+            CheckoutError::Rejected { order_id, reason } => ApiError::PaymentRejected { order_id: order_id.0, reason },
             CheckoutError::Store(e) => e.into(),
         }
     }

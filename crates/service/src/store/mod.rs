@@ -13,7 +13,10 @@ use async_trait::async_trait;
 
 pub use self::postgres::{PgStore, PoolSettings};
 pub use self::sqlite::SqliteStore;
-use crate::domain::{BuyerId, CardType, CheckoutLine, Money, PaymentStatus, Settlement, Source};
+use crate::domain::{
+    AttemptId, BuyerId, CardType, CheckoutLine, GatewayName, Money, OrderId, PaymentStatus, Settlement, Source,
+    TransactionKey,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,8 +70,8 @@ pub struct NewOrder {
 /// What transaction 1 created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedOrder {
-    pub order_id: i64,
-    pub attempt_id: i64,
+    pub order_id: OrderId,
+    pub attempt_id: AttemptId,
     pub pg_order_id: String,
     pub amount: Money,
     /// The lines as priced and stored.
@@ -78,13 +81,13 @@ pub struct CreatedOrder {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
-    pub id: i64,
-    pub order_id: i64,
+    pub id: AttemptId,
+    pub order_id: OrderId,
     pub pg_order_id: String,
-    pub gateway: String,
-    pub amount: i64,
+    pub gateway: GatewayName,
+    pub amount: Money,
     pub status: PaymentStatus,
-    pub transaction_key: Option<String>,
+    pub transaction_key: Option<TransactionKey>,
     pub reason: Option<String>,
     pub created_at_ms: i64,
     pub checks: i64,
@@ -102,7 +105,7 @@ pub struct OrderItem {
 /// An order with its items and latest payment attempt, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {
-    pub order_id: i64,
+    pub order_id: OrderId,
     pub buyer_id: String,
     pub total_amount: i64,
     pub created_at_ms: i64,
@@ -171,7 +174,7 @@ pub enum IdempotencyStart {
     Started,
     /// The first request with this key has not finished, or its process died: it
     /// started at `since_ms` and had created `order_id` when one is set.
-    InFlight { order_id: Option<i64>, since_ms: i64 },
+    InFlight { order_id: Option<OrderId>, since_ms: i64 },
     /// The key was used with another request body.
     Mismatch,
     /// The first request finished: answer with its response, byte for byte.
@@ -262,11 +265,11 @@ pub trait OrderStore: Send + Sync + 'static {
     /// Transaction 1: the order, its items, the stock reservation and the REQUESTED attempt.
     async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError>;
 
-    async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
+    async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
 
     /// The order if it is `buyer`'s. Another buyer's order costs the same one indexed
     /// lookup as an unknown id, so timing does not tell that it exists.
-    async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError>;
+    async fn buyer_order(&self, buyer: &BuyerId, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError>;
 
     /// A buyer's orders, newest first; `limit + 1` are read to tell whether more follow.
     async fn orders_for_buyer(&self, buyer: &BuyerId, offset: i64, limit: i64) -> Result<Vec<OrderRecord>, StoreError>;
@@ -276,16 +279,21 @@ pub trait OrderStore: Send + Sync + 'static {
 #[async_trait]
 pub trait PaymentStore: Send + Sync + 'static {
     /// REQUESTED -> PENDING, with the transaction key when the PG gave one.
-    async fn mark_pending(&self, attempt_id: i64, key: Option<&str>, now_ms: i64) -> Result<Transition, StoreError>;
+    async fn mark_pending(
+        &self,
+        attempt_id: AttemptId,
+        key: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Transition, StoreError>;
 
     /// Records the key of a still unsettled attempt that has none yet.
-    async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError>;
+    async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError>;
 
     /// REQUESTED or PENDING -> SUCCESS or FAILED; moves the reserved stock to sold or
     /// back to available in the same transaction.
     async fn settle(
         &self,
-        attempt_id: i64,
+        attempt_id: AttemptId,
         settlement: &Settlement,
         source: Source,
         now_ms: i64,
@@ -293,17 +301,28 @@ pub trait PaymentStore: Send + Sync + 'static {
 
     /// Undoes transaction 1 of an attempt that surely never reached the PG: the order
     /// is removed and its stock released. Only a REQUESTED attempt can be rolled back.
-    async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError>;
+    async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError>;
 
     /// Hands a REQUESTED attempt of gateway `from` to gateway `to` (failover after the
     /// first surely did not receive it). False when the attempt is no longer REQUESTED at
     /// `from`: then it must not be sent anywhere else.
-    async fn reassign_gateway(&self, attempt_id: i64, from: &str, to: &str, now_ms: i64) -> Result<bool, StoreError>;
+    async fn reassign_gateway(
+        &self,
+        attempt_id: AttemptId,
+        from: &str,
+        to: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
 
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError>;
 
-    async fn record_event(&self, attempt_id: i64, kind: EventKind, detail: &str, now_ms: i64)
-    -> Result<(), StoreError>;
+    async fn record_event(
+        &self,
+        attempt_id: AttemptId,
+        kind: EventKind,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError>;
 }
 
 /// The reconciler's queue: unsettled attempts, their leases and checks.
@@ -331,7 +350,7 @@ pub trait ReconciliationStore: Send + Sync + 'static {
     /// Books a reconciliation check that did not settle the attempt, and ends its lease.
     async fn record_check(
         &self,
-        attempt_id: i64,
+        attempt_id: AttemptId,
         next_check_at_ms: i64,
         note: &str,
         stuck: bool,
@@ -386,7 +405,7 @@ pub trait Store: CatalogStore + OrderStore + PaymentStore + ReconciliationStore 
 /// What tests and tools read to check the store's books; no use case calls these.
 #[async_trait]
 pub trait Inspect: Store {
-    async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError>;
+    async fn events(&self, attempt_id: AttemptId) -> Result<Vec<(String, String)>, StoreError>;
 
     async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError>;
 
@@ -409,7 +428,7 @@ pub(crate) fn idempotency_start(
 ) -> Result<IdempotencyStart, StoreError> {
     Ok(match status {
         _ if stored != fingerprint && stored != FINGERPRINT_UNKNOWN => IdempotencyStart::Mismatch,
-        None => IdempotencyStart::InFlight { order_id, since_ms },
+        None => IdempotencyStart::InFlight { order_id: order_id.map(OrderId), since_ms },
         Some(status) => IdempotencyStart::Saved {
             status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
             body: body.unwrap_or_default(),

@@ -117,13 +117,14 @@ macro_rules! impl_inspect {
     ($store:ty) => {
         const _: () = {
             use sqlx::Row;
+            use $crate::domain::AttemptId;
             use $crate::store::{Inspect, StockLevels, StoreError};
 
             #[async_trait::async_trait]
             impl Inspect for $store {
-                async fn events(&self, attempt_id: i64) -> Result<Vec<(String, String)>, StoreError> {
+                async fn events(&self, attempt_id: AttemptId) -> Result<Vec<(String, String)>, StoreError> {
                     let rows = sqlx::query("SELECT kind, detail FROM payment_events WHERE attempt_id = $1 ORDER BY id")
-                        .bind(attempt_id)
+                        .bind(attempt_id.0)
                         .fetch_all(&self.pool)
                         .await?;
                     rows.iter().map(|r| Ok((r.try_get("kind")?, r.try_get("detail")?))).collect()
@@ -298,13 +299,13 @@ macro_rules! row_helpers {
         fn attempt(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Attempt, $crate::store::StoreError> {
             use sqlx::Row;
             Ok($crate::store::Attempt {
-                id: row.try_get("id")?,
-                order_id: row.try_get("order_id")?,
+                id: $crate::domain::AttemptId(row.try_get("id")?),
+                order_id: $crate::domain::OrderId(row.try_get("order_id")?),
                 pg_order_id: row.try_get("pg_order_id")?,
-                gateway: row.try_get("gateway")?,
-                amount: row.try_get("amount")?,
+                gateway: $crate::domain::GatewayName::new(row.try_get::<String, _>("gateway")?),
+                amount: $crate::domain::Money::won(row.try_get("amount")?),
                 status: $crate::store::status_of(row.try_get("status")?)?,
-                transaction_key: row.try_get("transaction_key")?,
+                transaction_key: row.try_get::<Option<String>, _>("transaction_key")?.map($crate::domain::TransactionKey::new),
                 reason: row.try_get("reason")?,
                 created_at_ms: row.try_get("created_at")?,
                 checks: row.try_get("checks")?,
@@ -332,10 +333,10 @@ macro_rules! row_helpers {
 
         async fn current(
             tx: &mut sqlx::Transaction<'static, $db>,
-            attempt_id: i64,
+            attempt_id: $crate::domain::AttemptId,
         ) -> Result<$crate::store::Transition, $crate::store::StoreError> {
             let row = sqlx::query("SELECT status, transaction_key FROM payment_attempts WHERE id = $1")
-                .bind(attempt_id)
+                .bind(attempt_id.0)
                 .fetch_optional(&mut **tx)
                 .await?;
             Ok(match row {
@@ -380,7 +381,7 @@ macro_rules! row_helpers {
                 .fetch_one(&self.pool)
                 .await?;
                 Ok(OrderRecord {
-                    order_id,
+                    order_id: $crate::domain::OrderId(order_id),
                     buyer_id: row.try_get("buyer_id")?,
                     total_amount: row.try_get("total_amount")?,
                     created_at_ms: row.try_get("created_at")?,
@@ -406,7 +407,7 @@ macro_rules! impl_orders {
     ($store:ty) => {
         const _: () = {
             use sqlx::Row;
-            use $crate::domain::{pg_order_id, price, BuyerId, Listing, Money, PaymentStatus, Priced};
+            use $crate::domain::{pg_order_id, price, AttemptId, BuyerId, Listing, Money, OrderId, PaymentStatus, Priced};
             use $crate::store::{reservations, CreatedOrder, NewOrder, OrderItem, OrderRecord, OrderStore, StoreError};
 
             #[async_trait::async_trait]
@@ -509,8 +510,8 @@ macro_rules! impl_orders {
                     }
                     tx.commit().await?;
                     Ok(CreatedOrder {
-                        order_id,
-                        attempt_id,
+                        order_id: OrderId(order_id),
+                        attempt_id: AttemptId(attempt_id),
                         pg_order_id,
                         amount: total,
                         items: priced,
@@ -518,12 +519,12 @@ macro_rules! impl_orders {
                     })
                 }
 
-                async fn order(&self, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+                async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
                     let row = sqlx::query(
                         "SELECT id, buyer_id, total_amount, created_at, anomaly
                          FROM orders WHERE id = $1",
                     )
-                    .bind(order_id)
+                    .bind(order_id.0)
                     .fetch_optional(&self.pool)
                     .await?;
                     match row {
@@ -532,12 +533,16 @@ macro_rules! impl_orders {
                     }
                 }
 
-                async fn buyer_order(&self, buyer: &BuyerId, order_id: i64) -> Result<Option<OrderRecord>, StoreError> {
+                async fn buyer_order(
+                    &self,
+                    buyer: &BuyerId,
+                    order_id: OrderId,
+                ) -> Result<Option<OrderRecord>, StoreError> {
                     let row = sqlx::query(
                         "SELECT id, buyer_id, total_amount, created_at, anomaly
                          FROM orders WHERE id = $1 AND buyer_id = $2",
                     )
-                    .bind(order_id)
+                    .bind(order_id.0)
                     .bind(buyer.as_str())
                     .fetch_optional(&self.pool)
                     .await?;
@@ -580,14 +585,14 @@ pub(crate) use impl_orders;
 macro_rules! impl_payments {
     ($store:ty) => {
         const _: () = {
-            use $crate::domain::{Final, PaymentStatus, Settlement, Source};
+            use $crate::domain::{AttemptId, Final, PaymentStatus, Settlement, Source};
             use $crate::store::{key_taken, Attempt, EventKind, PaymentStore, StoreError, Transition};
 
             #[async_trait::async_trait]
             impl PaymentStore for $store {
                 async fn mark_pending(
                     &self,
-                    attempt_id: i64,
+                    attempt_id: AttemptId,
                     key: Option<&str>,
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
@@ -599,7 +604,7 @@ macro_rules! impl_payments {
                     )
                     .bind(key)
                     .bind(now_ms)
-                    .bind(attempt_id)
+                    .bind(attempt_id.0)
                     .bind(PaymentStatus::Pending.as_str())
                     .bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)))
                     .execute(&mut *tx)
@@ -611,7 +616,7 @@ macro_rules! impl_payments {
                     Ok(result)
                 }
 
-                async fn adopt_key(&self, attempt_id: i64, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+                async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError> {
                     let updated = sqlx::query(
                         concat!("UPDATE payment_attempts SET transaction_key = $1, status = $4, version = version + 1,
                            updated_at = $2
@@ -619,7 +624,7 @@ macro_rules! impl_payments {
                     )
                     .bind(key)
                     .bind(now_ms)
-                    .bind(attempt_id)
+                    .bind(attempt_id.0)
                     .bind(PaymentStatus::Pending.as_str())
                     .bind(statuses(PaymentStatus::UNSETTLED))
                     .execute(&self.pool)
@@ -630,7 +635,7 @@ macro_rules! impl_payments {
 
                 async fn settle(
                     &self,
-                    attempt_id: i64,
+                    attempt_id: AttemptId,
                     settlement: &Settlement,
                     source: Source,
                     now_ms: i64,
@@ -648,7 +653,7 @@ macro_rules! impl_payments {
                     .bind(settlement.reason.as_deref())
                     .bind(now_ms)
                     .bind(source.as_str())
-                    .bind(attempt_id)
+                    .bind(attempt_id.0)
                     .bind(statuses(PaymentStatus::allowed_sources(settlement.status.into())))
                     .fetch_optional(&mut *tx)
                     .await
@@ -663,11 +668,11 @@ macro_rules! impl_payments {
                     Ok(Transition::Applied)
                 }
 
-                async fn roll_back(&self, attempt_id: i64) -> Result<Transition, StoreError> {
+                async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {
                     let mut tx = self.write().await?;
                     let order_id: Option<i64> =
                         sqlx::query_scalar(concat!("SELECT order_id FROM payment_attempts WHERE id = $1 AND status ", one_of!("$2"), row_lock!()))
-                            .bind(attempt_id)
+                            .bind(attempt_id.0)
                             .bind(statuses(PaymentStatus::UNSENT))
                             .fetch_optional(&mut *tx)
                             .await?;
@@ -684,7 +689,7 @@ macro_rules! impl_payments {
 
                 async fn reassign_gateway(
                     &self,
-                    attempt_id: i64,
+                    attempt_id: AttemptId,
                     from: &str,
                     to: &str,
                     now_ms: i64,
@@ -696,7 +701,7 @@ macro_rules! impl_payments {
                     )
                     .bind(to)
                     .bind(now_ms)
-                    .bind(attempt_id)
+                    .bind(attempt_id.0)
                     .bind(from)
                     .bind(statuses(PaymentStatus::UNSENT))
                     .execute(&self.pool)
@@ -713,14 +718,14 @@ macro_rules! impl_payments {
 
                 async fn record_event(
                     &self,
-                    attempt_id: i64,
+                    attempt_id: AttemptId,
                     kind: EventKind,
                     detail: &str,
                     now_ms: i64,
                 ) -> Result<(), StoreError> {
                     let mut tx = self.write().await?;
                     sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES ($1, $2, $3, $4)")
-                        .bind(attempt_id)
+                        .bind(attempt_id.0)
                         .bind(kind.as_str())
                         .bind(detail)
                         .bind(now_ms)
@@ -731,7 +736,7 @@ macro_rules! impl_payments {
                             "UPDATE orders SET anomaly = $1 WHERE id = (SELECT order_id FROM payment_attempts WHERE id = $2)",
                         )
                         .bind(kind.as_str())
-                        .bind(attempt_id)
+                        .bind(attempt_id.0)
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -749,7 +754,7 @@ pub(crate) use impl_payments;
 macro_rules! impl_reconciliation {
     ($store:ty) => {
         const _: () = {
-            use $crate::domain::PaymentStatus;
+            use $crate::domain::{AttemptId, PaymentStatus};
             use $crate::store::{Attempt, ReconciliationStore, StoreError};
 
             #[async_trait::async_trait]
@@ -792,7 +797,7 @@ macro_rules! impl_reconciliation {
 
                 async fn record_check(
                     &self,
-                    attempt_id: i64,
+                    attempt_id: AttemptId,
                     next_check_at_ms: i64,
                     note: &str,
                     stuck: bool,
@@ -808,7 +813,7 @@ macro_rules! impl_reconciliation {
                     .bind(note)
                     .bind(stuck)
                     .bind(now_ms)
-                    .bind(attempt_id)
+                    .bind(attempt_id.0)
                     .bind(statuses(PaymentStatus::UNSETTLED))
                     .execute(&self.pool)
                     .await?;

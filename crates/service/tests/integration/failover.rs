@@ -43,7 +43,7 @@ fn quick_breakers(settings: &mut Settings, wait: Duration) {
 
 /// The gateway an order's (first) attempt was sent to.
 async fn gateway_of(app: &TestApp, order_id: i64) -> String {
-    app.store.attempt_by_pg_order_id(&pg_order_id(order_id, 1)).await.unwrap().expect("an attempt").gateway
+    app.store.attempt_by_pg_order_id(&pg_order_id(order_id, 1)).await.unwrap().expect("an attempt").gateway.to_string()
 }
 
 fn secondary(app: &TestApp) -> &gateway_sim::RunningSim {

@@ -6,6 +6,7 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
+use service::domain::OrderId;
 use service::store::{Inspect, OrderStore, PgStore, PoolSettings, ReconciliationStore, SqliteStore, StoreError};
 
 /// The migrations of `backend` before `first_new`, copied to a directory of their own.
@@ -24,11 +25,14 @@ fn migrations_before(backend: &str, first_new: &str) -> tempfile::TempDir {
 /// What every backend must show after the upgrade.
 async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Inspect>) {
     let attempt = store.attempt_by_pg_order_id("ORD000001-1").await.unwrap().expect("the old attempt survived");
-    assert_eq!((attempt.gateway.as_str(), attempt.transaction_key.as_deref()), ("pg", Some("20261124:TR:aaaaaa")));
-    assert_eq!(attempt.amount, 39_000);
+    assert_eq!(
+        (attempt.gateway.as_str(), attempt.transaction_key.as_ref().map(|k| k.as_str())),
+        ("pg", Some("20261124:TR:aaaaaa"))
+    );
+    assert_eq!(attempt.amount.get(), 39_000);
     let events = store.events(attempt.id).await.unwrap();
     assert_eq!(events, [("duplicate_delivery".to_string(), "kept".to_string())]);
-    let order = store.order(1).await.unwrap().expect("the order survived");
+    let order = store.order(OrderId(1)).await.unwrap().expect("the order survived");
     // The old card-covering fingerprint is gone; the key still replays rather than pay twice.
     let buyer = service::domain::BuyerId::parse("buyer-1").unwrap();
     assert_eq!(
@@ -39,7 +43,7 @@ async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Inspe
 
     // New orders get new ids; another gateway may reuse the key, the same gateway may not.
     let elsewhere = new_order(&store, "pg2").await;
-    assert!(elsewhere.order_id > 1 && elsewhere.attempt_id > attempt.id);
+    assert!(elsewhere.order_id > OrderId(1) && elsewhere.attempt_id > attempt.id);
     store.mark_pending(elsewhere.attempt_id, Some("20261124:TR:aaaaaa"), 1_800_000_000_000).await.unwrap();
     let same = new_order(&store, "pg").await;
     let taken = store.mark_pending(same.attempt_id, Some("20261124:TR:aaaaaa"), 1_800_000_000_000).await;
@@ -130,7 +134,7 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
     let store = PgStore::connect_with(options, settings).await.expect("the new migrations apply over the old ones");
     // Times became milliseconds (migration 0005), each the same instant as before.
     let then = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00.123Z").unwrap().timestamp_millis();
-    assert_eq!(store.order(1).await.unwrap().expect("the old order").created_at_ms, then);
+    assert_eq!(store.order(OrderId(1)).await.unwrap().expect("the old order").created_at_ms, then);
     assert_eq!(store.unsettled().await.unwrap(), (1, Some(then)));
     the_old_payment_is_intact_and_keys_are_per_gateway(Arc::new(store)).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;

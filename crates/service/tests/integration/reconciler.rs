@@ -119,7 +119,7 @@ async fn a_crash_between_the_checkout_transactions_is_settled() {
 
     let report = app.reconcile().await;
     assert_eq!(report.examined, 2);
-    let status = |id: i64| {
+    let status = |id: service::domain::OrderId| {
         let store = app.store.clone();
         async move { store.order(id).await.unwrap().unwrap().attempt.status }
     };

@@ -680,7 +680,7 @@ async fn another_buyers_order_is_read_with_the_same_single_lookup_as_an_unknown_
     let id = order["data"]["orderId"].as_i64().unwrap();
     let bob = service::domain::BuyerId::parse("bob").unwrap();
     // The query itself filters by buyer: nothing of alice's order is loaded for bob.
-    assert_eq!(app.store.buyer_order(&bob, id).await.unwrap(), None);
+    assert_eq!(app.store.buyer_order(&bob, service::domain::OrderId(id)).await.unwrap(), None);
     assert_eq!(app.order("bob", id).await.0, StatusCode::NOT_FOUND);
     assert_eq!(app.order("bob", id + 1_000).await.0, StatusCode::NOT_FOUND);
 }
