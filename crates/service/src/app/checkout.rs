@@ -10,6 +10,7 @@
 //! committed before the call, and the reconciler settles them by orderId, as after a
 //! crash.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,10 +21,14 @@ use gateway::wire::{self, PaymentRequest};
 
 use super::gateways::Gateways;
 use super::settlement::Settler;
-use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, OrderId, Settlement};
+use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, Listing, OrderId, ProductId, Settlement, price};
 use crate::domain::{PaymentStatus, Source};
 use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
+
+/// How many times an order is priced before a price that keeps changing is answered
+/// with `PRICE_CHANGED`.
+const PRICING_TRIES: u32 = 3;
 
 #[derive(Debug)]
 pub struct CheckoutRequest {
@@ -117,6 +122,34 @@ impl Checkout {
         chosen
     }
 
+    /// Prices the order at the catalog's prices and creates it; a price that changed in
+    /// between is read again, a few times at most.
+    async fn create_priced(&self, request: &CheckoutRequest, gateway: &str) -> Result<CreatedOrder, CheckoutError> {
+        let mut products: Vec<ProductId> = request.lines.iter().map(|l| l.product_id).collect();
+        products.sort();
+        products.dedup();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let listings: HashMap<ProductId, Listing> = self.store.listings(&products).await?.into_iter().collect();
+            let lines = request.lines.iter().map(|line| (*line, listings[&line.product_id].clone()));
+            let priced = price(lines).ok_or(StoreError::AmountOverflow)?;
+            let order = NewOrder {
+                buyer: request.buyer.clone(),
+                priced,
+                gateway: gateway.to_string(),
+                card_type: request.card_type,
+                card_last4: request.card.last4().to_string(),
+                now_ms: super::now_ms(),
+                idempotency_key: request.idempotency_key.clone(),
+            };
+            match self.store.create_order(order).await {
+                Err(StoreError::PriceChanged(_)) if tries < PRICING_TRIES => continue,
+                created => return Ok(created?),
+            }
+        }
+    }
+
     /// The checkout, and its label for the checkout metrics.
     async fn run(&self, request: CheckoutRequest) -> Result<(Placed, &'static str), CheckoutError> {
         // 1. A cheap pre-check: with every breaker open nothing is written and nothing sent.
@@ -130,18 +163,7 @@ impl Checkout {
             return Err(CheckoutError::GatewayUnavailable(format!("circuit breaker {}", states.join(", "))));
         };
         // 2. Transaction 1: order, items, stock reservation, REQUESTED attempt.
-        let created = self
-            .store
-            .create_order(NewOrder {
-                buyer: request.buyer.clone(),
-                lines: request.lines.clone(),
-                gateway: self.gateways.all()[current].name().to_string(),
-                card_type: request.card_type,
-                card_last4: request.card.last4().to_string(),
-                now_ms: super::now_ms(),
-                idempotency_key: request.idempotency_key.clone(),
-            })
-            .await?;
+        let created = self.create_priced(&request, self.gateways.all()[current].name()).await?;
         loop {
             // 3. The PG call, outside any transaction.
             let gateway = &self.gateways.all()[current];

@@ -80,7 +80,7 @@ fn parse_checkout(body: CheckoutBody, buyer: &BuyerId, require_luhn: bool) -> Re
         (status = 400, description = "`MISSING_USER_ID`; `INVALID_REQUEST` (with `data.errors[{field, message}]`)", body = Failure),
         (status = 404, description = "`PRODUCT_NOT_FOUND`", body = Failure),
         (status = 408, description = "`REQUEST_TIMEOUT`: the body did not arrive in time", body = Failure),
-        (status = 409, description = "`OUT_OF_STOCK` (with `productId`, `available`); `IDEMPOTENCY_KEY_IN_FLIGHT`", body = Failure),
+        (status = 409, description = "`OUT_OF_STOCK` (with `productId`, `available`); `PRICE_CHANGED` (with `productId`: repriced while the order was placed, three times running); `IDEMPOTENCY_KEY_IN_FLIGHT`", body = Failure),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = Failure),
         (status = 422, description = "`PAYMENT_REJECTED` (with `orderId`); `IDEMPOTENCY_KEY_REUSED`", body = Failure),
         (status = 429, description = "`TOO_MANY_REQUESTS`, with `Retry-After`", body = Failure),

@@ -27,6 +27,8 @@ pub enum ApiError {
     ProductNotFound(i64),
     #[error("out of stock: product {product}, {available} available")]
     OutOfStock { product: i64, available: i64 },
+    #[error("the price of product {0} kept changing")]
+    PriceChanged(i64),
     #[error("stock change refused: product {product}, {available} available, {reserved} reserved")]
     StockConflict { product: i64, available: i64, reserved: i64 },
     #[error("order not found")]
@@ -74,6 +76,7 @@ impl From<StoreError> for ApiError {
         match error {
             StoreError::ProductNotFound(id) => ApiError::ProductNotFound(id),
             StoreError::OutOfStock { product, available } => ApiError::OutOfStock { product, available },
+            StoreError::PriceChanged(product) => ApiError::PriceChanged(product),
             StoreError::StockConflict { product, available, reserved } => {
                 ApiError::StockConflict { product, available, reserved }
             }
@@ -125,6 +128,12 @@ impl IntoResponse for ApiError {
                 "OUT_OF_STOCK",
                 format!("상품({product})의 재고가 부족합니다. 남은 수량: {available}"),
                 Some(json!({"productId": product, "available": available})),
+            ),
+            ApiError::PriceChanged(product) => (
+                StatusCode::CONFLICT,
+                "PRICE_CHANGED",
+                format!("상품({product})의 가격이 방금 바뀌었습니다. 다시 주문해주세요."),
+                Some(json!({"productId": product})),
             ),
             ApiError::StockConflict { product, available, reserved } => (
                 StatusCode::CONFLICT,

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 pub use self::postgres::{PgStore, PoolSettings};
 pub use self::sqlite::SqliteStore;
 use crate::domain::{
-    AttemptId, BuyerId, CardType, CheckoutLine, GatewayName, Money, OrderId, PaymentStatus, Settlement, Source,
-    TransactionKey,
+    AttemptId, BuyerId, CardType, GatewayName, Listing, Money, OrderId, PaymentStatus, Priced, PricedLine, ProductId,
+    Settlement, Source, TransactionKey,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +24,9 @@ pub enum StoreError {
     ProductNotFound(i64),
     #[error("not enough stock of product {product}: {available} available")]
     OutOfStock { product: i64, available: i64 },
+    /// The product's price changed after the order was priced: price it again.
+    #[error("the price of product {0} changed")]
+    PriceChanged(i64),
     #[error("the order total overflows")]
     AmountOverflow,
     #[error("transaction key {0} already belongs to another payment attempt")]
@@ -57,7 +60,9 @@ pub struct Product {
 #[derive(Debug, Clone)]
 pub struct NewOrder {
     pub buyer: BuyerId,
-    pub lines: Vec<CheckoutLine>,
+    /// Priced by the checkout from `CatalogStore::listings`; the order is created only
+    /// if every price still holds when its stock is reserved.
+    pub priced: Priced,
     pub gateway: String,
     pub card_type: CardType,
     pub card_last4: String,
@@ -241,6 +246,10 @@ pub trait CatalogStore: Send + Sync + 'static {
 
     /// Every product with its stock, by id.
     async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError>;
+
+    /// The name and price of each of `products` as listed now; `ProductNotFound` for
+    /// the first that does not exist.
+    async fn listings(&self, products: &[ProductId]) -> Result<Vec<(ProductId, Listing)>, StoreError>;
 
     async fn create_product(&self, name: &str, price: Money, available: i64) -> Result<CatalogEntry, StoreError>;
 
@@ -439,12 +448,16 @@ pub(crate) fn idempotency_start(
 /// Each product with the total quantity of it over the lines, in product order: one
 /// reservation per product reports the stock it really had, and taking row locks in one
 /// order keeps two orders from deadlocking.
-pub(crate) fn reservations(lines: &[crate::domain::CheckoutLine]) -> Vec<(i64, i64)> {
+/// Each product's quantity over all its lines, with the price it was ordered at:
+/// (product, quantity, unit price), in product order so that concurrent orders take
+/// their row locks in the same order.
+pub(crate) fn reservations(lines: &[PricedLine]) -> Vec<(i64, i64, i64)> {
     let mut totals = std::collections::BTreeMap::new();
     for line in lines {
-        *totals.entry(line.product_id.0).or_insert(0) += line.quantity.get() as i64;
+        let entry = totals.entry(line.product_id.0).or_insert((0, line.unit_price.get()));
+        entry.0 += line.quantity.get() as i64;
     }
-    totals.into_iter().collect()
+    totals.into_iter().map(|(id, (quantity, price))| (id, quantity, price)).collect()
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -11,7 +11,7 @@ macro_rules! impl_catalog {
     ($store:ty) => {
         const _: () = {
             use sqlx::Row;
-            use $crate::domain::Money;
+            use $crate::domain::{Listing, Money, ProductId};
             use $crate::store::{
                 catalog_entry, CatalogEntry, CatalogStore, Product, StockChange, StoreError, CATALOG_COLUMNS as columns,
             };
@@ -31,81 +31,94 @@ macro_rules! impl_catalog {
                             })
                         })
                         .collect()
-            }
-
-            async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
-                let sql = format!("SELECT {columns} FROM products ORDER BY id");
-                let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
-                rows.iter().map(catalog_entry).collect()
-            }
-
-            async fn create_product(
-                &self,
-                name: &str,
-                price: Money,
-                available: i64,
-            ) -> Result<CatalogEntry, StoreError> {
-                let sql = format!("INSERT INTO products (name, price, available) VALUES ($1, $2, $3) RETURNING {columns}");
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(name)
-                    .bind(price.get())
-                    .bind(available)
-                    .fetch_one(&self.pool)
-                    .await?;
-                catalog_entry(&row)
-            }
-
-            async fn update_product(
-                &self,
-                product_id: i64,
-                name: Option<&str>,
-                price: Option<Money>,
-            ) -> Result<Option<CatalogEntry>, StoreError> {
-                let sql = format!(
-                    "UPDATE products SET name = COALESCE($1, name), price = COALESCE($2, price) WHERE id = $3 RETURNING {columns}"
-                );
-                let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(name)
-                    .bind(price.map(Money::get))
-                    .bind(product_id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.as_ref().map(catalog_entry).transpose()
-            }
-
-            async fn change_stock(
-                &self,
-                product_id: i64,
-                change: StockChange,
-            ) -> Result<Option<CatalogEntry>, StoreError> {
-                let (sql, amount) = match change {
-                    StockChange::OnHand(n) => (
-                        format!(
-                            "UPDATE products SET available = $1 - reserved WHERE id = $2 AND $1 >= reserved RETURNING {columns}"
-                        ),
-                        n,
-                    ),
-                    StockChange::Add(n) => (
-                        format!(
-                            "UPDATE products SET available = available + $1 WHERE id = $2 AND available + $1 >= 0 RETURNING {columns}"
-                        ),
-                        n,
-                    ),
-                };
-                let changed =
-                    sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.pool).await?;
-                if let Some(row) = changed {
-                    return catalog_entry(&row).map(Some);
                 }
-                let sql = format!("SELECT {columns} FROM products WHERE id = $1");
-                match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(product_id).fetch_optional(&self.pool).await? {
-                    Some(row) => {
-                        let now = catalog_entry(&row)?;
-                        Err(StoreError::StockConflict { product: product_id, available: now.available, reserved: now.reserved })
+
+                async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
+                    let sql = format!("SELECT {columns} FROM products ORDER BY id");
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+                    rows.iter().map(catalog_entry).collect()
+                }
+
+                async fn listings(&self, products: &[ProductId]) -> Result<Vec<(ProductId, Listing)>, StoreError> {
+                    let mut listed = Vec::with_capacity(products.len());
+                    for &id in products {
+                        let row = sqlx::query("SELECT name, price FROM products WHERE id = $1")
+                            .bind(id.0)
+                            .fetch_optional(&self.pool)
+                            .await?
+                            .ok_or(StoreError::ProductNotFound(id.0))?;
+                        listed.push((id, Listing { name: row.try_get("name")?, price: Money::won(row.try_get("price")?) }));
                     }
-                    None => Ok(None),
+                    Ok(listed)
                 }
-            }
+
+                async fn create_product(
+                    &self,
+                    name: &str,
+                    price: Money,
+                    available: i64,
+                ) -> Result<CatalogEntry, StoreError> {
+                    let sql = format!("INSERT INTO products (name, price, available) VALUES ($1, $2, $3) RETURNING {columns}");
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(name)
+                        .bind(price.get())
+                        .bind(available)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    catalog_entry(&row)
+                }
+
+                async fn update_product(
+                    &self,
+                    product_id: i64,
+                    name: Option<&str>,
+                    price: Option<Money>,
+                ) -> Result<Option<CatalogEntry>, StoreError> {
+                    let sql = format!(
+                        "UPDATE products SET name = COALESCE($1, name), price = COALESCE($2, price) WHERE id = $3 RETURNING {columns}"
+                    );
+                    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .bind(name)
+                        .bind(price.map(Money::get))
+                        .bind(product_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    row.as_ref().map(catalog_entry).transpose()
+                }
+
+                async fn change_stock(
+                    &self,
+                    product_id: i64,
+                    change: StockChange,
+                ) -> Result<Option<CatalogEntry>, StoreError> {
+                    let (sql, amount) = match change {
+                        StockChange::OnHand(n) => (
+                            format!(
+                                "UPDATE products SET available = $1 - reserved WHERE id = $2 AND $1 >= reserved RETURNING {columns}"
+                            ),
+                            n,
+                        ),
+                        StockChange::Add(n) => (
+                            format!(
+                                "UPDATE products SET available = available + $1 WHERE id = $2 AND available + $1 >= 0 RETURNING {columns}"
+                            ),
+                            n,
+                        ),
+                    };
+                    let changed =
+                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.pool).await?;
+                    if let Some(row) = changed {
+                        return catalog_entry(&row).map(Some);
+                    }
+                    let sql = format!("SELECT {columns} FROM products WHERE id = $1");
+                    match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(product_id).fetch_optional(&self.pool).await? {
+                        Some(row) => {
+                            let now = catalog_entry(&row)?;
+                            Err(StoreError::StockConflict { product: product_id, available: now.available, reserved: now.reserved })
+                        }
+                        None => Ok(None),
+                    }
+                }
             }
         };
     };
@@ -407,26 +420,41 @@ macro_rules! impl_orders {
     ($store:ty) => {
         const _: () = {
             use sqlx::Row;
-            use $crate::domain::{pg_order_id, price, AttemptId, BuyerId, Listing, Money, OrderId, PaymentStatus, Priced};
+            use $crate::domain::{pg_order_id, AttemptId, BuyerId, OrderId, PaymentStatus, Priced};
             use $crate::store::{reservations, CreatedOrder, NewOrder, OrderItem, OrderRecord, OrderStore, StoreError};
 
             #[async_trait::async_trait]
             impl OrderStore for $store {
                 async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
                     let mut tx = self.write().await?;
-                    let mut listed = Vec::with_capacity(order.lines.len());
-                    for line in &order.lines {
-                        let id = line.product_id.0;
-                        let row = sqlx::query("SELECT name, price FROM products WHERE id = $1")
-                            .bind(id)
-                            .fetch_optional(&mut *tx)
-                            .await?
-                            .ok_or(StoreError::ProductNotFound(id))?;
-                        let listing = Listing { name: row.try_get("name")?, price: Money::won(row.try_get("price")?) };
-                        listed.push((*line, listing));
+                    let Priced { lines, total } = order.priced;
+                    // Stock first: a reservation holds only at the price the order was
+                    // priced at, so a concurrent reprice cannot slip in between.
+                    for (id, quantity, unit_price) in reservations(&lines) {
+                        let reserved = sqlx::query(
+                            "UPDATE products SET available = available - $1, reserved = reserved + $1
+                             WHERE id = $2 AND available >= $1 AND price = $3",
+                        )
+                        .bind(quantity)
+                        .bind(id)
+                        .bind(unit_price)
+                        .execute(&mut *tx)
+                        .await?;
+                        if reserved.rows_affected() == 0 {
+                            let now = sqlx::query("SELECT available, price FROM products WHERE id = $1")
+                                .bind(id)
+                                .fetch_optional(&mut *tx)
+                                .await?
+                                .ok_or(StoreError::ProductNotFound(id))?;
+                            let (available, price): (i64, i64) = (now.try_get("available")?, now.try_get("price")?);
+                            return Err(if price != unit_price {
+                                StoreError::PriceChanged(id)
+                            } else {
+                                StoreError::OutOfStock { product: id, available }
+                            });
+                        }
                     }
-                    let Priced { lines: priced, total } = price(listed).ok_or(StoreError::AmountOverflow)?;
-                    let priced: Vec<OrderItem> = priced
+                    let priced: Vec<OrderItem> = lines
                         .into_iter()
                         .map(|l| OrderItem {
                             product_id: l.product_id.0,
@@ -436,22 +464,6 @@ macro_rules! impl_orders {
                             amount: l.amount.get(),
                         })
                         .collect();
-                    for (id, quantity) in reservations(&order.lines) {
-                        let reserved = sqlx::query(
-                            "UPDATE products SET available = available - $1, reserved = reserved + $1 WHERE id = $2 AND available >= $1",
-                        )
-                        .bind(quantity)
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                        if reserved.rows_affected() == 0 {
-                            let available: i64 = sqlx::query_scalar("SELECT available FROM products WHERE id = $1")
-                                .bind(id)
-                                .fetch_one(&mut *tx)
-                                .await?;
-                            return Err(StoreError::OutOfStock { product: id, available });
-                        }
-                    }
                     let order_id: i64 = sqlx::query_scalar(
                         "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, $3) RETURNING id",
                     )

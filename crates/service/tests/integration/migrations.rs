@@ -54,10 +54,16 @@ async fn new_order(store: &Arc<dyn Inspect>, gateway: &str) -> service::store::C
     store
         .create_order(service::store::NewOrder {
             buyer: service::domain::BuyerId::parse("buyer-2").unwrap(),
-            lines: vec![service::domain::CheckoutLine {
-                product_id: service::domain::ProductId(1),
-                quantity: service::domain::Quantity::parse(1).unwrap(),
-            }],
+            priced: service::domain::price([(
+                service::domain::CheckoutLine {
+                    product_id: service::domain::ProductId(1),
+                    quantity: service::domain::Quantity::parse(1).unwrap(),
+                },
+                service::domain::Listing {
+                    name: "무선 키보드".into(), price: service::domain::Money::won(39_000)
+                },
+            )])
+            .unwrap(),
             gateway: gateway.into(),
             card_type: service::domain::CardType::Kb,
             card_last4: "1451".into(),

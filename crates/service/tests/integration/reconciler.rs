@@ -88,7 +88,11 @@ async fn a_crash_between_the_checkout_transactions_is_settled() {
     let app = spawn_app(Faults { outcome: approve_all(), callback: no_callbacks(), ..reliable() }).await;
     let new_order = |card_last4: &str| NewOrder {
         buyer: BuyerId::parse("buyer-1").unwrap(),
-        lines: vec![CheckoutLine { product_id: ProductId(5), quantity: Quantity::parse(1).unwrap() }],
+        priced: service::domain::price([(
+            CheckoutLine { product_id: ProductId(5), quantity: Quantity::parse(1).unwrap() },
+            service::domain::Listing { name: "노트북 거치대".into(), price: service::domain::Money::won(19_900) },
+        )])
+        .unwrap(),
         gateway: "pg".into(),
         card_type: service::domain::CardType::Kb,
         card_last4: card_last4.into(),

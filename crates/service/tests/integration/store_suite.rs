@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use service::domain::CardType;
-use service::domain::{BuyerId, CheckoutLine, Final, Money, PaymentStatus, ProductId, Quantity, Settlement, Source};
+use service::domain::{
+    BuyerId, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
+};
 use service::store::{
     CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore, StockChange,
     StoreError, Transition,
@@ -115,17 +117,53 @@ store_suite!(
     orders_are_listed_per_buyer_newest_first,
     only_a_requested_attempt_moves_to_another_gateway,
     the_catalog_grows_and_restocks_around_reservations,
+    an_order_priced_before_a_price_change_creates_nothing,
 );
+
+async fn an_order_priced_before_a_price_change_creates_nothing(store: Arc<dyn Inspect>) {
+    let listed = store.listings(&[ProductId(2), ProductId(1)]).await.unwrap();
+    assert_eq!(listed.iter().map(|(id, l)| (id.0, l.price.get())).collect::<Vec<_>>(), [(2, 25_000), (1, 39_000)]);
+    assert!(matches!(store.listings(&[ProductId(1), ProductId(42)]).await, Err(StoreError::ProductNotFound(42))));
+    // Priced at 39,000; repriced before the order is created: refused, nothing written.
+    let stale = order("alice", &[(2, 1), (1, 2)]);
+    store.update_product(1, None, Some(Money::won(41_000))).await.unwrap().unwrap();
+    assert!(matches!(store.create_order(stale).await, Err(StoreError::PriceChanged(1))));
+    assert_eq!(store.row_counts().await.unwrap().iter().map(|(_, n)| n).sum::<i64>(), 0);
+    assert_eq!((levels(&store, 1).await, levels(&store, 2).await), ((1000, 0, 0), (1000, 0, 0)));
+    // Priced again, it goes through at the new price.
+    let created = store.create_order(order_at("alice", &[(2, 1, 25_000), (1, 2, 41_000)])).await.unwrap();
+    assert_eq!(created.amount, Money::won(25_000 + 82_000));
+}
 
 const NOW: i64 = 1_800_000_000_000;
 
+/// The seeded catalog's prices (migration 0001); other products at 10,000.
+fn seeded_price(product: i64) -> i64 {
+    match product {
+        1 => 39_000,
+        2 => 25_000,
+        3 => 289_000,
+        4 => 45_000,
+        5 => 19_900,
+        _ => 10_000,
+    }
+}
+
+/// An order of (product, quantity) lines at the seeded prices.
 fn order(buyer: &str, lines: &[(i64, i64)]) -> NewOrder {
+    let priced: Vec<_> = lines.iter().map(|&(p, q)| (p, q, seeded_price(p))).collect();
+    order_at(buyer, &priced)
+}
+
+/// An order of (product, quantity, price) lines.
+fn order_at(buyer: &str, lines: &[(i64, i64, i64)]) -> NewOrder {
+    let listed = lines.iter().map(|&(p, q, price)| {
+        let line = CheckoutLine { product_id: ProductId(p), quantity: Quantity::parse(q).unwrap() };
+        (line, Listing { name: format!("product {p}"), price: Money::won(price) })
+    });
     NewOrder {
         buyer: BuyerId::parse(buyer).unwrap(),
-        lines: lines
-            .iter()
-            .map(|&(p, q)| CheckoutLine { product_id: ProductId(p), quantity: Quantity::parse(q).unwrap() })
-            .collect(),
+        priced: service::domain::price(listed).unwrap(),
         gateway: "pg".into(),
         card_type: CardType::Kb,
         card_last4: "1451".into(),
@@ -447,7 +485,7 @@ async fn the_catalog_grows_and_restocks_around_reservations(store: Arc<dyn Inspe
     let second = store.create_product("키캡 세트", Money::won(30_000), 0).await.unwrap();
     assert_eq!(second.product_id, added.product_id + 1);
     let id = added.product_id;
-    create(&store, "alice", &[(id, 3)]).await;
+    store.create_order(order_at("alice", &[(id, 3, 129_000)])).await.unwrap();
     let renamed = store.update_product(id, Some("저소음 키보드"), Some(Money::won(99_000))).await.unwrap().unwrap();
     assert_eq!(
         (renamed.name.as_str(), renamed.price, renamed.available, renamed.reserved),
