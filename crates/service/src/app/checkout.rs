@@ -104,6 +104,7 @@ impl Checkout {
             Err(CheckoutError::Rejected { .. }) => "rejected",
             Err(CheckoutError::Store(crate::store::StoreError::OutOfStock { .. })) => "out_of_stock",
             Err(CheckoutError::Store(crate::store::StoreError::ProductNotFound(_))) => "product_not_found",
+            Err(CheckoutError::Store(crate::store::StoreError::PriceChanged(_))) => "price_changed",
             Err(CheckoutError::Store(_)) => "error",
         };
         self.metrics.checkout(label, started.elapsed());
