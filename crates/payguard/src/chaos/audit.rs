@@ -71,13 +71,11 @@ impl Db {
     }
 
     async fn attempts(&self) -> Result<Vec<AttemptRow>, String> {
-        const SQLITE: &str =
+        // Times are BIGINT milliseconds on both databases.
+        const SQL: &str =
             "SELECT a.order_id, a.pg_order_id, a.gateway, a.status, a.transaction_key, a.settled_by, a.finalized_at,
                     o.anomaly
              FROM payment_attempts a JOIN orders o ON o.id = a.order_id";
-        const PG: &str = "SELECT a.order_id, a.pg_order_id, a.gateway, a.status, a.transaction_key, a.settled_by,
-                            (extract(epoch from a.finalized_at) * 1000)::bigint AS finalized_at, o.anomaly
-                          FROM payment_attempts a JOIN orders o ON o.id = a.order_id";
         macro_rules! rows {
             ($rows:expr) => {
                 $rows
@@ -97,8 +95,8 @@ impl Db {
             };
         }
         Ok(match self {
-            Db::Sqlite(p) => rows!(sqlx::query(SQLITE).fetch_all(p).await),
-            Db::Postgres(p) => rows!(sqlx::query(PG).fetch_all(p).await),
+            Db::Sqlite(p) => rows!(sqlx::query(SQL).fetch_all(p).await),
+            Db::Postgres(p) => rows!(sqlx::query(SQL).fetch_all(p).await),
         })
     }
 
