@@ -9,7 +9,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{Attempt, StoreError, status_names};
+use super::{StoreError, status_names};
 use crate::domain::PaymentStatus;
 
 /// Pool settings.
@@ -33,6 +33,13 @@ macro_rules! row_lock {
     };
 }
 
+/// A claim passes over rows another instance is claiming, instead of waiting for them.
+macro_rules! skip_locked {
+    () => {
+        " FOR UPDATE SKIP LOCKED"
+    };
+}
+
 fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
     status_names(set)
 }
@@ -41,9 +48,6 @@ fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
 pub struct PgStore {
     pool: PgPool,
 }
-
-const ATTEMPT: &str = "id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, \
-                       created_at, checks";
 
 impl PgStore {
     /// Connects to `postgres://...` and migrates.
@@ -75,43 +79,6 @@ super::shared::impl_catalog!(PgStore);
 super::shared::impl_orders!(PgStore);
 
 super::shared::impl_payments!(PgStore);
-
-impl PgStore {
-    /// Leases due attempts to `owner`; rows another instance holds locked are skipped.
-    async fn claim(
-        &self,
-        gateway: &str,
-        owner: &str,
-        lease_until_ms: i64,
-        created_before_ms: i64,
-        now_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<Attempt>, StoreError> {
-        let sql = sqlx::AssertSqlSafe(format!(
-            "UPDATE payment_attempts SET lease_owner = $1, lease_until = $2
-             WHERE id IN (
-               SELECT id FROM payment_attempts
-               WHERE gateway = $6 AND status = ANY($7)
-                 AND created_at <= $3
-                 AND next_check_at <= $4
-                 AND (lease_until IS NULL OR lease_until < $4)
-               ORDER BY next_check_at LIMIT $5
-               FOR UPDATE SKIP LOCKED)
-             RETURNING {ATTEMPT}"
-        ));
-        let rows = sqlx::query(sql)
-            .bind(owner)
-            .bind(lease_until_ms)
-            .bind(created_before_ms)
-            .bind(now_ms)
-            .bind(limit)
-            .bind(gateway)
-            .bind(status_names(PaymentStatus::UNSETTLED))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(attempt).collect()
-    }
-}
 
 super::shared::impl_reconciliation!(PgStore);
 

@@ -761,8 +761,8 @@ macro_rules! impl_payments {
 }
 pub(crate) use impl_payments;
 
-/// The reconciler's queue, but for the claim itself (`claim`), which locks differently
-/// on each backend.
+/// The reconciler's queue. Claims skip rows another instance holds locked where the
+/// backend has row locks (`skip_locked!()`); SQLite's single writer needs none.
 macro_rules! impl_reconciliation {
     ($store:ty) => {
         const _: () = {
@@ -780,7 +780,31 @@ macro_rules! impl_reconciliation {
                     now_ms: i64,
                     limit: i64,
                 ) -> Result<Vec<Attempt>, StoreError> {
-                    self.claim(gateway, owner, lease_until_ms, created_before_ms, now_ms, limit).await
+                    let mut tx = self.write().await?;
+                    let rows = sqlx::query(concat!(
+                        "UPDATE payment_attempts SET lease_owner = $1, lease_until = $2
+                         WHERE id IN (
+                           SELECT id FROM payment_attempts
+                           WHERE gateway = $6 AND status ",
+                        one_of!("$7"),
+                        " AND created_at <= $3
+                             AND next_check_at <= $4 AND (lease_until IS NULL OR lease_until < $4)
+                           ORDER BY next_check_at LIMIT $5",
+                        skip_locked!(),
+                        ")
+                         RETURNING id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks",
+                    ))
+                    .bind(owner)
+                    .bind(lease_until_ms)
+                    .bind(created_before_ms)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .bind(gateway)
+                    .bind(statuses(PaymentStatus::UNSETTLED))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    rows.iter().map(attempt).collect()
                 }
 
                 async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {

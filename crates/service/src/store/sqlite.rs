@@ -8,7 +8,7 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{Attempt, StoreError, status_json};
+use super::{StoreError, status_json};
 use crate::domain::PaymentStatus;
 
 /// SQLite's test of a status against a bound set (shared.rs): the set is bound as a JSON
@@ -21,6 +21,13 @@ macro_rules! one_of {
 
 /// No row locks on SQLite: `BEGIN IMMEDIATE` already holds the one write lock.
 macro_rules! row_lock {
+    () => {
+        ""
+    };
+}
+
+/// No row locks on SQLite: one writer at a time.
+macro_rules! skip_locked {
     () => {
         ""
     };
@@ -66,41 +73,6 @@ super::shared::impl_catalog!(SqliteStore);
 super::shared::impl_orders!(SqliteStore);
 
 super::shared::impl_payments!(SqliteStore);
-
-impl SqliteStore {
-    /// Leases due attempts to `owner` (SQLite has one writer: no row is contended).
-    async fn claim(
-        &self,
-        gateway: &str,
-        owner: &str,
-        lease_until_ms: i64,
-        created_before_ms: i64,
-        now_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<Attempt>, StoreError> {
-        let mut tx = self.write().await?;
-        let rows = sqlx::query(
-            "UPDATE payment_attempts SET lease_owner = ?1, lease_until = ?2
-             WHERE id IN (
-               SELECT id FROM payment_attempts
-               WHERE gateway = ?6 AND status IN (SELECT value FROM json_each(?7)) AND created_at <= ?3
-                 AND next_check_at <= ?4 AND (lease_until IS NULL OR lease_until < ?4)
-               ORDER BY next_check_at LIMIT ?5)
-             RETURNING id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks",
-        )
-        .bind(owner)
-        .bind(lease_until_ms)
-        .bind(created_before_ms)
-        .bind(now_ms)
-        .bind(limit)
-        .bind(gateway)
-        .bind(status_json(PaymentStatus::UNSETTLED))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        rows.iter().map(attempt).collect()
-    }
-}
 
 super::shared::impl_reconciliation!(SqliteStore);
 
