@@ -156,7 +156,14 @@ async fn stock_is_never_cut_below_what_orders_hold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restocks_racing_checkouts_never_oversell() {
-    let app = std::sync::Arc::new(app_with_admin(approve_all()).await);
+    // 90 writers at once on one SQLite file: this test is about stock, so none may give
+    // up on the write lock after the default 1 s (a 503 is another test's subject).
+    let app = spawn_app_with(SimConfig { faults: approve_all(), ..sim_config() }, |s| {
+        s.admin.token = Some(TOKEN.into());
+        s.database_acquire_timeout_ms = 10_000;
+    })
+    .await;
+    let app = std::sync::Arc::new(app);
     let id = create(&app, "한정판 마우스", 10_000, 20).await["productId"].as_i64().unwrap();
     let mut tasks = tokio::task::JoinSet::new();
     for n in 0..60 {
