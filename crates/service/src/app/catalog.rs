@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::Money;
+use crate::domain::{Money, ProductId};
 use crate::store::{CatalogEntry, CatalogStore, Product, StockChange, StoreError};
 
 #[derive(Clone)]
@@ -59,15 +59,19 @@ impl Catalog {
         name: Option<&str>,
         price: Option<Money>,
     ) -> Result<Option<CatalogEntry>, StoreError> {
-        // What it was, for the log line only.
-        let before = self.store.catalog().await?.into_iter().find(|p| p.product_id == id);
+        // What it was, for the log line only: this product's listing, not the catalog.
+        let before = match self.store.listings(&[ProductId(id)]).await {
+            Ok(mut listed) => listed.pop().map(|(_, listing)| listing),
+            Err(StoreError::ProductNotFound(_)) => None,
+            Err(error) => return Err(error),
+        };
         let Some(product) = self.store.update_product(id, name, price).await? else { return Ok(None) };
         tracing::warn!(
             operator,
             product = id,
-            old_name = before.as_ref().map(|p| p.name.as_str()),
+            old_name = before.as_ref().map(|l| l.name.as_str()),
             name = product.name,
-            old_price = before.as_ref().map(|p| p.price),
+            old_price = before.as_ref().map(|l| l.price.get()),
             price = product.price,
             "operator changed a product"
         );

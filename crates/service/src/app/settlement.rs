@@ -213,6 +213,7 @@ impl Settler {
         self.store.record_event(attempt.id, kind, &detail, super::now_ms()).await
     }
 }
+
 /// The PG's final status as a settlement; `None` for PENDING (nothing to settle).
 fn from_pg(status: TransactionStatus, key: &str, reason: Option<String>) -> Option<Settlement> {
     let status = match status {
