@@ -47,6 +47,9 @@ fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The same pool: PostgreSQL takes concurrent writers (shared.rs says why SQLite's
+    /// differs).
+    writer: PgPool,
 }
 
 impl PgStore {
@@ -56,19 +59,24 @@ impl PgStore {
     }
 
     pub async fn connect_with(options: PgConnectOptions, settings: PoolSettings) -> Result<PgStore, StoreError> {
+        // No ping before each use: sqlx already tests a connection when it is returned,
+        // and each ping is one more round trip to the server (docs/benchmarks.md). A
+        // connection the server dropped while idle fails its next statement, which the
+        // caller answers as STORE_UNAVAILABLE, and is closed on return.
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore { writer: pool.clone(), pool })
     }
 
     /// A transaction that writes (named like SQLite's, which must say so up front, so
     /// that shared.rs calls the same method on both).
     async fn write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        Ok(self.pool.begin().await?)
+        Ok(self.writer.begin().await?)
     }
 }
 

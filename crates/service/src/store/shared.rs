@@ -5,6 +5,10 @@
 //! Encode/Decode/Type/ColumnIndex bound for every type a statement touches, which would
 //! outweigh the statements. What truly differs per backend (times, locking, the
 //! reconciler's claim) stays in sqlite.rs and postgres.rs.
+//!
+//! Every statement that writes runs on `self.writer` (or in `self.write()`'s
+//! transaction): SQLite's is one connection, so writers queue in the pool instead of
+//! polling SQLite's lock; PostgreSQL's is the pool itself. Reads run on `self.pool`.
 
 /// Products, prices and stock: the same SQL on both backends.
 macro_rules! impl_catalog {
@@ -63,7 +67,7 @@ macro_rules! impl_catalog {
                         .bind(name)
                         .bind(price.get())
                         .bind(available)
-                        .fetch_one(&self.pool)
+                        .fetch_one(&self.writer)
                         .await?;
                     catalog_entry(&row)
                 }
@@ -81,7 +85,7 @@ macro_rules! impl_catalog {
                         .bind(name)
                         .bind(price.map(Money::get))
                         .bind(product_id)
-                        .fetch_optional(&self.pool)
+                        .fetch_optional(&self.writer)
                         .await?;
                     row.as_ref().map(catalog_entry).transpose()
                 }
@@ -106,7 +110,7 @@ macro_rules! impl_catalog {
                         ),
                     };
                     let changed =
-                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.pool).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.writer).await?;
                     if let Some(row) = changed {
                         return catalog_entry(&row).map(Some);
                     }
@@ -267,7 +271,7 @@ macro_rules! impl_idempotency {
                     .bind(buyer.as_str())
                     .bind(key)
                     .bind(since_ms)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                     Ok(taken.rows_affected() == 1)
                 }
@@ -286,7 +290,7 @@ macro_rules! impl_idempotency {
                     .bind(body)
                     .bind(buyer.as_str())
                     .bind(key)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                     Ok(())
                 }
@@ -295,7 +299,7 @@ macro_rules! impl_idempotency {
                     sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND response_status IS NULL")
                         .bind(buyer.as_str())
                         .bind(key)
-                        .execute(&self.pool)
+                        .execute(&self.writer)
                         .await?;
                     Ok(())
                 }
@@ -344,13 +348,14 @@ macro_rules! row_helpers {
             Ok(())
         }
 
+        /// Where an attempt stands, after a conditional change found it elsewhere.
         async fn current(
-            tx: &mut sqlx::Transaction<'static, $db>,
+            db: impl sqlx::Executor<'_, Database = $db>,
             attempt_id: $crate::domain::AttemptId,
         ) -> Result<$crate::store::Transition, $crate::store::StoreError> {
             let row = sqlx::query("SELECT status, transaction_key FROM payment_attempts WHERE id = $1")
                 .bind(attempt_id.0)
-                .fetch_optional(&mut **tx)
+                .fetch_optional(db)
                 .await?;
             Ok(match row {
                 None => $crate::store::Transition::NotFound,
@@ -608,7 +613,8 @@ macro_rules! impl_payments {
                     key: Option<&str>,
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
-                    let mut tx = self.write().await?;
+                    // One statement, no transaction: whoever moved the attempt first has
+                    // committed, so reading where it stands afterwards sees their move.
                     let updated = sqlx::query(
                         concat!("UPDATE payment_attempts SET status = $4, transaction_key = COALESCE($1, transaction_key),
                            version = version + 1, updated_at = $2
@@ -619,13 +625,13 @@ macro_rules! impl_payments {
                     .bind(attempt_id.0)
                     .bind(PaymentStatus::Pending.as_str())
                     .bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)))
-                    .execute(&mut *tx)
+                    .execute(&self.writer)
                     .await
                     .map_err(|e| key_taken(e, key))?;
-                    let result =
-                        if updated.rows_affected() == 1 { Transition::Applied } else { current(&mut tx, attempt_id).await? };
-                    tx.commit().await?;
-                    Ok(result)
+                    if updated.rows_affected() == 1 {
+                        return Ok(Transition::Applied);
+                    }
+                    current(&self.pool, attempt_id).await
                 }
 
                 async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -639,7 +645,7 @@ macro_rules! impl_payments {
                     .bind(attempt_id.0)
                     .bind(PaymentStatus::Pending.as_str())
                     .bind(statuses(PaymentStatus::UNSETTLED))
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await
                     .map_err(|e| key_taken(e, Some(key)))?;
                     Ok(updated.rows_affected() == 1)
@@ -671,7 +677,7 @@ macro_rules! impl_payments {
                     .await
                     .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
                     let Some(order_id) = order_id else {
-                        let result = current(&mut tx, attempt_id).await?;
+                        let result = current(&mut *tx, attempt_id).await?;
                         tx.commit().await?;
                         return Ok(result);
                     };
@@ -689,7 +695,7 @@ macro_rules! impl_payments {
                             .fetch_optional(&mut *tx)
                             .await?;
                     let Some(order_id) = order_id else {
-                        let result = current(&mut tx, attempt_id).await?;
+                        let result = current(&mut *tx, attempt_id).await?;
                         tx.commit().await?;
                         return Ok(result);
                     };
@@ -716,7 +722,7 @@ macro_rules! impl_payments {
                     .bind(attempt_id.0)
                     .bind(from)
                     .bind(statuses(PaymentStatus::UNSENT))
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                     Ok(updated.rows_affected() == 1)
                 }
@@ -816,7 +822,7 @@ macro_rules! impl_reconciliation {
                     .bind(lease_until_ms)
                     .bind(owner)
                     .bind(statuses(PaymentStatus::UNSETTLED))
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                     Ok(renewed.rows_affected())
                 }
@@ -826,7 +832,7 @@ macro_rules! impl_reconciliation {
                         "UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
                     )
                     .bind(owner)
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                     Ok(done.rows_affected())
                 }
@@ -851,7 +857,7 @@ macro_rules! impl_reconciliation {
                     .bind(now_ms)
                     .bind(attempt_id.0)
                     .bind(statuses(PaymentStatus::UNSETTLED))
-                    .execute(&self.pool)
+                    .execute(&self.writer)
                     .await?;
                     Ok(())
                 }

@@ -39,7 +39,12 @@ fn statuses(set: &[PaymentStatus]) -> String {
 
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one writing connection. SQLite takes one writer at a time anyway; with
+    /// several writing connections the losers poll its lock in sleeps of 1 to 100 ms
+    /// (its busy handler), which under load cost more than the writes (docs/benchmarks.md).
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -54,15 +59,24 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(timeout);
-        // An in-memory database lives in one connection; a file is shared by several.
-        let max = if url.contains(":memory:") { 1 } else { 8 };
-        let pool = SqlitePoolOptions::new().max_connections(max).acquire_timeout(timeout).connect_with(options).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        // No ping before each use: sqlx already tests a connection when it is returned,
+        // and each ping is one more trip to the connection's thread (docs/benchmarks.md).
+        let pool_of =
+            |max| SqlitePoolOptions::new().max_connections(max).acquire_timeout(timeout).test_before_acquire(false);
+        // An in-memory database lives in one connection, which reads and writes.
+        if url.contains(":memory:") {
+            let pool = pool_of(1).connect_with(options).await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            return Ok(SqliteStore { writer: pool.clone(), pool });
+        }
+        let writer = pool_of(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        let pool = pool_of(8).connect_with(options).await?;
+        Ok(SqliteStore { pool, writer })
     }
 
     async fn write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
