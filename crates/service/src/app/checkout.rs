@@ -52,14 +52,14 @@ pub enum CheckoutError {
     Store(#[from] StoreError),
 }
 
-/// A placed checkout: the order as this checkout left it (PENDING). The HTTP layer
-/// reads the order back for the latest status, and answers with this when it cannot.
+/// A placed checkout: the order as this checkout left it (PENDING), which is how it
+/// stands unless news of the payment overtook the checkout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
     pub order: OrderRecord,
-    /// False when the PG's answer could not be written: the database is failing, and
-    /// reading the order back would only wait on it again.
-    pub recorded: bool,
+    /// True when the PG's news (a fast callback) settled the attempt before the
+    /// checkout wrote PENDING: the order as it stands must be read again.
+    pub overtaken: bool,
 }
 
 /// A checkout slot, held from admission to the answer.
@@ -218,13 +218,14 @@ impl Checkout {
             PaymentOutcome::Accepted { transaction_key } => {
                 // A fast callback may have settled it already; that is fine.
                 let written = self.store.mark_pending(created.attempt_id, Some(&transaction_key), now).await;
-                let recorded = written.map_err(unrecorded).is_ok();
-                Ok((placed(request, created, Some(transaction_key), recorded), "accepted"))
+                let overtaken = matches!(written.map_err(unrecorded), Ok(Transition::AlreadyMoved { .. }));
+                Ok((placed(request, created, Some(transaction_key), overtaken), "accepted"))
             }
             PaymentOutcome::Unknown(why) => {
                 tracing::warn!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment outcome unknown: left PENDING for the reconciler");
-                let recorded = self.store.mark_pending(created.attempt_id, None, now).await.map_err(unrecorded).is_ok();
-                Ok((placed(request, created, None, recorded), "unknown"))
+                let written = self.store.mark_pending(created.attempt_id, None, now).await;
+                let overtaken = matches!(written.map_err(unrecorded), Ok(Transition::AlreadyMoved { .. }));
+                Ok((placed(request, created, None, overtaken), "unknown"))
             }
             PaymentOutcome::NotDelivered(why) => {
                 match self.store.roll_back(created.attempt_id).await {
@@ -257,9 +258,14 @@ impl Checkout {
 }
 
 /// The order as a placed checkout left it: PENDING at the PG.
-fn placed(request: &CheckoutRequest, created: CreatedOrder, transaction_key: Option<String>, recorded: bool) -> Placed {
+fn placed(
+    request: &CheckoutRequest,
+    created: CreatedOrder,
+    transaction_key: Option<String>,
+    overtaken: bool,
+) -> Placed {
     Placed {
-        recorded,
+        overtaken,
         order: OrderRecord {
             order_id: created.order_id,
             buyer_id: request.buyer.as_str().to_string(),

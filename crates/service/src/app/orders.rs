@@ -24,11 +24,12 @@ impl Orders {
         Orders { store }
     }
 
-    /// The order a checkout placed, read again for its latest status; when the database
-    /// cannot say, the order as the checkout left it. Never an error: the PG may have
-    /// taken the payment, so the buyer gets an answer either way.
+    /// The order a checkout placed as it stands: as the checkout left it, or read again
+    /// when a callback overtook the checkout (the order as the checkout left it if the
+    /// database cannot say). Never an error: the PG may have taken the payment, so the
+    /// buyer gets an answer either way.
     pub async fn latest(&self, placed: Placed) -> OrderRecord {
-        if !placed.recorded {
+        if !placed.overtaken {
             return placed.order;
         }
         match self.store.order(placed.order.order_id).await {
