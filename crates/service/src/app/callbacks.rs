@@ -13,7 +13,6 @@
 //! forged callbacks cannot spend the status API, and every value that reaches a log line
 //! or the database is cut to a bounded length.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,6 +21,7 @@ use gateway::signature::SignatureHeader;
 use gateway::wire::TransactionDetail;
 use gateway::{GatewayClient, LookupOutcome};
 
+use super::replay::SeenSignatures;
 use super::settlement::{Applied, Observed, Settler, Source};
 use crate::store::{EventKind, PaymentStore, StoreError};
 use crate::telemetry::Metrics;
@@ -56,7 +56,7 @@ pub struct CallbackIntake {
     secret: Option<Vec<u8>>,
     replay_window: Duration,
     /// Signatures accepted within the replay window, with their timestamps.
-    seen: Arc<Mutex<HashMap<Vec<u8>, i64>>>,
+    seen: Arc<Mutex<SeenSignatures>>,
     /// Caps the PG status queries that unsigned callbacks cause.
     fetch_backs: Arc<governor::DefaultDirectRateLimiter>,
 }
@@ -171,9 +171,7 @@ impl CallbackIntake {
         if (now - signature.timestamp).abs() > window || !signature.verify(secret, raw) {
             return Err(CallbackError::Unauthorized);
         }
-        let mut seen = self.seen.lock().expect("seen-signature lock");
-        seen.retain(|_, at| now - *at <= window);
-        if seen.insert(signature.v1.clone(), signature.timestamp).is_some() {
+        if !self.seen.lock().expect("seen-signature lock").first_time(&signature.v1, signature.timestamp, now, window) {
             return Err(CallbackError::Unauthorized);
         }
         Ok(())

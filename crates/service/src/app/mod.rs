@@ -9,6 +9,7 @@ pub mod health;
 pub mod idempotency;
 pub mod orders;
 pub mod reconciler;
+pub mod replay;
 pub mod settlement;
 
 /// Wall-clock milliseconds: what the database stores.

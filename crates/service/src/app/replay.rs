@@ -1,0 +1,62 @@
+//! The signatures of accepted callbacks, remembered for the replay window so that each
+//! is accepted once. Written here rather than taken from a cache crate: it is a set with
+//! expiry by the signature's own timestamp, a few lines over std's maps, and a cache
+//! crate would bring its own eviction policy, which must not decide what is forgotten.
+
+use std::collections::{BTreeMap, HashSet};
+
+#[derive(Debug, Default)]
+pub struct SeenSignatures {
+    seen: HashSet<Vec<u8>>,
+    /// The same signatures by timestamp, so that expiry touches only what expires: a
+    /// scan of the whole set on every callback grew with the callback rate.
+    by_time: BTreeMap<i64, Vec<Vec<u8>>>,
+}
+
+impl SeenSignatures {
+    /// Forgets the signatures older than `window` seconds at `now`, then remembers
+    /// `signature`: false if it was remembered already (a replay).
+    pub fn first_time(&mut self, signature: &[u8], timestamp: i64, now: i64, window: i64) -> bool {
+        let kept = self.by_time.split_off(&(now - window));
+        for expired in std::mem::replace(&mut self.by_time, kept).into_values().flatten() {
+            self.seen.remove(&expired);
+        }
+        if !self.seen.insert(signature.to_vec()) {
+            return false;
+        }
+        self.by_time.entry(timestamp).or_default().push(signature.to_vec());
+        true
+    }
+
+    /// How many signatures are remembered.
+    pub fn remembered(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenSignatures;
+
+    #[test]
+    fn a_signature_is_accepted_once_within_the_window() {
+        let mut seen = SeenSignatures::default();
+        assert!(seen.first_time(b"a", 100, 100, 300));
+        assert!(!seen.first_time(b"a", 100, 200, 300), "a replay inside the window");
+        assert!(!seen.first_time(b"a", 100, 400, 300), "still inside: 400 - 100 = 300");
+    }
+
+    #[test]
+    fn signatures_are_forgotten_once_their_timestamp_leaves_the_window() {
+        let mut seen = SeenSignatures::default();
+        assert!(seen.first_time(b"old", 100, 100, 300));
+        assert!(seen.first_time(b"future", 450, 160, 300), "a clock ahead of ours, within the window");
+        assert!(seen.first_time(b"new", 401, 401, 300));
+        assert_eq!(seen.remembered(), 2, "old (100) expired at 401");
+        assert!(!seen.first_time(b"future", 450, 700, 300), "450 is still within 300 s of 700");
+        assert!(seen.first_time(b"other", 750, 750, 300));
+        assert_eq!(seen.remembered(), 2, "new (401) expired; future (450) is kept up to 750");
+        assert!(seen.first_time(b"later", 751, 751, 300));
+        assert_eq!(seen.remembered(), 2, "future (450) expired at 751");
+    }
+}
