@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Checkout throughput and cost, measured from outside the process as a user would: starts
+# the real `payguard gateway-sim` (instant, approves everything, signed callbacks) and
+# `payguard serve`, raises the stock through the admin API, warms up, then drives
+# checkouts with wrk (bench/checkout.lua) and reads the service's CPU time and peak RSS
+# from /proc. Every checkout is accepted, called back and settled during the run.
+#
+#   bench/checkout.sh [sqlite | postgres://...] [connections] [seconds]
+#
+# PAYGUARD_BIN picks the binary (default: the release build in the cargo target dir);
+# PERF_DATA=FILE records a CPU profile of the service during the run (perf record -g).
+# A PostgreSQL URL must name a database the benchmark may fill (it is migrated, not wiped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+database="${1:-sqlite}"
+connections="${2:-64}"
+seconds="${3:-10}"
+bin="${PAYGUARD_BIN:-${CARGO_TARGET_DIR:-target}/release/payguard}"
+[ -x "$bin" ] || { echo "no binary at $bin: cargo build --release -p payguard" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+
+work="$(mktemp -d)"
+sim_port=18082
+port=18080
+secret="bench-callback-secret-0123456789abcdef"
+token="bench-admin-token-0123456789abcdef"
+[ "$database" = sqlite ] && database="sqlite://$work/shop.db"
+
+cleanup() {
+  kill "${service:-}" "${sim:-}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin" gateway-sim --listen "127.0.0.1:$sim_port" --instant --failure-rate 0 \
+  --callback-secret "$secret" >"$work/sim.log" 2>&1 &
+sim=$!
+PAYGUARD_ADMIN__TOKEN="$token" PAYGUARD_GATEWAY__CALLBACK_SECRET="$secret" RUST_LOG=warn \
+  "$bin" serve --listen "127.0.0.1:$port" --gateway-url "http://127.0.0.1:$sim_port" \
+  --public-url "http://127.0.0.1:$port" --database-url "$database" >"$work/service.log" 2>&1 &
+service=$!
+for _ in $(seq 1 100); do
+  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$work/service.log" >&2; exit 1; }
+for product in 1 2 4 5; do
+  curl -sf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d '{"add":1000000}' "http://127.0.0.1:$port/api/v1/admin/products/$product/stock" >/dev/null
+done
+
+wrk -t2 -c"$connections" -d3s -s bench/checkout.lua "http://127.0.0.1:$port" >/dev/null
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
+if [ -n "${PERF_DATA:-}" ]; then
+  perf record -q -F 999 -g -o "$PERF_DATA" -p "$service" -- sleep "$seconds" 2>/dev/null &
+  perf=$!
+fi
+before=$(ticks "$service")
+sim_before=$(ticks "$sim")
+wrk -t2 -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "http://127.0.0.1:$port" >"$work/wrk.txt"
+after=$(ticks "$service")
+sim_after=$(ticks "$sim")
+[ -n "${perf:-}" ] && wait "$perf"
+rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service/status")
+
+requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
+non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
+errors=$(awk '/Socket errors/ {print}' "$work/wrk.txt")
+rate=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.txt")
+p50=$(awk '$1 == "50%" {print $2}' "$work/wrk.txt")
+p99=$(awk '$1 == "99%" {print $2}' "$work/wrk.txt")
+cpu_us=$(awk -v t=$((after - before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
+sim_us=$(awk -v t=$((sim_after - sim_before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
+cores=$(awk -v t=$((after - before)) -v hz="$hz" -v s="$seconds" 'BEGIN {printf "%.2f", t / hz / s}')
+
+echo "database=${1:-sqlite} connections=$connections seconds=$seconds"
+echo "checkouts/s=$rate checkouts=$requests non-2xx=${non2xx:-0} ${errors}"
+echo "latency p50=$p50 p99=$p99"
+echo "service cpu: ${cores} cores, ${cpu_us} us per checkout; peak rss $((rss_kb / 1024)) MB"
+echo "simulator cpu: ${sim_us} us per checkout"
