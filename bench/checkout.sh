@@ -37,7 +37,7 @@ trap cleanup EXIT
 "$bin" gateway-sim --listen "127.0.0.1:$sim_port" --instant --failure-rate 0 \
   --callback-secret "$secret" >"$work/sim.log" 2>&1 &
 sim=$!
-PAYGUARD_ADMIN__TOKEN="$token" PAYGUARD_GATEWAY__CALLBACK_SECRET="$secret" RUST_LOG=warn \
+PAYGUARD_ADMIN__TOKEN="$token" PAYGUARD_GATEWAY__CALLBACK_SECRET="$secret" \
   "$bin" serve --listen "127.0.0.1:$port" --gateway-url "http://127.0.0.1:$sim_port" \
   --public-url "http://127.0.0.1:$port" --database-url "$database" >"$work/service.log" 2>&1 &
 service=$!
@@ -59,10 +59,13 @@ if [ -n "${PERF_DATA:-}" ]; then
   perf record -q -F 999 -g -o "$PERF_DATA" -p "$service" -- sleep "$seconds" 2>/dev/null &
   perf=$!
 fi
+machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
+read -r busy_before idle_before < <(machine)
 before=$(ticks "$service")
 sim_before=$(ticks "$sim")
 wrk -t2 -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "http://127.0.0.1:$port" >"$work/wrk.txt"
 after=$(ticks "$service")
+read -r busy_after idle_after < <(machine)
 sim_after=$(ticks "$sim")
 [ -n "${perf:-}" ] && wait "$perf"
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service/status")
@@ -82,3 +85,4 @@ echo "checkouts/s=$rate checkouts=$requests non-2xx=${non2xx:-0} ${errors}"
 echo "latency p50=$p50 p99=$p99"
 echo "service cpu: ${cores} cores, ${cpu_us} us per checkout; peak rss $((rss_kb / 1024)) MB"
 echo "simulator cpu: ${sim_us} us per checkout"
+echo "machine busy: $(awk -v b=$((busy_after - busy_before)) -v i=$((idle_after - idle_before)) 'BEGIN {printf "%.0f", 100 * b / (b + i)}')% of $(nproc) cores"

@@ -6,8 +6,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row, Transaction};
 
 use super::{StoreError, status_names};
 use crate::domain::PaymentStatus;
@@ -47,9 +48,12 @@ fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// The same pool: PostgreSQL takes concurrent writers (shared.rs says why SQLite's
-    /// differs).
-    writer: PgPool,
+}
+
+/// A writing transaction (named like SQLite's, which must say so up front, so that
+/// shared.rs calls the same function on both).
+async fn begin_write(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, StoreError> {
+    Ok(conn.begin().await?)
 }
 
 impl PgStore {
@@ -70,13 +74,13 @@ impl PgStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PgStore { writer: pool.clone(), pool })
+        Ok(PgStore { pool })
     }
 
-    /// A transaction that writes (named like SQLite's, which must say so up front, so
-    /// that shared.rs calls the same method on both).
-    async fn write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        Ok(self.writer.begin().await?)
+    /// A connection to write on: any of the pool's, PostgreSQL taking concurrent
+    /// writers (shared.rs says why SQLite's differs).
+    async fn writer(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        Ok(self.pool.acquire().await?)
     }
 }
 

@@ -6,9 +6,10 @@
 //! outweigh the statements. What truly differs per backend (times, locking, the
 //! reconciler's claim) stays in sqlite.rs and postgres.rs.
 //!
-//! Every statement that writes runs on `self.writer` (or in `self.write()`'s
-//! transaction): SQLite's is one connection, so writers queue in the pool instead of
-//! polling SQLite's lock; PostgreSQL's is the pool itself. Reads run on `self.pool`.
+//! Every statement that writes runs on the connection `self.writer()` hands out, in a
+//! transaction from `begin_write` where it takes several: SQLite's is its one writing
+//! connection, so writers queue for it instead of polling SQLite's lock; PostgreSQL's
+//! is any of the pool's. Reads run on `self.pool`.
 
 /// Products, prices and stock: the same SQL on both backends.
 macro_rules! impl_catalog {
@@ -67,7 +68,7 @@ macro_rules! impl_catalog {
                         .bind(name)
                         .bind(price.get())
                         .bind(available)
-                        .fetch_one(&self.writer)
+                        .fetch_one(&mut *self.writer().await?)
                         .await?;
                     catalog_entry(&row)
                 }
@@ -85,7 +86,7 @@ macro_rules! impl_catalog {
                         .bind(name)
                         .bind(price.map(Money::get))
                         .bind(product_id)
-                        .fetch_optional(&self.writer)
+                        .fetch_optional(&mut *self.writer().await?)
                         .await?;
                     row.as_ref().map(catalog_entry).transpose()
                 }
@@ -110,7 +111,7 @@ macro_rules! impl_catalog {
                         ),
                     };
                     let changed =
-                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&self.writer).await?;
+                        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(amount).bind(product_id).fetch_optional(&mut *self.writer().await?).await?;
                     if let Some(row) = changed {
                         return catalog_entry(&row).map(Some);
                     }
@@ -213,7 +214,8 @@ macro_rules! impl_idempotency {
                     now_ms: i64,
                     expires_before_ms: i64,
                 ) -> Result<IdempotencyStart, StoreError> {
-                    let mut tx = self.write().await?;
+                    let mut conn = self.writer().await?;
+                    let mut tx = begin_write(&mut conn).await?;
                     sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND created_at < $3")
                         .bind(buyer.as_str())
                         .bind(key)
@@ -271,7 +273,7 @@ macro_rules! impl_idempotency {
                     .bind(buyer.as_str())
                     .bind(key)
                     .bind(since_ms)
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await?;
                     Ok(taken.rows_affected() == 1)
                 }
@@ -290,7 +292,7 @@ macro_rules! impl_idempotency {
                     .bind(body)
                     .bind(buyer.as_str())
                     .bind(key)
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await?;
                     Ok(())
                 }
@@ -299,7 +301,7 @@ macro_rules! impl_idempotency {
                     sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND response_status IS NULL")
                         .bind(buyer.as_str())
                         .bind(key)
-                        .execute(&self.writer)
+                        .execute(&mut *self.writer().await?)
                         .await?;
                     Ok(())
                 }
@@ -331,7 +333,7 @@ macro_rules! row_helpers {
 
         /// Moves an order's reserved stock to sold (`to_sold`) or back to available.
         async fn release_stock(
-            tx: &mut sqlx::Transaction<'static, $db>,
+            tx: &mut sqlx::Transaction<'_, $db>,
             order_id: i64,
             to_sold: bool,
         ) -> Result<(), $crate::store::StoreError> {
@@ -431,7 +433,8 @@ macro_rules! impl_orders {
             #[async_trait::async_trait]
             impl OrderStore for $store {
                 async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-                    let mut tx = self.write().await?;
+                    let mut conn = self.writer().await?;
+                    let mut tx = begin_write(&mut conn).await?;
                     let Priced { lines, total } = order.priced;
                     // Stock first: a reservation holds only at the price the order was
                     // priced at, so a concurrent reprice cannot slip in between.
@@ -625,7 +628,7 @@ macro_rules! impl_payments {
                     .bind(attempt_id.0)
                     .bind(PaymentStatus::Pending.as_str())
                     .bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)))
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await
                     .map_err(|e| key_taken(e, key))?;
                     if updated.rows_affected() == 1 {
@@ -645,7 +648,7 @@ macro_rules! impl_payments {
                     .bind(attempt_id.0)
                     .bind(PaymentStatus::Pending.as_str())
                     .bind(statuses(PaymentStatus::UNSETTLED))
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await
                     .map_err(|e| key_taken(e, Some(key)))?;
                     Ok(updated.rows_affected() == 1)
@@ -658,7 +661,8 @@ macro_rules! impl_payments {
                     source: Source,
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
-                    let mut tx = self.write().await?;
+                    let mut conn = self.writer().await?;
+                    let mut tx = begin_write(&mut conn).await?;
                     let order_id: Option<i64> = sqlx::query_scalar(
                         concat!("UPDATE payment_attempts SET status = $1, transaction_key = COALESCE($2, transaction_key), reason = $3,
                            version = version + 1, updated_at = $4, finalized_at = $4,
@@ -687,7 +691,8 @@ macro_rules! impl_payments {
                 }
 
                 async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {
-                    let mut tx = self.write().await?;
+                    let mut conn = self.writer().await?;
+                    let mut tx = begin_write(&mut conn).await?;
                     let order_id: Option<i64> =
                         sqlx::query_scalar(concat!("SELECT order_id FROM payment_attempts WHERE id = $1 AND status ", one_of!("$2"), row_lock!()))
                             .bind(attempt_id.0)
@@ -722,7 +727,7 @@ macro_rules! impl_payments {
                     .bind(attempt_id.0)
                     .bind(from)
                     .bind(statuses(PaymentStatus::UNSENT))
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await?;
                     Ok(updated.rows_affected() == 1)
                 }
@@ -741,7 +746,8 @@ macro_rules! impl_payments {
                     detail: &str,
                     now_ms: i64,
                 ) -> Result<(), StoreError> {
-                    let mut tx = self.write().await?;
+                    let mut conn = self.writer().await?;
+                    let mut tx = begin_write(&mut conn).await?;
                     sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES ($1, $2, $3, $4)")
                         .bind(attempt_id.0)
                         .bind(kind.as_str())
@@ -786,7 +792,8 @@ macro_rules! impl_reconciliation {
                     now_ms: i64,
                     limit: i64,
                 ) -> Result<Vec<Attempt>, StoreError> {
-                    let mut tx = self.write().await?;
+                    let mut conn = self.writer().await?;
+                    let mut tx = begin_write(&mut conn).await?;
                     let rows = sqlx::query(concat!(
                         "UPDATE payment_attempts SET lease_owner = $1, lease_until = $2
                          WHERE id IN (
@@ -822,7 +829,7 @@ macro_rules! impl_reconciliation {
                     .bind(lease_until_ms)
                     .bind(owner)
                     .bind(statuses(PaymentStatus::UNSETTLED))
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await?;
                     Ok(renewed.rows_affected())
                 }
@@ -832,7 +839,7 @@ macro_rules! impl_reconciliation {
                         "UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
                     )
                     .bind(owner)
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await?;
                     Ok(done.rows_affected())
                 }
@@ -857,7 +864,7 @@ macro_rules! impl_reconciliation {
                     .bind(now_ms)
                     .bind(attempt_id.0)
                     .bind(statuses(PaymentStatus::UNSETTLED))
-                    .execute(&self.writer)
+                    .execute(&mut *self.writer().await?)
                     .await?;
                     Ok(())
                 }
