@@ -2,11 +2,10 @@
 //! starts with `BEGIN IMMEDIATE` so two writers queue on the busy timeout instead of
 //! failing when both try to upgrade a read lock.
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use std::ops::{Deref, DerefMut};
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
@@ -51,6 +50,39 @@ pub struct SqliteStore {
     writer: Writer,
     /// How long a statement waits for a connection, the writing one included.
     timeout: Duration,
+    /// The checkpointing task, stopped when the last clone of the store is dropped.
+    _checkpoints: Option<Arc<Checkpoints>>,
+}
+
+/// How often the write-ahead log is copied into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// Copies the write-ahead log into the database file once a second, beside the writer.
+/// SQLite's own automatic checkpoint runs in the commit that crosses 1,000 pages, fsync
+/// included, while that commit holds the write lock: every other writer waited 1-20 ms
+/// behind it several times a second under load (docs/benchmarks.md). PASSIVE never waits
+/// for readers or the writer; what it cannot copy now it copies next time.
+struct Checkpoints(tokio::task::JoinHandle<()>);
+
+impl Checkpoints {
+    fn start(readers: SqlitePool, period: Duration) -> Checkpoints {
+        Checkpoints(tokio::spawn(async move {
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
+                    tracing::warn!(%error, "WAL checkpoint failed: retried in a second");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The one writing connection. SQLite takes one writer at a time anyway; with several
@@ -103,6 +135,10 @@ impl SqliteStore {
     /// process's write lock; past it the database counts as unavailable (a 503), not as
     /// slow.
     pub async fn connect(url: &str, timeout: Duration) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open(url, timeout, CHECKPOINT_EVERY).await
+    }
+
+    async fn open(url: &str, timeout: Duration, checkpoint_every: Duration) -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -115,12 +151,13 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            return Ok(SqliteStore { writer: Writer::Pooled(pool.clone()), pool, timeout });
+            return Ok(SqliteStore { writer: Writer::Pooled(pool.clone()), pool, timeout, _checkpoints: None });
         }
-        let mut writer = options.connect().await?;
+        let mut writer = options.clone().pragma("wal_autocheckpoint", "0").connect().await?;
         sqlx::migrate!("./migrations/sqlite").run(&mut writer).await?;
         let pool = pool_of(8).connect_with(options).await?;
-        Ok(SqliteStore { pool, writer: Writer::Own(Arc::new(Mutex::new(writer))), timeout })
+        let checkpoints = Some(Arc::new(Checkpoints::start(pool.clone(), checkpoint_every)));
+        Ok(SqliteStore { pool, writer: Writer::Own(Arc::new(Mutex::new(writer))), timeout, _checkpoints: checkpoints })
     }
 
     /// The writing connection, once the writer before has finished; waiting longer than
@@ -151,3 +188,42 @@ super::shared::impl_idempotency!(SqliteStore);
 super::shared::impl_ping!(SqliteStore);
 
 super::shared::impl_inspect!(SqliteStore);
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::SqliteStore;
+    use crate::domain::Money;
+    use crate::store::CatalogStore;
+
+    #[tokio::test]
+    async fn the_writer_leaves_copying_the_log_into_the_database_file_to_the_checkpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.db");
+        let url = format!("sqlite://{}", file.display());
+        let size = || std::fs::metadata(&file).unwrap().len();
+        let hour = Duration::from_secs(3600);
+        let store = SqliteStore::open(&url, Duration::from_secs(10), hour).await.unwrap();
+        let mut writer = store.writer().await.unwrap();
+        let automatic: i64 = sqlx::query_scalar("PRAGMA wal_autocheckpoint").fetch_one(&mut *writer).await.unwrap();
+        assert_eq!(automatic, 0, "the writer never checkpoints in a commit");
+        drop(writer);
+        let before = size();
+        // About 1,500 pages over 1,500 commits, which stay in the log.
+        let name = "x".repeat(3000);
+        for _ in 0..1500 {
+            store.create_product(&name, Money::won(1000), 1).await.unwrap();
+        }
+        assert_eq!(size(), before, "no commit copied the log into the database file");
+
+        // A second store on the same file (the first keeps it open, so no connection's
+        // close checkpoints it): its checkpoints copy what the first one wrote.
+        let _second = SqliteStore::open(&url, Duration::from_secs(10), Duration::from_millis(10)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while size() < before + 1500 * 3000 {
+            assert!(Instant::now() < deadline, "not checkpointed within 20 s: {} bytes", size());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
