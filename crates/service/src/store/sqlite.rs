@@ -1,8 +1,8 @@
-//! The SQLite store: the embedded default. WAL journal, and every writing transaction
-//! starts with `BEGIN IMMEDIATE` so two writers queue on the busy timeout instead of
-//! failing when both try to upgrade a read lock.
+//! The SQLite store: the embedded default. WAL journal; readers on a pool of their own,
+//! every write on one writing connection, each writing transaction starting with
+//! `BEGIN IMMEDIATE` so that another process's writer is waited for (busy timeout)
+//! instead of failing when both try to upgrade a read lock.
 
-use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row, Sqlite, Transaction};
-use tokio::sync::{Mutex, OwnedMutexGuard};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use super::{StoreError, status_json};
 use crate::domain::PaymentStatus;
@@ -47,9 +46,11 @@ fn statuses(set: &[PaymentStatus]) -> String {
 pub struct SqliteStore {
     /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
-    writer: Writer,
-    /// How long a statement waits for a connection, the writing one included.
-    timeout: Duration,
+    /// The one writing connection. SQLite takes one writer at a time anyway; with several
+    /// writing connections the losers poll its lock in sleeps of 1 to 100 ms (its busy
+    /// handler), which under load cost more than the writes (docs/benchmarks.md). A pool
+    /// of one rather than a connection of our own: the pool replaces it if it breaks.
+    writer: SqlitePool,
     /// The checkpointing task, stopped when the last clone of the store is dropped.
     _checkpoints: Option<Arc<Checkpoints>>,
 }
@@ -85,43 +86,6 @@ impl Drop for Checkpoints {
     }
 }
 
-/// The one writing connection. SQLite takes one writer at a time anyway; with several
-/// writing connections the losers poll its lock in sleeps of 1 to 100 ms (its busy
-/// handler), which under load cost more than the writes. Held outside sqlx's pool,
-/// which tests every connection handed back with one more trip to its thread
-/// (docs/benchmarks.md).
-#[derive(Clone)]
-enum Writer {
-    Own(Arc<Mutex<SqliteConnection>>),
-    /// An in-memory database lives in its one pooled connection, which also writes.
-    Pooled(SqlitePool),
-}
-
-/// The writing connection, held until dropped.
-pub(crate) enum WriteConnection {
-    Own(OwnedMutexGuard<SqliteConnection>),
-    Pooled(PoolConnection<Sqlite>),
-}
-
-impl Deref for WriteConnection {
-    type Target = SqliteConnection;
-    fn deref(&self) -> &SqliteConnection {
-        match self {
-            WriteConnection::Own(c) => c,
-            WriteConnection::Pooled(c) => c,
-        }
-    }
-}
-
-impl DerefMut for WriteConnection {
-    fn deref_mut(&mut self) -> &mut SqliteConnection {
-        match self {
-            WriteConnection::Own(c) => c,
-            WriteConnection::Pooled(c) => c,
-        }
-    }
-}
-
 /// A writing transaction: `BEGIN IMMEDIATE`, so that it holds SQLite's write lock from
 /// its first statement.
 async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
@@ -151,25 +115,18 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            return Ok(SqliteStore { writer: Writer::Pooled(pool.clone()), pool, timeout, _checkpoints: None });
+            return Ok(SqliteStore { writer: pool.clone(), pool, _checkpoints: None });
         }
-        let mut writer = options.clone().pragma("wal_autocheckpoint", "0").connect().await?;
-        sqlx::migrate!("./migrations/sqlite").run(&mut writer).await?;
+        let writer = pool_of(1).connect_with(options.clone().pragma("wal_autocheckpoint", "0")).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let pool = pool_of(8).connect_with(options).await?;
         let checkpoints = Some(Arc::new(Checkpoints::start(pool.clone(), checkpoint_every)));
-        Ok(SqliteStore { pool, writer: Writer::Own(Arc::new(Mutex::new(writer))), timeout, _checkpoints: checkpoints })
+        Ok(SqliteStore { pool, writer, _checkpoints: checkpoints })
     }
 
-    /// The writing connection, once the writer before has finished; waiting longer than
-    /// the timeout is the database being unavailable, as for a pooled connection.
-    async fn writer(&self) -> Result<WriteConnection, StoreError> {
-        match &self.writer {
-            Writer::Own(connection) => tokio::time::timeout(self.timeout, connection.clone().lock_owned())
-                .await
-                .map(WriteConnection::Own)
-                .map_err(|_| sqlx::Error::PoolTimedOut.into()),
-            Writer::Pooled(pool) => Ok(WriteConnection::Pooled(pool.acquire().await?)),
-        }
+    /// The writing connection, once the writer before has finished.
+    async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        Ok(self.writer.acquire().await?)
     }
 }
 
