@@ -58,3 +58,71 @@ impl Orders {
         Ok(OrderPage { orders, has_next })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::Orders;
+    use crate::app::checkout::Placed;
+    use crate::domain::{BuyerId, OrderId, PaymentStatus};
+    use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, OrderStore, StoreError};
+
+    /// One order as the database holds it, counting the reads.
+    struct Stored {
+        order: OrderRecord,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl OrderStore for Stored {
+        async fn create_order(&self, _: NewOrder) -> Result<CreatedOrder, StoreError> {
+            unreachable!("orders are only read here")
+        }
+        async fn order(&self, _: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(self.order.clone()))
+        }
+        async fn buyer_order(&self, _: &BuyerId, _: OrderId) -> Result<Option<OrderRecord>, StoreError> {
+            unreachable!("orders are only read by id here")
+        }
+        async fn orders_for_buyer(&self, _: &BuyerId, _: i64, _: i64) -> Result<Vec<OrderRecord>, StoreError> {
+            unreachable!("orders are only read by id here")
+        }
+    }
+
+    fn order(status: PaymentStatus) -> OrderRecord {
+        OrderRecord {
+            order_id: OrderId(7),
+            buyer_id: "buyer-1".into(),
+            total_amount: 39_000,
+            created_at_ms: 1,
+            anomaly: None,
+            items: Vec::new(),
+            attempt: AttemptView {
+                status,
+                reason: None,
+                card_type: "KB".into(),
+                card_last4: "1451".into(),
+                transaction_key: Some("tx-1".into()),
+                stuck: false,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_placed_order_is_answered_as_written_and_read_again_only_when_a_callback_overtook_it() {
+        let store = Arc::new(Stored { order: order(PaymentStatus::Success), reads: AtomicUsize::new(0) });
+        let orders = Orders::new(store.clone());
+        let as_written = order(PaymentStatus::Pending);
+
+        let answered = orders.latest(Placed { order: as_written.clone(), overtaken: false }).await;
+        assert_eq!(answered, as_written);
+        assert_eq!(store.reads.load(Ordering::SeqCst), 0, "nothing read back");
+
+        let answered = orders.latest(Placed { order: as_written, overtaken: true }).await;
+        assert_eq!(answered.attempt.status, PaymentStatus::Success, "the callback's settlement, as stored");
+        assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+    }
+}

@@ -35,6 +35,19 @@ async fn accepted_payment_answers_202_pending_and_the_callback_makes_it_paid() {
 }
 
 #[tokio::test]
+async fn the_202_is_the_order_as_stored() {
+    // The checkout answers with the order it wrote, without reading it back: it must be
+    // exactly what the buyer then reads.
+    let app = spawn_app(Faults { processing_delay_ms: MsRange::new(60_000, 60_000), ..reliable() }).await;
+    let (status, placed) = app.checkout("buyer-1", &[(1, 2), (2, 1), (1, 1)]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{placed}");
+    let id = placed["data"]["orderId"].as_i64().unwrap();
+    let (status, stored) = app.order("buyer-1", id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(placed["data"], stored["data"]);
+}
+
+#[tokio::test]
 async fn a_declined_card_ends_failed_with_the_pg_reason_and_the_stock_back() {
     let app =
         spawn_app(Faults { outcome: OutcomeSplit { limit_exceeded: 1.0, invalid_card: 0.0 }, ..reliable() }).await;
