@@ -70,10 +70,21 @@ impl Checkpoints {
         Checkpoints(tokio::spawn(async move {
             let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Said once when checkpoints start failing and once when they recover: a full
+            // disk must not also fill the log with a line a second.
+            let mut failing = false;
             loop {
                 every.tick().await;
-                if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
-                    tracing::warn!(%error, "WAL checkpoint failed: retried in a second");
+                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
+                    Err(error) if !failing => {
+                        tracing::warn!(%error, "WAL checkpoint failed: retried every second, the log grows meanwhile");
+                        failing = true;
+                    }
+                    Ok(_) if failing => {
+                        tracing::info!("WAL checkpoints work again");
+                        failing = false;
+                    }
+                    _ => {}
                 }
             }
         }))
