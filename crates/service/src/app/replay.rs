@@ -17,9 +17,12 @@ impl SeenSignatures {
     /// Forgets the signatures older than `window` seconds at `now`, then remembers
     /// `signature`: false if it was remembered already (a replay).
     pub fn first_time(&mut self, signature: &[u8], timestamp: i64, now: i64, window: i64) -> bool {
-        let kept = self.by_time.split_off(&(now - window));
-        for expired in std::mem::replace(&mut self.by_time, kept).into_values().flatten() {
-            self.seen.remove(&expired);
+        while let Some(oldest) = self.by_time.first_entry()
+            && *oldest.key() < now - window
+        {
+            for expired in oldest.remove() {
+                self.seen.remove(&expired);
+            }
         }
         if !self.seen.insert(signature.to_vec()) {
             return false;
