@@ -55,6 +55,9 @@ pub struct SqliteStore {
     _checkpoints: Option<Arc<Checkpoints>>,
 }
 
+/// How long startup may take to create, open and migrate the database.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How often the write-ahead log is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -128,9 +131,21 @@ impl SqliteStore {
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             return Ok(SqliteStore { writer: pool.clone(), pool, _checkpoints: None });
         }
-        let writer = pool_of(1).connect_with(options.clone().pragma("wal_autocheckpoint", "0")).await?;
-        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
-        let pool = pool_of(8).connect_with(options).await?;
+        // Creating the file, switching it to WAL and migrating wait on the disk, which a
+        // busy machine can make take longer than a request may wait for a connection (a
+        // new WAL database took 0.3 s beside another process's fsyncs): startup does them
+        // on a connection of its own, bounded by its own deadline. The pools then open
+        // their connections on first use, each a cheap open of a ready database.
+        tokio::time::timeout(STARTUP_TIMEOUT, async {
+            let mut setup = SqliteConnection::connect_with(&options.clone().busy_timeout(STARTUP_TIMEOUT)).await?;
+            sqlx::migrate!("./migrations/sqlite").run(&mut setup).await?;
+            setup.close().await?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
+        let writer = pool_of(1).connect_lazy_with(options.clone().pragma("wal_autocheckpoint", "0"));
+        let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(Checkpoints::start(pool.clone(), checkpoint_every)));
         Ok(SqliteStore { pool, writer, _checkpoints: checkpoints })
     }
@@ -161,9 +176,27 @@ super::shared::impl_inspect!(SqliteStore);
 mod tests {
     use std::time::{Duration, Instant};
 
+    use sqlx::Connection;
+
     use super::SqliteStore;
     use crate::domain::Money;
     use crate::store::CatalogStore;
+
+    #[tokio::test]
+    async fn creating_and_migrating_the_database_is_not_bound_by_the_requests_wait_for_a_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shop.db");
+        // No request may wait at all; startup still creates the file and migrates it.
+        SqliteStore::connect(&format!("sqlite://{}", file.display()), Duration::ZERO).await.expect("opens");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display())).await.unwrap();
+        let tables: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('orders', 'payment_attempts')",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, 2, "migrated");
+    }
 
     #[tokio::test]
     async fn the_writer_leaves_copying_the_log_into_the_database_file_to_the_checkpoints() {
