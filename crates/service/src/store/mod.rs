@@ -5,6 +5,7 @@
 //! over one attempt can never both win, and a transition changes in one place. No
 //! transaction spans a PG call.
 
+mod batch;
 mod postgres;
 mod shared;
 mod sqlite;
@@ -17,6 +18,11 @@ use crate::domain::{
     AttemptId, BuyerId, CardType, GatewayName, Listing, Money, OrderId, PaymentStatus, Priced, PricedLine, ProductId,
     Settlement, Source, TransactionKey,
 };
+
+/// How long startup may take to open, create and migrate the database: longer than a
+/// request may wait for a connection, since a new database waits on the disk or the
+/// network, and the migrations on whatever else holds their lock.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

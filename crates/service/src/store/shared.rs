@@ -423,120 +423,189 @@ macro_rules! row_helpers {
 pub(crate) use row_helpers;
 
 /// Orders: created with their first attempt, stock reserved, in one transaction; read back.
+/// Checkouts that arrive together are created together (store/batch.rs): one statement
+/// reserves the stock of the whole group, one inserts its items and one its attempts.
 macro_rules! impl_orders {
-    ($store:ty) => {
-        const _: () = {
-            use sqlx::Row;
-            use $crate::domain::{pg_order_id, AttemptId, BuyerId, OrderId, PaymentStatus, Priced};
-            use $crate::store::{reservations, CreatedOrder, NewOrder, OrderItem, OrderRecord, OrderStore, StoreError};
+    ($store:ty, $db:ty) => {
+        /// Writes a group of orders in one transaction; when one of them is refused, each
+        /// alone, so that each gets its own answer.
+        async fn create_orders(
+            writer: sqlx::Pool<$db>,
+            orders: Vec<$crate::store::NewOrder>,
+        ) -> Vec<Result<$crate::store::CreatedOrder, $crate::store::StoreError>> {
+            match create_together(&writer, &orders).await {
+                Ok(created) => created.into_iter().map(Ok).collect(),
+                Err(error) => {
+                    $crate::store::batch::one_by_one(orders, error, |order| {
+                        let writer = &writer;
+                        async move { Ok(create_together(writer, std::slice::from_ref(&order)).await?.remove(0)) }
+                    })
+                    .await
+                }
+            }
+        }
 
-            #[async_trait::async_trait]
-            impl OrderStore for $store {
-                async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-                    let mut conn = self.writer().await?;
-                    let mut tx = begin_write(&mut conn).await?;
-                    let Priced { lines, total } = order.priced;
-                    // Stock first: a reservation holds only at the price the order was
-                    // priced at, so a concurrent reprice cannot slip in between.
-                    for (id, quantity, unit_price) in reservations(&lines) {
-                        let reserved = sqlx::query(
-                            "UPDATE products SET available = available - $1, reserved = reserved + $1
-                             WHERE id = $2 AND available >= $1 AND price = $3",
-                        )
-                        .bind(quantity)
-                        .bind(id)
-                        .bind(unit_price)
-                        .execute(&mut *tx)
-                        .await?;
-                        if reserved.rows_affected() == 0 {
-                            let now = sqlx::query("SELECT available, price FROM products WHERE id = $1")
-                                .bind(id)
-                                .fetch_optional(&mut *tx)
-                                .await?
-                                .ok_or(StoreError::ProductNotFound(id))?;
-                            let (available, price): (i64, i64) = (now.try_get("available")?, now.try_get("price")?);
-                            return Err(if price != unit_price {
-                                StoreError::PriceChanged(id)
-                            } else {
-                                StoreError::OutOfStock { product: id, available }
-                            });
-                        }
+        /// Creates every order of `orders`, or none.
+        async fn create_together(
+            writer: &sqlx::Pool<$db>,
+            orders: &[$crate::store::NewOrder],
+        ) -> Result<Vec<$crate::store::CreatedOrder>, $crate::store::StoreError> {
+            use sqlx::Row;
+            use $crate::domain::{pg_order_id, AttemptId, OrderId, PaymentStatus};
+            use $crate::store::{reservations, CreatedOrder, OrderItem, StoreError};
+
+            let mut conn = writer.acquire().await?;
+            let mut tx = begin_write(&mut conn).await?;
+            // Stock first, each product once for the group: a reservation holds only at
+            // the price the orders were priced at, so a concurrent reprice cannot slip in
+            // between. Two orders priced at two prices of one product: one is stale.
+            let mut wanted = std::collections::BTreeMap::<i64, (i64, i64)>::new();
+            for order in orders {
+                for (id, quantity, unit_price) in reservations(&order.priced.lines) {
+                    let (total, price) = wanted.entry(id).or_insert((0, unit_price));
+                    if *price != unit_price {
+                        return Err(StoreError::PriceChanged(id));
                     }
-                    let priced: Vec<OrderItem> = lines
-                        .into_iter()
-                        .map(|l| OrderItem {
-                            product_id: l.product_id.0,
-                            name: l.name,
-                            unit_price: l.unit_price.get(),
-                            quantity: l.quantity.get() as i64,
-                            amount: l.amount.get(),
-                        })
-                        .collect();
-                    let order_id: i64 = sqlx::query_scalar(
-                        "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, $3) RETURNING id",
-                    )
-                    .bind(order.buyer.as_str())
-                    .bind(total.get())
-                    .bind(order.now_ms)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    for (line, item) in priced.iter().enumerate() {
-                        sqlx::query(
-                            "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                        )
-                        .bind(order_id)
-                        .bind(line as i64)
-                        .bind(item.product_id)
-                        .bind(&item.name)
-                        .bind(item.unit_price)
-                        .bind(item.quantity)
-                        .bind(item.amount)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    let pg_order_id = pg_order_id(order_id, 1);
-                    let attempt_id: i64 = sqlx::query_scalar(
-                        "INSERT INTO payment_attempts
-                           (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $8, $7, $7,
-                                 $7)
-                         RETURNING id",
+                    *total += quantity;
+                }
+            }
+            let mut reserve = sqlx::QueryBuilder::<$db>::new(
+                "UPDATE products SET available = available - v.column2, reserved = reserved + v.column2 FROM (",
+            );
+            reserve.push_values(&wanted, |mut row, (id, (quantity, price))| {
+                row.push("CAST(").push_bind_unseparated(*id).push_unseparated(" AS BIGINT)");
+                row.push("CAST(").push_bind_unseparated(*quantity).push_unseparated(" AS BIGINT)");
+                row.push("CAST(").push_bind_unseparated(*price).push_unseparated(" AS BIGINT)");
+            });
+            reserve.push(
+                ") AS v WHERE products.id = v.column1 AND products.available >= v.column2 AND products.price = v.column3
+                 RETURNING products.id",
+            );
+            let reserved: Vec<i64> = reserve.build_query_scalar().fetch_all(&mut *tx).await?;
+            if let Some((&id, &(_, unit_price))) = wanted.iter().find(|(id, _)| !reserved.contains(id)) {
+                let now = sqlx::query("SELECT available, price FROM products WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .ok_or(StoreError::ProductNotFound(id))?;
+                let (available, price): (i64, i64) = (now.try_get("available")?, now.try_get("price")?);
+                return Err(if price != unit_price {
+                    StoreError::PriceChanged(id)
+                } else {
+                    StoreError::OutOfStock { product: id, available }
+                });
+            }
+            let mut order_ids = Vec::with_capacity(orders.len());
+            for order in orders {
+                let order_id: i64 = sqlx::query_scalar(
+                    "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, $3) RETURNING id",
+                )
+                .bind(order.buyer.as_str())
+                .bind(order.priced.total.get())
+                .bind(order.now_ms)
+                .fetch_one(&mut *tx)
+                .await?;
+                order_ids.push(order_id);
+            }
+            let mut items = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount) ",
+            );
+            let lines = orders
+                .iter()
+                .zip(&order_ids)
+                .flat_map(|(order, &id)| order.priced.lines.iter().enumerate().map(move |(line, l)| (id, line, l)));
+            items.push_values(lines, |mut row, (order_id, line, l)| {
+                row.push_bind(order_id)
+                    .push_bind(line as i64)
+                    .push_bind(l.product_id.0)
+                    .push_bind(l.name.as_str())
+                    .push_bind(l.unit_price.get())
+                    .push_bind(l.quantity.get() as i64)
+                    .push_bind(l.amount.get());
+            });
+            items.build().execute(&mut *tx).await?;
+            let pg_order_ids: Vec<String> = order_ids.iter().map(|&id| pg_order_id(id, 1)).collect();
+            let mut attempts = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO payment_attempts
+                   (order_id, pg_order_id, gateway, card_type, card_last4, amount, status, created_at, updated_at, next_check_at) ",
+            );
+            attempts.push_values(orders.iter().zip(&order_ids).zip(&pg_order_ids), |mut row, ((order, &id), pg)| {
+                row.push_bind(id)
+                    .push_bind(pg.as_str())
+                    .push_bind(order.gateway.as_str())
+                    .push_bind(order.card_type.as_str())
+                    .push_bind(order.card_last4.as_str())
+                    .push_bind(order.priced.total.get())
+                    .push_bind(PaymentStatus::Requested.as_str())
+                    .push_bind(order.now_ms)
+                    .push_bind(order.now_ms)
+                    .push_bind(order.now_ms);
+            });
+            attempts.push(" RETURNING id, order_id");
+            let attempt_of: std::collections::HashMap<i64, i64> = attempts
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get("order_id")?, row.try_get("id")?)))
+                .collect::<Result<_, StoreError>>()?;
+            for (order, &order_id) in orders.iter().zip(&order_ids) {
+                if let Some(key) = &order.idempotency_key {
+                    // Conditional: a request that retook the key after this one stalled owns it.
+                    let linked = sqlx::query(
+                        "UPDATE idempotency_keys SET order_id = $1
+                         WHERE buyer_id = $2 AND key = $3 AND order_id IS NULL AND response_status IS NULL",
                     )
                     .bind(order_id)
-                    .bind(&pg_order_id)
-                    .bind(&order.gateway)
-                    .bind(order.card_type.as_str())
-                    .bind(&order.card_last4)
-                    .bind(total.get())
-                    .bind(order.now_ms)
-                    .bind(PaymentStatus::Requested.as_str())
-                    .fetch_one(&mut *tx)
+                    .bind(order.buyer.as_str())
+                    .bind(key)
+                    .execute(&mut *tx)
                     .await?;
-                    if let Some(key) = &order.idempotency_key {
-                        // Conditional: a request that retook the key after this one stalled owns it.
-                        let linked = sqlx::query(
-                            "UPDATE idempotency_keys SET order_id = $1
-                             WHERE buyer_id = $2 AND key = $3 AND order_id IS NULL AND response_status IS NULL",
-                        )
-                        .bind(order_id)
-                        .bind(order.buyer.as_str())
-                        .bind(key)
-                        .execute(&mut *tx)
-                        .await?;
-                        if linked.rows_affected() == 0 {
-                            return Err(StoreError::IdempotencyKeyTaken);
-                        }
+                    if linked.rows_affected() == 0 {
+                        return Err(StoreError::IdempotencyKeyTaken);
                     }
-                    tx.commit().await?;
+                }
+            }
+            tx.commit().await?;
+            orders
+                .iter()
+                .zip(order_ids)
+                .zip(pg_order_ids)
+                .map(|((order, order_id), pg_order_id)| {
+                    let attempt_id = *attempt_of
+                        .get(&order_id)
+                        .ok_or_else(|| StoreError::Corrupt(format!("order {order_id} was created without its attempt")))?;
                     Ok(CreatedOrder {
                         order_id: OrderId(order_id),
                         attempt_id: AttemptId(attempt_id),
                         pg_order_id,
-                        amount: total,
-                        items: priced,
+                        amount: order.priced.total,
+                        items: order
+                            .priced
+                            .lines
+                            .iter()
+                            .map(|l| OrderItem {
+                                product_id: l.product_id.0,
+                                name: l.name.clone(),
+                                unit_price: l.unit_price.get(),
+                                quantity: l.quantity.get() as i64,
+                                amount: l.amount.get(),
+                            })
+                            .collect(),
                         created_at_ms: order.now_ms,
                     })
+                })
+                .collect()
+        }
+
+        const _: () = {
+            use $crate::domain::{BuyerId, OrderId};
+            use $crate::store::{CreatedOrder, NewOrder, OrderRecord, OrderStore, StoreError};
+
+            #[async_trait::async_trait]
+            impl OrderStore for $store {
+                async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
+                    self.orders.write(order).await
                 }
 
                 async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {

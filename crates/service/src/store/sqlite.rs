@@ -13,7 +13,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
-use super::{StoreError, status_json};
+use super::batch::Batcher;
+use super::{CreatedOrder, NewOrder, STARTUP_TIMEOUT, StoreError, status_json};
 use crate::domain::PaymentStatus;
 
 /// SQLite's test of a status against a bound set (shared.rs): the set is bound as a JSON
@@ -51,12 +52,11 @@ pub struct SqliteStore {
     /// handler), which under load cost more than the writes (docs/benchmarks.md). A pool
     /// of one rather than a connection of our own: the pool replaces it if it breaks.
     writer: SqlitePool,
+    /// Orders created together (store/batch.rs), on the writing connection.
+    orders: Batcher<NewOrder, CreatedOrder>,
     /// The checkpointing task, stopped when the last clone of the store is dropped.
     _checkpoints: Option<Arc<Checkpoints>>,
 }
-
-/// How long startup may take to create, open and migrate the database.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often the write-ahead log is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -100,6 +100,10 @@ impl Drop for Checkpoints {
     }
 }
 
+fn order_batcher(writer: SqlitePool, timeout: Duration) -> Batcher<NewOrder, CreatedOrder> {
+    Batcher::start(timeout, move |orders| create_orders(writer.clone(), orders))
+}
+
 /// A writing transaction: `BEGIN IMMEDIATE`, so that it holds SQLite's write lock from
 /// its first statement.
 async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
@@ -129,7 +133,8 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            return Ok(SqliteStore { writer: pool.clone(), pool, _checkpoints: None });
+            let orders = order_batcher(pool.clone(), timeout);
+            return Ok(SqliteStore { writer: pool.clone(), pool, orders, _checkpoints: None });
         }
         // Creating the file, switching it to WAL and migrating wait on the disk, which a
         // busy machine can make take longer than a request may wait for a connection (a
@@ -147,7 +152,8 @@ impl SqliteStore {
         let writer = pool_of(1).connect_lazy_with(options.clone().pragma("wal_autocheckpoint", "0"));
         let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(Checkpoints::start(pool.clone(), checkpoint_every)));
-        Ok(SqliteStore { pool, writer, _checkpoints: checkpoints })
+        let orders = order_batcher(writer.clone(), timeout);
+        Ok(SqliteStore { pool, writer, orders, _checkpoints: checkpoints })
     }
 
     /// The writing connection, once the writer before has finished.
@@ -160,7 +166,7 @@ super::shared::row_helpers!(SqliteStore, Sqlite);
 
 super::shared::impl_catalog!(SqliteStore);
 
-super::shared::impl_orders!(SqliteStore);
+super::shared::impl_orders!(SqliteStore, Sqlite);
 
 super::shared::impl_payments!(SqliteStore);
 
@@ -179,8 +185,8 @@ mod tests {
     use sqlx::Connection;
 
     use super::SqliteStore;
-    use crate::domain::Money;
-    use crate::store::CatalogStore;
+    use crate::domain::{BuyerId, CardType, CheckoutLine, Listing, Money, ProductId, Quantity, price};
+    use crate::store::{CatalogStore, NewOrder, OrderStore, PaymentStore, StoreError};
 
     #[tokio::test]
     async fn creating_and_migrating_the_database_is_not_bound_by_the_requests_wait_for_a_connection() {
@@ -196,6 +202,46 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(tables, 2, "migrated");
+    }
+
+    fn order(buyer: &str, listing: &Listing, quantity: i64) -> NewOrder {
+        let line = CheckoutLine { product_id: ProductId(3), quantity: Quantity::parse(quantity).unwrap() };
+        NewOrder {
+            buyer: BuyerId::parse(buyer).unwrap(),
+            priced: price([(line, listing.clone())]).unwrap(),
+            gateway: "pg".into(),
+            card_type: CardType::Kb,
+            card_last4: "1451".into(),
+            now_ms: 1,
+            idempotency_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_of_orders_is_written_together_or_else_one_by_one() {
+        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
+        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
+        let stock =
+            || async { store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available };
+        assert_eq!(stock().await, 500);
+        let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
+        let created = super::create_orders(store.writer.clone(), group).await;
+        let created: Vec<_> = created.into_iter().map(Result::unwrap).collect();
+        for (c, buyer) in created.iter().zip(["a", "b", "c"]) {
+            let record = store.order(c.order_id).await.unwrap().unwrap();
+            assert_eq!((record.buyer_id.as_str(), record.items[0].quantity), (buyer, 100));
+            let attempt = store.attempt_by_pg_order_id(&c.pg_order_id).await.unwrap().unwrap();
+            assert_eq!((attempt.id, attempt.order_id), (c.attempt_id, c.order_id));
+        }
+        assert_eq!(stock().await, 200);
+        // 350 wanted, 200 left: not together, so one by one; the one that does not fit is refused.
+        let group = vec![order("d", &listing, 100), order("e", &listing, 150), order("f", &listing, 100)];
+        let results = super::create_orders(store.writer.clone(), group).await;
+        assert!(
+            matches!(results[..], [Ok(_), Err(StoreError::OutOfStock { product: 3, available: 100 }), Ok(_)]),
+            "{results:?}"
+        );
+        assert_eq!(stock().await, 0);
     }
 
     #[tokio::test]

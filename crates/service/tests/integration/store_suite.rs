@@ -118,6 +118,8 @@ store_suite!(
     only_a_requested_attempt_moves_to_another_gateway,
     the_catalog_grows_and_restocks_around_reservations,
     an_order_priced_before_a_price_change_creates_nothing,
+    orders_placed_together_are_each_created_whole,
+    of_orders_placed_together_only_those_short_of_stock_are_refused,
 );
 
 async fn an_order_priced_before_a_price_change_creates_nothing(store: Arc<dyn Inspect>) {
@@ -211,6 +213,60 @@ async fn checkout_reserves_stock_and_creates_a_requested_attempt(store: Arc<dyn 
     assert_eq!((record.items[0].product_id, record.items[0].quantity, record.items[0].amount), (1, 2, 78_000));
     assert_eq!(record.created_at_ms, NOW);
     assert_eq!(record.attempt.card_last4, "1451");
+}
+
+/// Places all `orders` at once, as concurrent checkouts do: they are written in groups.
+async fn place_together(store: &Arc<dyn Inspect>, orders: Vec<NewOrder>) -> Vec<Result<CreatedOrder, StoreError>> {
+    let placing: Vec<_> = orders
+        .into_iter()
+        .map(|order| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create_order(order).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for placed in placing {
+        results.push(placed.await.unwrap());
+    }
+    results
+}
+
+async fn orders_placed_together_are_each_created_whole(store: Arc<dyn Inspect>) {
+    let quantity = |i: i64| 1 + i % 3;
+    let orders = (0..40).map(|i| order(&format!("buyer-{i}"), &[(1, quantity(i)), (2, 1)])).collect();
+    let created: Vec<CreatedOrder> = place_together(&store, orders).await.into_iter().map(Result::unwrap).collect();
+    let distinct = |ids: Vec<i64>| ids.iter().collect::<std::collections::HashSet<_>>().len();
+    assert_eq!(distinct(created.iter().map(|c| c.order_id.0).collect()), 40);
+    assert_eq!(distinct(created.iter().map(|c| c.attempt_id.0).collect()), 40);
+    for (i, c) in (0..).zip(&created) {
+        let attempt = store.attempt_by_pg_order_id(&c.pg_order_id).await.unwrap().unwrap();
+        assert_eq!((attempt.id, attempt.order_id, attempt.amount), (c.attempt_id, c.order_id, c.amount), "order {i}");
+        assert_eq!(c.amount.get(), 39_000 * quantity(i) + 25_000);
+        let record = store.order(c.order_id).await.unwrap().unwrap();
+        assert_eq!(record.buyer_id, format!("buyer-{i}"));
+        let lines: Vec<_> = record.items.iter().map(|it| (it.product_id, it.quantity)).collect();
+        assert_eq!(lines, [(1, quantity(i)), (2, 1)], "order {i} has its own lines, in order");
+        assert_eq!(record.items, c.items, "the order as created is the order as stored");
+    }
+    let reserved: i64 = (0..40).map(quantity).sum();
+    assert_eq!(levels(&store, 1).await, (1000 - reserved, reserved, 0));
+    assert_eq!(levels(&store, 2).await, (960, 40, 0));
+}
+
+async fn of_orders_placed_together_only_those_short_of_stock_are_refused(store: Arc<dyn Inspect>) {
+    // Product 3 has 500: of thirty orders of 20 placed at once, 25 fit.
+    let orders = (0..30).map(|i| order(&format!("buyer-{i}"), &[(1, 1), (3, 20)])).collect();
+    let results = place_together(&store, orders).await;
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(created, 25, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(matches!(refused, StoreError::OutOfStock { product: 3, .. }), "{refused}");
+    }
+    assert_eq!(levels(&store, 3).await, (0, 500, 0));
+    assert_eq!(levels(&store, 1).await, (975, 25, 0), "a refused order reserved nothing of its other line");
+    let rows = store.row_counts().await.unwrap();
+    let count = |table: &str| rows.iter().find(|(t, _)| t == table).unwrap().1;
+    assert_eq!((count("orders"), count("order_items"), count("payment_attempts")), (25, 50, 25));
 }
 
 async fn a_shortage_reserves_nothing(store: Arc<dyn Inspect>) {
