@@ -115,6 +115,15 @@ where
         answers.insert(0, Err(error));
         return answers;
     }
+    each_alone(inputs, alone).await
+}
+
+/// Each write alone, one after the other, each in its own transaction.
+pub(crate) async fn each_alone<I, O, F, Fut>(inputs: Vec<I>, alone: F) -> Vec<Result<O, StoreError>>
+where
+    F: Fn(I) -> Fut,
+    Fut: Future<Output = Result<O, StoreError>>,
+{
     let mut answers = Vec::with_capacity(inputs.len());
     for input in inputs {
         answers.push(alone(input).await);

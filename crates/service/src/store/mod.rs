@@ -78,6 +78,15 @@ pub struct NewOrder {
     pub idempotency_key: Option<String>,
 }
 
+/// A final status to apply to an attempt, as queued for its group (store/batch.rs).
+#[derive(Debug, Clone)]
+pub(crate) struct Settle {
+    pub attempt_id: AttemptId,
+    pub settlement: Settlement,
+    pub source: Source,
+    pub now_ms: i64,
+}
+
 /// What transaction 1 created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedOrder {

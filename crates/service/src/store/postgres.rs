@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use super::batch::Batcher;
-use super::{CreatedOrder, NewOrder, STARTUP_TIMEOUT, StoreError, status_names};
+use super::{CreatedOrder, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_names};
 use crate::domain::PaymentStatus;
 
 /// Pool settings.
@@ -24,7 +24,20 @@ pub struct PoolSettings {
 /// PostgreSQL's test of a status against a bound set (shared.rs): a text array.
 macro_rules! one_of {
     ($n:literal) => {
-        concat!("= ANY(", $n, ")")
+        concat!(one_of_open!(), $n, one_of_close!())
+    };
+}
+
+/// `one_of!` in two halves, for a statement built with `QueryBuilder` around its bind.
+macro_rules! one_of_open {
+    () => {
+        "= ANY("
+    };
+}
+
+macro_rules! one_of_close {
+    () => {
+        ")"
     };
 }
 
@@ -52,6 +65,8 @@ pub struct PgStore {
     /// Orders created together (store/batch.rs): one transaction and a few round trips
     /// for a group instead of six round trips each.
     orders: Batcher<NewOrder, CreatedOrder>,
+    /// Attempts settled together: one transaction for a group of callbacks.
+    settlements: Batcher<Settle, Transition>,
 }
 
 /// A writing transaction (named like SQLite's, which must say so up front, so that
@@ -88,9 +103,11 @@ impl PgStore {
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let writer = pool.clone();
-        let orders = Batcher::start(settings.acquire_timeout, move |orders| create_orders(writer.clone(), orders));
-        Ok(PgStore { pool, orders })
+        let (for_orders, for_settlements) = (pool.clone(), pool.clone());
+        let orders = Batcher::start(settings.acquire_timeout, move |orders| create_orders(for_orders.clone(), orders));
+        let settlements =
+            Batcher::start(settings.acquire_timeout, move |group| settle_all(for_settlements.clone(), group));
+        Ok(PgStore { pool, orders, settlements })
     }
 
     /// A connection to write on: any of the pool's, PostgreSQL taking concurrent
@@ -106,7 +123,7 @@ super::shared::impl_catalog!(PgStore);
 
 super::shared::impl_orders!(PgStore, Postgres);
 
-super::shared::impl_payments!(PgStore);
+super::shared::impl_payments!(PgStore, Postgres);
 
 super::shared::impl_reconciliation!(PgStore);
 

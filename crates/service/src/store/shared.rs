@@ -672,9 +672,97 @@ pub(crate) use impl_orders;
 /// lets it start from. `one_of!("$n")` and `statuses(..)` are the backend's way to test
 /// a status against a bound set, `row_lock!()` its row lock for a read before a write.
 macro_rules! impl_payments {
-    ($store:ty) => {
+    ($store:ty, $db:ty) => {
+        /// Settles a group of attempts in one transaction; when one of them is refused
+        /// (a transaction key that belongs to another attempt), each alone. Two
+        /// settlements of one attempt, or a state machine whose final statuses start
+        /// from different sets, are settled one by one from the start.
+        async fn settle_all(
+            writer: sqlx::Pool<$db>,
+            group: Vec<$crate::store::Settle>,
+        ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
+            use $crate::domain::PaymentStatus;
+            let alone = |settle: $crate::store::Settle| {
+                let writer = &writer;
+                async move { Ok(settle_together(writer, std::slice::from_ref(&settle)).await?.remove(0)) }
+            };
+            let sources = |s: &$crate::store::Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
+            let attempts: std::collections::HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
+            if attempts.len() < group.len() || group.iter().any(|s| sources(s) != sources(&group[0])) {
+                return $crate::store::batch::each_alone(group, alone).await;
+            }
+            match settle_together(&writer, &group).await {
+                Ok(settled) => settled.into_iter().map(Ok).collect(),
+                Err(error) => $crate::store::batch::one_by_one(group, error, alone).await,
+            }
+        }
+
+        /// Settles every attempt of `group` that may still be settled, releasing its
+        /// order's stock (sold on SUCCESS, for sale again on FAILED), or none. The others
+        /// are answered with where they stand.
+        async fn settle_together(
+            writer: &sqlx::Pool<$db>,
+            group: &[$crate::store::Settle],
+        ) -> Result<Vec<$crate::store::Transition>, $crate::store::StoreError> {
+            use $crate::domain::{Final, PaymentStatus};
+            use $crate::store::{key_taken, Transition};
+
+            let mut conn = writer.acquire().await?;
+            let mut tx = begin_write(&mut conn).await?;
+            let mut update = sqlx::QueryBuilder::<$db>::new(
+                "UPDATE payment_attempts SET status = v.column2, transaction_key = COALESCE(v.column3, transaction_key),
+                   reason = v.column4, version = version + 1, updated_at = v.column5, finalized_at = v.column5,
+                   settled_by = v.column6, stuck = FALSE, lease_owner = NULL, lease_until = NULL
+                 FROM (",
+            );
+            update.push_values(group, |mut row, s| {
+                row.push("CAST(").push_bind_unseparated(s.attempt_id.0).push_unseparated(" AS BIGINT)");
+                row.push("CAST(").push_bind_unseparated(s.settlement.status.as_str()).push_unseparated(" AS TEXT)");
+                row.push("CAST(").push_bind_unseparated(s.settlement.transaction_key.as_deref()).push_unseparated(" AS TEXT)");
+                row.push("CAST(").push_bind_unseparated(s.settlement.reason.as_deref()).push_unseparated(" AS TEXT)");
+                row.push("CAST(").push_bind_unseparated(s.now_ms).push_unseparated(" AS BIGINT)");
+                row.push("CAST(").push_bind_unseparated(s.source.as_str()).push_unseparated(" AS TEXT)");
+            });
+            update.push(concat!(") AS v WHERE payment_attempts.id = v.column1 AND payment_attempts.status ", one_of_open!()));
+            update.push_bind(statuses(PaymentStatus::allowed_sources(group[0].settlement.status.into())));
+            update.push(concat!(one_of_close!(), " RETURNING payment_attempts.id, payment_attempts.order_id"));
+            let applied: Vec<(i64, i64)> = update.build_query_as().fetch_all(&mut *tx).await.map_err(|e| match group {
+                [alone] => key_taken(e, alone.settlement.transaction_key.as_deref()),
+                _ => e.into(),
+            })?;
+            if !applied.is_empty() {
+                let sold = |attempt: i64| group.iter().any(|s| s.attempt_id.0 == attempt && s.settlement.status == Final::Success);
+                let mut release = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE products SET reserved = reserved - i.released, sold = sold + i.sold_now,
+                       available = available + i.released - i.sold_now
+                     FROM (SELECT oi.product_id, CAST(SUM(oi.quantity) AS BIGINT) AS released,
+                                  CAST(SUM(oi.quantity * v.column2) AS BIGINT) AS sold_now
+                           FROM order_items AS oi JOIN (",
+                );
+                release.push_values(&applied, |mut row, &(attempt, order)| {
+                    row.push("CAST(").push_bind_unseparated(order).push_unseparated(" AS BIGINT)");
+                    row.push("CAST(").push_bind_unseparated(i64::from(sold(attempt))).push_unseparated(" AS BIGINT)");
+                });
+                release.push(
+                    ") AS v ON oi.order_id = v.column1 GROUP BY oi.product_id) AS i
+                     WHERE products.id = i.product_id",
+                );
+                release.build().execute(&mut *tx).await?;
+            }
+            let mut answers = Vec::with_capacity(group.len());
+            for s in group {
+                answers.push(if applied.iter().any(|&(attempt, _)| attempt == s.attempt_id.0) {
+                    Transition::Applied
+                } else {
+                    current(&mut *tx, s.attempt_id).await?
+                });
+            }
+            tx.commit().await?;
+            Ok(answers)
+        }
+
         const _: () = {
-            use $crate::domain::{AttemptId, Final, PaymentStatus, Settlement, Source};
+            use $crate::domain::{AttemptId, PaymentStatus, Settlement, Source};
             use $crate::store::{key_taken, Attempt, EventKind, PaymentStore, StoreError, Transition};
 
             #[async_trait::async_trait]
@@ -730,33 +818,8 @@ macro_rules! impl_payments {
                     source: Source,
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
-                    let mut conn = self.writer().await?;
-                    let mut tx = begin_write(&mut conn).await?;
-                    let order_id: Option<i64> = sqlx::query_scalar(
-                        concat!("UPDATE payment_attempts SET status = $1, transaction_key = COALESCE($2, transaction_key), reason = $3,
-                           version = version + 1, updated_at = $4, finalized_at = $4,
-                           settled_by = $5, stuck = FALSE, lease_owner = NULL, lease_until = NULL
-                         WHERE id = $6 AND status ", one_of!("$7"), "
-                         RETURNING order_id"),
-                    )
-                    .bind(settlement.status.as_str())
-                    .bind(settlement.transaction_key.as_deref())
-                    .bind(settlement.reason.as_deref())
-                    .bind(now_ms)
-                    .bind(source.as_str())
-                    .bind(attempt_id.0)
-                    .bind(statuses(PaymentStatus::allowed_sources(settlement.status.into())))
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| key_taken(e, settlement.transaction_key.as_deref()))?;
-                    let Some(order_id) = order_id else {
-                        let result = current(&mut *tx, attempt_id).await?;
-                        tx.commit().await?;
-                        return Ok(result);
-                    };
-                    release_stock(&mut tx, order_id, settlement.status == Final::Success).await?;
-                    tx.commit().await?;
-                    Ok(Transition::Applied)
+                    let settle = $crate::store::Settle { attempt_id, settlement: settlement.clone(), source, now_ms };
+                    self.settlements.write(settle).await
                 }
 
                 async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {

@@ -14,14 +14,27 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use super::batch::Batcher;
-use super::{CreatedOrder, NewOrder, STARTUP_TIMEOUT, StoreError, status_json};
+use super::{CreatedOrder, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_json};
 use crate::domain::PaymentStatus;
 
 /// SQLite's test of a status against a bound set (shared.rs): the set is bound as a JSON
 /// array and read with `json_each`.
 macro_rules! one_of {
     ($n:literal) => {
-        concat!("IN (SELECT value FROM json_each(", $n, "))")
+        concat!(one_of_open!(), $n, one_of_close!())
+    };
+}
+
+/// `one_of!` in two halves, for a statement built with `QueryBuilder` around its bind.
+macro_rules! one_of_open {
+    () => {
+        "IN (SELECT value FROM json_each("
+    };
+}
+
+macro_rules! one_of_close {
+    () => {
+        "))"
     };
 }
 
@@ -52,8 +65,10 @@ pub struct SqliteStore {
     /// handler), which under load cost more than the writes (docs/benchmarks.md). A pool
     /// of one rather than a connection of our own: the pool replaces it if it breaks.
     writer: SqlitePool,
-    /// Orders created together (store/batch.rs), on the writing connection.
+    /// Orders created together, and attempts settled together (store/batch.rs), on
+    /// the writing connection.
     orders: Batcher<NewOrder, CreatedOrder>,
+    settlements: Batcher<Settle, Transition>,
     /// The checkpointing task, stopped when the last clone of the store is dropped.
     _checkpoints: Option<Arc<Checkpoints>>,
 }
@@ -100,8 +115,12 @@ impl Drop for Checkpoints {
     }
 }
 
-fn order_batcher(writer: SqlitePool, timeout: Duration) -> Batcher<NewOrder, CreatedOrder> {
-    Batcher::start(timeout, move |orders| create_orders(writer.clone(), orders))
+fn batchers(writer: &SqlitePool, timeout: Duration) -> (Batcher<NewOrder, CreatedOrder>, Batcher<Settle, Transition>) {
+    let (for_orders, for_settlements) = (writer.clone(), writer.clone());
+    (
+        Batcher::start(timeout, move |orders| create_orders(for_orders.clone(), orders)),
+        Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
+    )
 }
 
 /// A writing transaction: `BEGIN IMMEDIATE`, so that it holds SQLite's write lock from
@@ -133,8 +152,8 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            let orders = order_batcher(pool.clone(), timeout);
-            return Ok(SqliteStore { writer: pool.clone(), pool, orders, _checkpoints: None });
+            let (orders, settlements) = batchers(&pool, timeout);
+            return Ok(SqliteStore { writer: pool.clone(), pool, orders, settlements, _checkpoints: None });
         }
         // Creating the file, switching it to WAL and migrating wait on the disk, which a
         // busy machine can make take longer than a request may wait for a connection (a
@@ -152,8 +171,8 @@ impl SqliteStore {
         let writer = pool_of(1).connect_lazy_with(options.clone().pragma("wal_autocheckpoint", "0"));
         let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(Checkpoints::start(pool.clone(), checkpoint_every)));
-        let orders = order_batcher(writer.clone(), timeout);
-        Ok(SqliteStore { pool, writer, orders, _checkpoints: checkpoints })
+        let (orders, settlements) = batchers(&writer, timeout);
+        Ok(SqliteStore { pool, writer, orders, settlements, _checkpoints: checkpoints })
     }
 
     /// The writing connection, once the writer before has finished.
@@ -168,7 +187,7 @@ super::shared::impl_catalog!(SqliteStore);
 
 super::shared::impl_orders!(SqliteStore, Sqlite);
 
-super::shared::impl_payments!(SqliteStore);
+super::shared::impl_payments!(SqliteStore, Sqlite);
 
 super::shared::impl_reconciliation!(SqliteStore);
 
@@ -185,8 +204,11 @@ mod tests {
     use sqlx::Connection;
 
     use super::SqliteStore;
-    use crate::domain::{BuyerId, CardType, CheckoutLine, Listing, Money, ProductId, Quantity, price};
-    use crate::store::{CatalogStore, NewOrder, OrderStore, PaymentStore, StoreError};
+    use crate::domain::{
+        BuyerId, CardType, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
+        price,
+    };
+    use crate::store::{CatalogStore, NewOrder, OrderStore, PaymentStore, Settle, StoreError, Transition};
 
     #[tokio::test]
     async fn creating_and_migrating_the_database_is_not_bound_by_the_requests_wait_for_a_connection() {
@@ -242,6 +264,48 @@ mod tests {
             "{results:?}"
         );
         assert_eq!(stock().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_group_of_settlements_is_written_together_each_releasing_its_own_stock() {
+        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
+        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
+        let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
+        let created: Vec<_> =
+            super::create_orders(store.writer.clone(), group).await.into_iter().map(Result::unwrap).collect();
+        let settle = |i: usize, status: Final| Settle {
+            attempt_id: created[i].attempt_id,
+            settlement: Settlement { status, transaction_key: Some(format!("key-{i}")), reason: None },
+            source: Source::Callback,
+            now_ms: 2,
+        };
+        let group = vec![settle(0, Final::Success), settle(1, Final::Failed), settle(2, Final::Success)];
+        let results = super::settle_all(store.writer.clone(), group).await;
+        assert!(results.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{results:?}");
+        let available = store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available;
+        assert_eq!(available, 300, "the failed order's 100 are for sale again, the others' sold");
+        let statuses: Vec<_> = futures_util::future::join_all(
+            created
+                .iter()
+                .map(|c| async { store.attempt_by_pg_order_id(&c.pg_order_id).await.unwrap().unwrap().status }),
+        )
+        .await;
+        assert_eq!(statuses, [PaymentStatus::Success, PaymentStatus::Failed, PaymentStatus::Success]);
+        // Settled again: each answered with where it stands, nothing moved twice.
+        let again =
+            super::settle_all(store.writer.clone(), vec![settle(0, Final::Failed), settle(1, Final::Success)]).await;
+        assert!(
+            matches!(
+                again[..],
+                [
+                    Ok(Transition::AlreadyMoved { current: PaymentStatus::Success, .. }),
+                    Ok(Transition::AlreadyMoved { current: PaymentStatus::Failed, .. })
+                ]
+            ),
+            "{again:?}"
+        );
+        let available = store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available;
+        assert_eq!(available, 300);
     }
 
     #[tokio::test]

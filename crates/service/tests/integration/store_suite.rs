@@ -120,6 +120,8 @@ store_suite!(
     an_order_priced_before_a_price_change_creates_nothing,
     orders_placed_together_are_each_created_whole,
     of_orders_placed_together_only_those_short_of_stock_are_refused,
+    attempts_settled_together_each_settle_once_and_release_their_own_stock,
+    of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone,
 );
 
 async fn an_order_priced_before_a_price_change_creates_nothing(store: Arc<dyn Inspect>) {
@@ -267,6 +269,74 @@ async fn of_orders_placed_together_only_those_short_of_stock_are_refused(store: 
     let rows = store.row_counts().await.unwrap();
     let count = |table: &str| rows.iter().find(|(t, _)| t == table).unwrap().1;
     assert_eq!((count("orders"), count("order_items"), count("payment_attempts")), (25, 50, 25));
+}
+
+/// Settles all at once, as concurrent callbacks and reconciler passes do: they are
+/// written in groups.
+async fn settle_together(
+    store: &Arc<dyn Inspect>,
+    settlements: Vec<(service::domain::AttemptId, Settlement, Source)>,
+) -> Vec<Result<Transition, StoreError>> {
+    let settling: Vec<_> = settlements
+        .into_iter()
+        .map(|(attempt, settlement, source)| {
+            let store = store.clone();
+            tokio::spawn(async move { store.settle(attempt, &settlement, source, NOW).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for settled in settling {
+        results.push(settled.await.unwrap());
+    }
+    results
+}
+
+async fn attempts_settled_together_each_settle_once_and_release_their_own_stock(store: Arc<dyn Inspect>) {
+    let quantity = |i: i64| 1 + i % 3;
+    let orders = (0..20).map(|i| order(&format!("buyer-{i}"), &[(1, quantity(i))])).collect();
+    let created: Vec<CreatedOrder> = place_together(&store, orders).await.into_iter().map(Result::unwrap).collect();
+    // Every attempt twice at once, as a callback and the reconciler racing; the even
+    // ones paid, the odd ones failed.
+    let outcome = |i: i64| if i % 2 == 0 { success(&format!("key-{i}")) } else { failure(&format!("key-{i}")) };
+    let settlements = (0..)
+        .zip(&created)
+        .flat_map(|(i, c)| {
+            [(c.attempt_id, outcome(i), Source::Callback), (c.attempt_id, outcome(i), Source::Reconciler)]
+        })
+        .collect();
+    let results = settle_together(&store, settlements).await;
+    for (i, pair) in (0..).zip(results.chunks(2)) {
+        let applied = pair.iter().filter(|r| matches!(r, Ok(Transition::Applied))).count();
+        assert_eq!(applied, 1, "attempt {i} settled once: {pair:?}");
+        let status = if i % 2 == 0 { PaymentStatus::Success } else { PaymentStatus::Failed };
+        assert!(
+            pair.iter().any(|r| matches!(r, Ok(Transition::AlreadyMoved { current, .. }) if *current == status)),
+            "the other learns where it stands: {pair:?}"
+        );
+        let attempt = store.attempt_by_pg_order_id(&created[i as usize].pg_order_id).await.unwrap().unwrap();
+        assert_eq!(attempt.status, status);
+        assert_eq!(attempt.transaction_key.map(|k| k.as_str().to_string()), Some(format!("key-{i}")));
+    }
+    let sold: i64 = (0..20).filter(|i| i % 2 == 0).map(quantity).sum();
+    assert_eq!(levels(&store, 1).await, (1000 - sold, 0, sold), "each order's stock moved once, its own way");
+}
+
+async fn of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone(store: Arc<dyn Inspect>) {
+    let orders = (0..3).map(|i| order(&format!("buyer-{i}"), &[(2, 1)])).collect();
+    let created: Vec<CreatedOrder> = place_together(&store, orders).await.into_iter().map(Result::unwrap).collect();
+    // Two attempts claim one transaction key: one keeps it, the other is refused; the
+    // third is settled whatever happens to the other two.
+    let settlements = vec![
+        (created[0].attempt_id, success("KEY-1"), Source::Callback),
+        (created[1].attempt_id, success("KEY-1"), Source::Callback),
+        (created[2].attempt_id, success("KEY-2"), Source::Callback),
+    ];
+    let results = settle_together(&store, settlements).await;
+    let applied = results[..2].iter().filter(|r| matches!(r, Ok(Transition::Applied))).count();
+    assert_eq!(applied, 1, "{results:?}");
+    assert!(results[..2].iter().any(|r| matches!(r, Err(StoreError::KeyTaken(k)) if k == "KEY-1")), "{results:?}");
+    assert!(matches!(results[2], Ok(Transition::Applied)), "{results:?}");
+    assert_eq!(levels(&store, 2).await, (997, 1, 2), "only the two settled orders moved their stock");
 }
 
 async fn a_shortage_reserves_nothing(store: Arc<dyn Inspect>) {
