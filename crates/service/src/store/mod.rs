@@ -78,6 +78,14 @@ pub struct NewOrder {
     pub idempotency_key: Option<String>,
 }
 
+/// PENDING to write on an attempt the PG accepted, as queued for its group (store/batch.rs).
+#[derive(Debug, Clone)]
+pub(crate) struct MarkPending {
+    pub attempt_id: AttemptId,
+    pub key: Option<String>,
+    pub now_ms: i64,
+}
+
 /// A final status to apply to an attempt, as queued for its group (store/batch.rs).
 #[derive(Debug, Clone)]
 pub(crate) struct Settle {

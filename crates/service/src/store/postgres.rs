@@ -11,7 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
 use super::batch::Batcher;
-use super::{CreatedOrder, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_names};
+use super::{CreatedOrder, MarkPending, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_names};
 use crate::domain::PaymentStatus;
 
 /// Pool settings.
@@ -65,7 +65,9 @@ pub struct PgStore {
     /// Orders created together (store/batch.rs): one transaction and a few round trips
     /// for a group instead of six round trips each.
     orders: Batcher<NewOrder, CreatedOrder>,
-    /// Attempts settled together: one transaction for a group of callbacks.
+    /// Attempts marked PENDING together, and settled together: one statement or
+    /// transaction for a group.
+    pending: Batcher<MarkPending, Transition>,
     settlements: Batcher<Settle, Transition>,
 }
 
@@ -103,11 +105,12 @@ impl PgStore {
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let (for_orders, for_settlements) = (pool.clone(), pool.clone());
-        let orders = Batcher::start(settings.acquire_timeout, move |orders| create_orders(for_orders.clone(), orders));
-        let settlements =
-            Batcher::start(settings.acquire_timeout, move |group| settle_all(for_settlements.clone(), group));
-        Ok(PgStore { pool, orders, settlements })
+        let timeout = settings.acquire_timeout;
+        let (for_orders, for_pending, for_settlements) = (pool.clone(), pool.clone(), pool.clone());
+        let orders = Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group));
+        let pending = Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group));
+        let settlements = Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group));
+        Ok(PgStore { pool, orders, pending, settlements })
     }
 
     /// A connection to write on: any of the pool's, PostgreSQL taking concurrent

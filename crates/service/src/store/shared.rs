@@ -673,6 +673,66 @@ pub(crate) use impl_orders;
 /// a status against a bound set, `row_lock!()` its row lock for a read before a write.
 macro_rules! impl_payments {
     ($store:ty, $db:ty) => {
+        /// Marks a group of attempts PENDING in one statement; when one of them is refused
+        /// (its transaction key belongs to another attempt), each alone. Two marks of one
+        /// attempt are written one by one from the start.
+        async fn mark_all_pending(
+            writer: sqlx::Pool<$db>,
+            group: Vec<$crate::store::MarkPending>,
+        ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
+            let alone = |mark: $crate::store::MarkPending| {
+                let writer = &writer;
+                async move { Ok(mark_pending_together(writer, std::slice::from_ref(&mark)).await?.remove(0)) }
+            };
+            let attempts: std::collections::HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
+            if attempts.len() < group.len() {
+                return $crate::store::batch::each_alone(group, alone).await;
+            }
+            match mark_pending_together(&writer, &group).await {
+                Ok(marked) => marked.into_iter().map(Ok).collect(),
+                Err(error) => $crate::store::batch::one_by_one(group, error, alone).await,
+            }
+        }
+
+        /// One statement, no transaction: whoever moved an attempt first has committed,
+        /// so reading where it stands afterwards sees their move.
+        async fn mark_pending_together(
+            writer: &sqlx::Pool<$db>,
+            group: &[$crate::store::MarkPending],
+        ) -> Result<Vec<$crate::store::Transition>, $crate::store::StoreError> {
+            use $crate::domain::PaymentStatus;
+            use $crate::store::{key_taken, Transition};
+
+            let mut update = sqlx::QueryBuilder::<$db>::new("UPDATE payment_attempts SET status = ");
+            update.push_bind(PaymentStatus::Pending.as_str());
+            update.push(
+                ", transaction_key = COALESCE(v.column2, transaction_key), version = version + 1, updated_at = v.column3
+                 FROM (",
+            );
+            update.push_values(group, |mut row, m| {
+                row.push("CAST(").push_bind_unseparated(m.attempt_id.0).push_unseparated(" AS BIGINT)");
+                row.push("CAST(").push_bind_unseparated(m.key.as_deref()).push_unseparated(" AS TEXT)");
+                row.push("CAST(").push_bind_unseparated(m.now_ms).push_unseparated(" AS BIGINT)");
+            });
+            update.push(concat!(") AS v WHERE payment_attempts.id = v.column1 AND payment_attempts.status ", one_of_open!()));
+            update.push_bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)));
+            update.push(concat!(one_of_close!(), " RETURNING payment_attempts.id"));
+            let marked: Vec<i64> =
+                update.build_query_scalar().fetch_all(&mut *writer.acquire().await?).await.map_err(|e| match group {
+                    [alone] => key_taken(e, alone.key.as_deref()),
+                    _ => e.into(),
+                })?;
+            let mut answers = Vec::with_capacity(group.len());
+            for m in group {
+                answers.push(if marked.contains(&m.attempt_id.0) {
+                    Transition::Applied
+                } else {
+                    current(writer, m.attempt_id).await?
+                });
+            }
+            Ok(answers)
+        }
+
         /// Settles a group of attempts in one transaction; when one of them is refused
         /// (a transaction key that belongs to another attempt), each alone. Two
         /// settlements of one attempt, or a state machine whose final statuses start
@@ -773,25 +833,8 @@ macro_rules! impl_payments {
                     key: Option<&str>,
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
-                    // One statement, no transaction: whoever moved the attempt first has
-                    // committed, so reading where it stands afterwards sees their move.
-                    let updated = sqlx::query(
-                        concat!("UPDATE payment_attempts SET status = $4, transaction_key = COALESCE($1, transaction_key),
-                           version = version + 1, updated_at = $2
-                         WHERE id = $3 AND status ", one_of!("$5")),
-                    )
-                    .bind(key)
-                    .bind(now_ms)
-                    .bind(attempt_id.0)
-                    .bind(PaymentStatus::Pending.as_str())
-                    .bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)))
-                    .execute(&mut *self.writer().await?)
-                    .await
-                    .map_err(|e| key_taken(e, key))?;
-                    if updated.rows_affected() == 1 {
-                        return Ok(Transition::Applied);
-                    }
-                    current(&self.pool, attempt_id).await
+                    let mark = $crate::store::MarkPending { attempt_id, key: key.map(str::to_string), now_ms };
+                    self.pending.write(mark).await
                 }
 
                 async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError> {

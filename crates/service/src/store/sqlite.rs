@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
 use super::batch::Batcher;
-use super::{CreatedOrder, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_json};
+use super::{CreatedOrder, MarkPending, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_json};
 use crate::domain::PaymentStatus;
 
 /// SQLite's test of a status against a bound set (shared.rs): the set is bound as a JSON
@@ -68,6 +68,7 @@ pub struct SqliteStore {
     /// Orders created together, and attempts settled together (store/batch.rs), on
     /// the writing connection.
     orders: Batcher<NewOrder, CreatedOrder>,
+    pending: Batcher<MarkPending, Transition>,
     settlements: Batcher<Settle, Transition>,
     /// The checkpointing task, stopped when the last clone of the store is dropped.
     _checkpoints: Option<Arc<Checkpoints>>,
@@ -115,12 +116,19 @@ impl Drop for Checkpoints {
     }
 }
 
-fn batchers(writer: &SqlitePool, timeout: Duration) -> (Batcher<NewOrder, CreatedOrder>, Batcher<Settle, Transition>) {
-    let (for_orders, for_settlements) = (writer.clone(), writer.clone());
-    (
-        Batcher::start(timeout, move |orders| create_orders(for_orders.clone(), orders)),
-        Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
-    )
+struct Batchers {
+    orders: Batcher<NewOrder, CreatedOrder>,
+    pending: Batcher<MarkPending, Transition>,
+    settlements: Batcher<Settle, Transition>,
+}
+
+fn batchers(writer: &SqlitePool, timeout: Duration) -> Batchers {
+    let (for_orders, for_pending, for_settlements) = (writer.clone(), writer.clone(), writer.clone());
+    Batchers {
+        orders: Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group)),
+        pending: Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group)),
+        settlements: Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
+    }
 }
 
 /// A writing transaction: `BEGIN IMMEDIATE`, so that it holds SQLite's write lock from
@@ -152,8 +160,8 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            let (orders, settlements) = batchers(&pool, timeout);
-            return Ok(SqliteStore { writer: pool.clone(), pool, orders, settlements, _checkpoints: None });
+            let Batchers { orders, pending, settlements } = batchers(&pool, timeout);
+            return Ok(SqliteStore { writer: pool.clone(), pool, orders, pending, settlements, _checkpoints: None });
         }
         // Creating the file, switching it to WAL and migrating wait on the disk, which a
         // busy machine can make take longer than a request may wait for a connection (a
@@ -171,8 +179,8 @@ impl SqliteStore {
         let writer = pool_of(1).connect_lazy_with(options.clone().pragma("wal_autocheckpoint", "0"));
         let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(Checkpoints::start(pool.clone(), checkpoint_every)));
-        let (orders, settlements) = batchers(&writer, timeout);
-        Ok(SqliteStore { pool, writer, orders, settlements, _checkpoints: checkpoints })
+        let Batchers { orders, pending, settlements } = batchers(&writer, timeout);
+        Ok(SqliteStore { pool, writer, orders, pending, settlements, _checkpoints: checkpoints })
     }
 
     /// The writing connection, once the writer before has finished.
@@ -208,7 +216,7 @@ mod tests {
         BuyerId, CardType, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
         price,
     };
-    use crate::store::{CatalogStore, NewOrder, OrderStore, PaymentStore, Settle, StoreError, Transition};
+    use crate::store::{CatalogStore, MarkPending, NewOrder, OrderStore, PaymentStore, Settle, StoreError, Transition};
 
     #[tokio::test]
     async fn creating_and_migrating_the_database_is_not_bound_by_the_requests_wait_for_a_connection() {
@@ -267,12 +275,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_group_of_settlements_is_written_together_each_releasing_its_own_stock() {
+    async fn groups_of_pending_marks_and_settlements_are_written_together_each_releasing_its_own_stock() {
         let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
         let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
         let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
         let created: Vec<_> =
             super::create_orders(store.writer.clone(), group).await.into_iter().map(Result::unwrap).collect();
+        let marks = (0..3).map(|i| MarkPending { attempt_id: created[i].attempt_id, key: None, now_ms: 2 }).collect();
+        let marked = super::mark_all_pending(store.writer.clone(), marks).await;
+        assert!(marked.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{marked:?}");
         let settle = |i: usize, status: Final| Settle {
             attempt_id: created[i].attempt_id,
             settlement: Settlement { status, transaction_key: Some(format!("key-{i}")), reason: None },

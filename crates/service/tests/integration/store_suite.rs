@@ -122,6 +122,7 @@ store_suite!(
     of_orders_placed_together_only_those_short_of_stock_are_refused,
     attempts_settled_together_each_settle_once_and_release_their_own_stock,
     of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone,
+    attempts_marked_pending_together_each_get_their_own_answer,
 );
 
 async fn an_order_priced_before_a_price_change_creates_nothing(store: Arc<dyn Inspect>) {
@@ -337,6 +338,39 @@ async fn of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone(st
     assert!(results[..2].iter().any(|r| matches!(r, Err(StoreError::KeyTaken(k)) if k == "KEY-1")), "{results:?}");
     assert!(matches!(results[2], Ok(Transition::Applied)), "{results:?}");
     assert_eq!(levels(&store, 2).await, (997, 1, 2), "only the two settled orders moved their stock");
+}
+
+async fn attempts_marked_pending_together_each_get_their_own_answer(store: Arc<dyn Inspect>) {
+    let orders = (0..12).map(|i| order(&format!("buyer-{i}"), &[(2, 1)])).collect();
+    let created: Vec<CreatedOrder> = place_together(&store, orders).await.into_iter().map(Result::unwrap).collect();
+    // Attempt 0 was settled by a fast callback before the checkout marks it PENDING.
+    store.settle(created[0].attempt_id, &success("KEY-0"), Source::Callback, NOW).await.unwrap();
+    // Attempts 10 and 11 were answered with one key: only one may keep it.
+    let key = |i: usize| if i >= 10 { "KEY-10".to_string() } else { format!("KEY-{i}") };
+    let marking: Vec<_> = (0..12)
+        .map(|i| {
+            let (store, attempt, key) = (store.clone(), created[i].attempt_id, key(i));
+            tokio::spawn(async move { store.mark_pending(attempt, Some(&key), NOW).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for marked in marking {
+        results.push(marked.await.unwrap());
+    }
+    assert!(
+        matches!(&results[0], Ok(Transition::AlreadyMoved { current: PaymentStatus::Success, transaction_key: Some(k) }) if k == "KEY-0"),
+        "{:?}",
+        results[0]
+    );
+    for (i, result) in results.iter().enumerate().take(10).skip(1) {
+        assert!(matches!(result, Ok(Transition::Applied)), "attempt {i}: {result:?}");
+        let attempt = store.attempt_by_pg_order_id(&created[i].pg_order_id).await.unwrap().unwrap();
+        assert_eq!(attempt.status, PaymentStatus::Pending);
+        assert_eq!(attempt.transaction_key.map(|k| k.as_str().to_string()), Some(key(i)));
+    }
+    let applied = results[10..].iter().filter(|r| matches!(r, Ok(Transition::Applied))).count();
+    assert_eq!(applied, 1, "{:?}", &results[10..]);
+    assert!(results[10..].iter().any(|r| matches!(r, Err(StoreError::KeyTaken(k)) if k == "KEY-10")));
 }
 
 async fn a_shortage_reserves_nothing(store: Arc<dyn Inspect>) {
