@@ -48,6 +48,10 @@ macro_rules! row_lock {
     };
 }
 
+/// Row locks: a group locks its rows in id order first, so that two groups (or two
+/// instances) touching the same rows queue instead of deadlocking (shared.rs).
+const LOCKS_ROWS: bool = true;
+
 /// A claim passes over rows another instance is claiming, instead of waiting for them.
 macro_rules! skip_locked {
     () => {

@@ -331,6 +331,30 @@ macro_rules! row_helpers {
             })
         }
 
+        /// Locks the rows that `open` `ids` `close` selects (ids bound in a list), in id
+        /// order, where the backend has row locks: a transaction that writes several rows takes them in the same
+        /// order as every other, so two never wait for each other. SQLite's one writer
+        /// needs none.
+        async fn lock_in_order(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            open: &'static str,
+            ids: impl IntoIterator<Item = i64>,
+            close: &'static str,
+        ) -> Result<(), $crate::store::StoreError> {
+            if !LOCKS_ROWS {
+                return Ok(());
+            }
+            let mut lock = sqlx::QueryBuilder::<$db>::new(open);
+            let mut list = lock.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            lock.push(close);
+            lock.push(concat!(" ORDER BY id", row_lock!()));
+            lock.build().execute(&mut **tx).await?;
+            Ok(())
+        }
+
         /// Moves an order's reserved stock to sold (`to_sold`) or back to available.
         async fn release_stock(
             tx: &mut sqlx::Transaction<'_, $db>,
@@ -469,6 +493,7 @@ macro_rules! impl_orders {
                     *total += quantity;
                 }
             }
+            lock_in_order(&mut tx, "SELECT id FROM products WHERE id IN (", wanted.keys().copied(), ")").await?;
             let mut reserve = sqlx::QueryBuilder::<$db>::new(
                 "UPDATE products SET available = available - v.column2, reserved = reserved + v.column2 FROM (",
             );
@@ -694,8 +719,8 @@ macro_rules! impl_payments {
             }
         }
 
-        /// One statement, no transaction: whoever moved an attempt first has committed,
-        /// so reading where it stands afterwards sees their move.
+        /// Marks every attempt of `group` that is still REQUESTED; the others are answered
+        /// with where they stand.
         async fn mark_pending_together(
             writer: &sqlx::Pool<$db>,
             group: &[$crate::store::MarkPending],
@@ -717,19 +742,23 @@ macro_rules! impl_payments {
             update.push(concat!(") AS v WHERE payment_attempts.id = v.column1 AND payment_attempts.status ", one_of_open!()));
             update.push_bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)));
             update.push(concat!(one_of_close!(), " RETURNING payment_attempts.id"));
-            let marked: Vec<i64> =
-                update.build_query_scalar().fetch_all(&mut *writer.acquire().await?).await.map_err(|e| match group {
-                    [alone] => key_taken(e, alone.key.as_deref()),
-                    _ => e.into(),
-                })?;
+            let mut conn = writer.acquire().await?;
+            let mut tx = begin_write(&mut conn).await?;
+            let attempts = group.iter().map(|m| m.attempt_id.0);
+            lock_in_order(&mut tx, "SELECT id FROM payment_attempts WHERE id IN (", attempts, ")").await?;
+            let marked: Vec<i64> = update.build_query_scalar().fetch_all(&mut *tx).await.map_err(|e| match group {
+                [alone] => key_taken(e, alone.key.as_deref()),
+                _ => e.into(),
+            })?;
             let mut answers = Vec::with_capacity(group.len());
             for m in group {
                 answers.push(if marked.contains(&m.attempt_id.0) {
                     Transition::Applied
                 } else {
-                    current(writer, m.attempt_id).await?
+                    current(&mut *tx, m.attempt_id).await?
                 });
             }
+            tx.commit().await?;
             Ok(answers)
         }
 
@@ -769,6 +798,8 @@ macro_rules! impl_payments {
 
             let mut conn = writer.acquire().await?;
             let mut tx = begin_write(&mut conn).await?;
+            let attempts = group.iter().map(|s| s.attempt_id.0);
+            lock_in_order(&mut tx, "SELECT id FROM payment_attempts WHERE id IN (", attempts, ")").await?;
             let mut update = sqlx::QueryBuilder::<$db>::new(
                 "UPDATE payment_attempts SET status = v.column2, transaction_key = COALESCE(v.column3, transaction_key),
                    reason = v.column4, version = version + 1, updated_at = v.column5, finalized_at = v.column5,
@@ -791,6 +822,8 @@ macro_rules! impl_payments {
                 _ => e.into(),
             })?;
             if !applied.is_empty() {
+                let products = "SELECT id FROM products WHERE id IN (SELECT product_id FROM order_items WHERE order_id IN (";
+                lock_in_order(&mut tx, products, applied.iter().map(|&(_, order)| order), "))").await?;
                 let sold = |attempt: i64| group.iter().any(|s| s.attempt_id.0 == attempt && s.settlement.status == Final::Success);
                 let mut release = sqlx::QueryBuilder::<$db>::new(
                     "UPDATE products SET reserved = reserved - i.released, sold = sold + i.sold_now,

@@ -45,6 +45,9 @@ macro_rules! row_lock {
     };
 }
 
+/// No row locks on SQLite: a group's rows need no locking in order (shared.rs).
+const LOCKS_ROWS: bool = false;
+
 /// No row locks on SQLite: one writer at a time.
 macro_rules! skip_locked {
     () => {
