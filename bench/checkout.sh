@@ -51,7 +51,7 @@ for product in 1 2 4 5; do
     -d '{"add":1000000}' "http://127.0.0.1:$port/api/v1/admin/products/$product/stock" >/dev/null
 done
 
-wrk -t2 -c"$connections" -d3s -s bench/checkout.lua "http://127.0.0.1:$port" >/dev/null
+wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d3s -s bench/checkout.lua "http://127.0.0.1:$port" >/dev/null
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -63,7 +63,7 @@ machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
 read -r busy_before idle_before < <(machine)
 before=$(ticks "$service")
 sim_before=$(ticks "$sim")
-wrk -t2 -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "http://127.0.0.1:$port" >"$work/wrk.txt"
+wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "http://127.0.0.1:$port" >"$work/wrk.txt"
 after=$(ticks "$service")
 read -r busy_after idle_after < <(machine)
 sim_after=$(ticks "$sim")
