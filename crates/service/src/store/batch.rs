@@ -10,7 +10,10 @@
 //! soon as the writer is free, which is what group commit in a database does.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -74,7 +77,15 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 }
                 let (inputs, replies): (Vec<I>, Vec<Reply<O>>) =
                     group.into_iter().map(|(input, _, reply)| (input, reply)).unzip();
-                let results = write(inputs).await;
+                // A bug that panics in one group must not stop every later write: that
+                // group is answered unavailable (nothing of it committed) and the task goes on.
+                let results = match AssertUnwindSafe(write(inputs)).catch_unwind().await {
+                    Ok(results) => results,
+                    Err(_) => {
+                        tracing::error!(writes = replies.len(), "writing a group panicked; its writes were refused");
+                        replies.iter().map(|_| Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))).collect()
+                    }
+                };
                 debug_assert_eq!(results.len(), replies.len(), "one answer per write");
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
@@ -199,6 +210,17 @@ mod tests {
         assert!(matches!(late, Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))), "{late:?}");
         first.await.unwrap().unwrap();
         assert_eq!(*written.lock().unwrap(), vec![1], "the late write was never written");
+    }
+
+    #[tokio::test]
+    async fn a_group_that_panics_is_refused_and_the_next_group_is_written() {
+        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), |inputs: Vec<u32>| async move {
+            assert!(!inputs.contains(&13), "a bug");
+            inputs.into_iter().map(Ok).collect()
+        });
+        let refused = batcher.write(13).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))), "{refused:?}");
+        assert_eq!(batcher.write(7).await.unwrap(), 7, "the task still writes");
     }
 
     #[tokio::test]
