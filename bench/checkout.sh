@@ -16,42 +16,17 @@ cd "$(dirname "$0")/.."
 database="${1:-sqlite}"
 connections="${2:-64}"
 seconds="${3:-10}"
-bin="${PAYGUARD_BIN:-${CARGO_TARGET_DIR:-target}/release/payguard}"
-[ -x "$bin" ] || { echo "no binary at $bin: cargo build --release -p payguard" >&2; exit 1; }
-command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-
-work="$(mktemp -d)"
 sim_port=18082
 port=18080
-secret="bench-callback-secret-0123456789abcdef"
-token="bench-admin-token-0123456789abcdef"
+# shellcheck source=bench/common.sh
+. bench/common.sh
+command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
 [ "$database" = sqlite ] && database="sqlite://$work/shop.db"
 
-cleanup() {
-  kill "${service:-}" "${sim:-}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+start_simulator
+start_service "$database" "$work/service.log"
 
-"$bin" gateway-sim --listen "127.0.0.1:$sim_port" --instant --failure-rate 0 \
-  --callback-secret "$secret" >"$work/sim.log" 2>&1 &
-sim=$!
-PAYGUARD_ADMIN__TOKEN="$token" PAYGUARD_GATEWAY__CALLBACK_SECRET="$secret" \
-  "$bin" serve --listen "127.0.0.1:$port" --gateway-url "http://127.0.0.1:$sim_port" \
-  --public-url "http://127.0.0.1:$port" --database-url "$database" >"$work/service.log" 2>&1 &
-service=$!
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$port/readyz" >/dev/null || { cat "$work/service.log" >&2; exit 1; }
-for product in 1 2 4 5; do
-  curl -sf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    -d '{"add":1000000}' "http://127.0.0.1:$port/api/v1/admin/products/$product/stock" >/dev/null
-done
-
-wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d3s -s bench/checkout.lua "http://127.0.0.1:$port" >/dev/null
+wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
@@ -63,7 +38,7 @@ machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
 read -r busy_before idle_before < <(machine)
 before=$(ticks "$service")
 sim_before=$(ticks "$sim")
-wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "http://127.0.0.1:$port" >"$work/wrk.txt"
+wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "$url" >"$work/wrk.txt"
 after=$(ticks "$service")
 read -r busy_after idle_after < <(machine)
 sim_after=$(ticks "$sim")

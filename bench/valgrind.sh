@@ -22,27 +22,13 @@ case "$tool" in
   dhat | callgrind) ;;
   *) echo "usage: bench/valgrind.sh dhat|callgrind [FEW] [MANY]" >&2; exit 2 ;;
 esac
-bin="${PAYGUARD_BIN:-${CARGO_TARGET_DIR:-target}/release/payguard}"
-[ -x "$bin" ] || { echo "no binary at $bin: cargo build --release -p payguard" >&2; exit 1; }
-command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
-
-work="$(mktemp -d)"
 sim_port=18092
 port=18090
-secret="bench-callback-secret-0123456789abcdef"
-token="bench-admin-token-0123456789abcdef"
-url="http://127.0.0.1:$port"
+# shellcheck source=bench/common.sh
+. bench/common.sh
+command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 
-cleanup() {
-  kill "${service:-}" "${sim:-}" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-"$bin" gateway-sim --listen "127.0.0.1:$sim_port" --instant --failure-rate 0 \
-  --callback-secret "$secret" >"$work/sim.log" 2>&1 &
-sim=$!
+start_simulator
 
 # One run: a fresh database, COUNT checkouts from 16 at a time, every one settled, then a
 # graceful stop. Prints what the tool counted over the service's whole life: blocks
@@ -50,18 +36,8 @@ sim=$!
 run() {
   local count=$1 db="$work/shop-$1.db" pending=""
   rm -f "$db"
-  PAYGUARD_ADMIN__TOKEN="$token" PAYGUARD_GATEWAY__CALLBACK_SECRET="$secret" \
-    valgrind --tool="$tool" "--$tool-out-file=$work/$tool-$count.out" \
-    "$bin" serve --listen "127.0.0.1:$port" --gateway-url "http://127.0.0.1:$sim_port" \
-    --public-url "$url" --database-url "sqlite://$db" >"$work/service-$count.log" 2>&1 &
-  service=$!
-  for _ in $(seq 1 600); do
-    curl -sf "$url/readyz" >/dev/null && break
-    sleep 0.1
-  done
-  curl -sf "$url/readyz" >/dev/null || { cat "$work/service-$count.log" >&2; exit 1; }
-  curl -sf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-    -d '{"add":1000000}' "$url/api/v1/admin/products/1/stock" >/dev/null
+  start_service "sqlite://$db" "$work/service-$count.log" \
+    valgrind --tool="$tool" "--$tool-out-file=$work/$tool-$count.out"
   accepted=$(seq 1 "$count" | xargs -P 16 -I{} curl -s -o /dev/null -w '%{http_code}\n' \
     -X POST -H 'Content-Type: application/json' -H 'X-USER-ID: buyer-{}' \
     -d '{"items":[{"productId":1,"quantity":1}],"cardType":"SAMSUNG","cardNo":"1234-5678-9814-1451"}' \
