@@ -14,6 +14,7 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -105,12 +106,32 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
+/// Writes `group` in one go with `together` when `may_share` says its writes may share a
+/// transaction; when they may not, each alone; when the group fails, as `one_by_one` says.
+pub(crate) async fn write_group<I, O>(
+    group: Vec<I>,
+    may_share: bool,
+    together: impl for<'a> Fn(&'a [I]) -> BoxFuture<'a, Result<Vec<O>, StoreError>>,
+) -> Vec<Result<O, StoreError>> {
+    let alone = |input: I| {
+        let together = &together;
+        async move { Ok(together(std::slice::from_ref(&input)).await?.remove(0)) }
+    };
+    if !may_share {
+        return each_alone(group, alone).await;
+    }
+    match together(&group).await {
+        Ok(written) => written.into_iter().map(Ok).collect(),
+        Err(error) => one_by_one(group, error, alone).await,
+    }
+}
+
 /// The answers for a group whose transaction failed. One write alone gets its own error.
 /// When the database is unavailable, every write gets the same answer (trying them one
 /// by one would wait for it once per write). Any other error belongs to one of the
 /// writes, which are then tried one by one, each in its own transaction, so that each
 /// gets its own answer and one bad write does not refuse the others.
-pub(crate) async fn one_by_one<I, O, F, Fut>(inputs: Vec<I>, error: StoreError, alone: F) -> Vec<Result<O, StoreError>>
+async fn one_by_one<I, O, F, Fut>(inputs: Vec<I>, error: StoreError, alone: F) -> Vec<Result<O, StoreError>>
 where
     F: Fn(I) -> Fut,
     Fut: Future<Output = Result<O, StoreError>>,
@@ -130,7 +151,7 @@ where
 }
 
 /// Each write alone, one after the other, each in its own transaction.
-pub(crate) async fn each_alone<I, O, F, Fut>(inputs: Vec<I>, alone: F) -> Vec<Result<O, StoreError>>
+async fn each_alone<I, O, F, Fut>(inputs: Vec<I>, alone: F) -> Vec<Result<O, StoreError>>
 where
     F: Fn(I) -> Fut,
     Fut: Future<Output = Result<O, StoreError>>,

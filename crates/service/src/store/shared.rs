@@ -457,16 +457,11 @@ macro_rules! impl_orders {
             writer: sqlx::Pool<$db>,
             orders: Vec<$crate::store::NewOrder>,
         ) -> Vec<Result<$crate::store::CreatedOrder, $crate::store::StoreError>> {
-            match create_together(&writer, &orders).await {
-                Ok(created) => created.into_iter().map(Ok).collect(),
-                Err(error) => {
-                    $crate::store::batch::one_by_one(orders, error, |order| {
-                        let writer = &writer;
-                        async move { Ok(create_together(writer, std::slice::from_ref(&order)).await?.remove(0)) }
-                    })
-                    .await
-                }
-            }
+            $crate::store::batch::write_group(orders, true, move |group| {
+                let writer = writer.clone();
+                Box::pin(async move { create_together(&writer, group).await })
+            })
+            .await
         }
 
         /// Creates every order of `orders`, or none.
@@ -705,18 +700,13 @@ macro_rules! impl_payments {
             writer: sqlx::Pool<$db>,
             group: Vec<$crate::store::MarkPending>,
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
-            let alone = |mark: $crate::store::MarkPending| {
-                let writer = &writer;
-                async move { Ok(mark_pending_together(writer, std::slice::from_ref(&mark)).await?.remove(0)) }
-            };
             let attempts: std::collections::HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
-            if attempts.len() < group.len() {
-                return $crate::store::batch::each_alone(group, alone).await;
-            }
-            match mark_pending_together(&writer, &group).await {
-                Ok(marked) => marked.into_iter().map(Ok).collect(),
-                Err(error) => $crate::store::batch::one_by_one(group, error, alone).await,
-            }
+            let may_share = attempts.len() == group.len();
+            $crate::store::batch::write_group(group, may_share, move |group| {
+                let writer = writer.clone();
+                Box::pin(async move { mark_pending_together(&writer, group).await })
+            })
+            .await
         }
 
         /// Marks every attempt of `group` that is still REQUESTED; the others are answered
@@ -771,19 +761,14 @@ macro_rules! impl_payments {
             group: Vec<$crate::store::Settle>,
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
             use $crate::domain::PaymentStatus;
-            let alone = |settle: $crate::store::Settle| {
-                let writer = &writer;
-                async move { Ok(settle_together(writer, std::slice::from_ref(&settle)).await?.remove(0)) }
-            };
             let sources = |s: &$crate::store::Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
             let attempts: std::collections::HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
-            if attempts.len() < group.len() || group.iter().any(|s| sources(s) != sources(&group[0])) {
-                return $crate::store::batch::each_alone(group, alone).await;
-            }
-            match settle_together(&writer, &group).await {
-                Ok(settled) => settled.into_iter().map(Ok).collect(),
-                Err(error) => $crate::store::batch::one_by_one(group, error, alone).await,
-            }
+            let may_share = attempts.len() == group.len() && group.iter().all(|s| sources(s) == sources(&group[0]));
+            $crate::store::batch::write_group(group, may_share, move |group| {
+                let writer = writer.clone();
+                Box::pin(async move { settle_together(&writer, group).await })
+            })
+            .await
         }
 
         /// Settles every attempt of `group` that may still be settled, releasing its
