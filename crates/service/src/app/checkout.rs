@@ -218,13 +218,12 @@ impl Checkout {
             PaymentOutcome::Accepted { transaction_key } => {
                 // A fast callback may have settled it already; that is fine.
                 let written = self.store.mark_pending(created.attempt_id, Some(&transaction_key), now).await;
-                let overtaken = matches!(written.map_err(unrecorded), Ok(Transition::AlreadyMoved { .. }));
+                let overtaken = overtaken(written, unrecorded);
                 Ok((placed(request, created, Some(transaction_key), overtaken), "accepted"))
             }
             PaymentOutcome::Unknown(why) => {
                 tracing::warn!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment outcome unknown: left PENDING for the reconciler");
-                let written = self.store.mark_pending(created.attempt_id, None, now).await;
-                let overtaken = matches!(written.map_err(unrecorded), Ok(Transition::AlreadyMoved { .. }));
+                let overtaken = overtaken(self.store.mark_pending(created.attempt_id, None, now).await, unrecorded);
                 Ok((placed(request, created, None, overtaken), "unknown"))
             }
             PaymentOutcome::NotDelivered(why) => {
@@ -255,6 +254,12 @@ impl Checkout {
             }
         }
     }
+}
+
+/// Whether news of the payment (a fast callback) settled the attempt before the checkout
+/// wrote PENDING. A PENDING that could not be written is reported and counts as not.
+fn overtaken(written: Result<Transition, StoreError>, unrecorded: impl FnOnce(StoreError)) -> bool {
+    matches!(written.map_err(unrecorded), Ok(Transition::AlreadyMoved { .. }))
 }
 
 /// The order as a placed checkout left it: PENDING at the PG.

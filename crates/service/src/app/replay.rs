@@ -32,6 +32,7 @@ impl SeenSignatures {
     }
 
     /// How many signatures are remembered.
+    #[cfg(test)]
     pub fn remembered(&self) -> usize {
         self.seen.len()
     }
