@@ -19,31 +19,23 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::StoreError;
+use super::{Background, CreatedOrder, MarkPending, NewOrder, Settle, StoreError, Transition};
 
 /// How many writes one group takes at most (a group's statements bind a handful of
 /// parameters per write; SQLite takes 32,766 per statement, PostgreSQL 65,535).
-pub(crate) const MAX_GROUP: usize = 64;
+const MAX_GROUP: usize = 64;
 
 type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
 
 /// The queue in front of the task that writes groups. Dropping the last clone stops it.
 pub(crate) struct Batcher<I, O> {
     queue: mpsc::UnboundedSender<(I, Instant, Reply<O>)>,
-    task: std::sync::Arc<Task>,
+    task: std::sync::Arc<Background>,
 }
 
 impl<I, O> Clone for Batcher<I, O> {
     fn clone(&self) -> Self {
         Batcher { queue: self.queue.clone(), task: self.task.clone() }
-    }
-}
-
-struct Task(tokio::task::JoinHandle<()>);
-
-impl Drop for Task {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -93,7 +85,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 }
             }
         });
-        Batcher { queue, task: std::sync::Arc::new(Task(task)) }
+        Batcher { queue, task: std::sync::Arc::new(Background(task)) }
     }
 
     /// Queues `input` for the next group and waits for its answer.
@@ -104,6 +96,14 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             .map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?;
         answer.await.map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?
     }
+}
+
+/// The three writes every checkout makes, each with its group-commit task.
+#[derive(Clone)]
+pub(crate) struct Batchers {
+    pub orders: Batcher<NewOrder, CreatedOrder>,
+    pub pending: Batcher<MarkPending, Transition>,
+    pub settlements: Batcher<Settle, Transition>,
 }
 
 /// Writes `group` in one go with `together` when `may_share` says its writes may share a

@@ -24,6 +24,24 @@ use crate::domain::{
 /// network, and the migrations on whatever else holds their lock.
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Runs `setup` (open, create, migrate) under the startup deadline rather than the
+/// requests' wait for a connection.
+async fn at_startup(setup: impl std::future::Future<Output = Result<(), StoreError>>) -> Result<(), StoreError> {
+    tokio::time::timeout(STARTUP_TIMEOUT, setup)
+        .await
+        .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))?
+}
+
+/// A task a store runs beside its callers (checkpoints, group commit), stopped when the
+/// last clone of the store is dropped.
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("product {0} does not exist")]

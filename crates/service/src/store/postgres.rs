@@ -10,8 +10,8 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
-use super::batch::Batcher;
-use super::{CreatedOrder, MarkPending, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_names};
+use super::batch::Batchers;
+use super::{StoreError, at_startup, status_names};
 use crate::domain::PaymentStatus;
 
 /// Pool settings.
@@ -66,13 +66,9 @@ fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Orders created together (store/batch.rs): one transaction and a few round trips
-    /// for a group instead of six round trips each.
-    orders: Batcher<NewOrder, CreatedOrder>,
-    /// Attempts marked PENDING together, and settled together: one statement or
-    /// transaction for a group.
-    pending: Batcher<MarkPending, Transition>,
-    settlements: Batcher<Settle, Transition>,
+    /// Orders, PENDING marks and settlements written in groups (store/batch.rs): one
+    /// transaction and a few round trips for a group instead of a few for each.
+    batchers: Batchers,
 }
 
 /// A writing transaction (named like SQLite's, which must say so up front, so that
@@ -92,14 +88,12 @@ impl PgStore {
         // for a connection (a new database under load, another instance holding the
         // migrations' lock): they run on a connection of their own, under their own
         // deadline; the pool opens its connections on first use.
-        tokio::time::timeout(STARTUP_TIMEOUT, async {
+        at_startup(async {
             let mut setup = PgConnection::connect_with(&options).await?;
             sqlx::migrate!("./migrations/postgres").run(&mut setup).await?;
-            setup.close().await?;
-            Ok::<_, StoreError>(())
+            Ok(setup.close().await?)
         })
-        .await
-        .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
+        .await?;
         // No ping before each use: sqlx already tests a connection when it is returned,
         // and each ping is one more round trip to the server (docs/benchmarks.md). A
         // connection the server dropped while idle fails its next statement, which the
@@ -109,12 +103,8 @@ impl PgStore {
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let timeout = settings.acquire_timeout;
-        let (for_orders, for_pending, for_settlements) = (pool.clone(), pool.clone(), pool.clone());
-        let orders = Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group));
-        let pending = Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group));
-        let settlements = Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group));
-        Ok(PgStore { pool, orders, pending, settlements })
+        let batchers = batchers(&pool, settings.acquire_timeout);
+        Ok(PgStore { pool, batchers })
     }
 
     /// A connection to write on: any of the pool's, PostgreSQL taking concurrent

@@ -332,9 +332,9 @@ macro_rules! row_helpers {
         }
 
         /// Locks the rows that `open` `ids` `close` selects (ids bound in a list), in id
-        /// order, where the backend has row locks: a transaction that writes several rows takes them in the same
-        /// order as every other, so two never wait for each other. SQLite's one writer
-        /// needs none.
+        /// order, where the backend has row locks: a transaction that writes several rows
+        /// takes them in the same order as every other, so no two wait for each other.
+        /// SQLite's one writer needs none.
         async fn lock_in_order(
             tx: &mut sqlx::Transaction<'_, $db>,
             open: &'static str,
@@ -355,22 +355,30 @@ macro_rules! row_helpers {
             Ok(())
         }
 
-        /// Moves an order's reserved stock to sold (`to_sold`) or back to available.
+        /// Moves the reserved stock of each of `orders` (order id, sold) to sold, or back to
+        /// available when not sold; the products locked in id order first.
         async fn release_stock(
             tx: &mut sqlx::Transaction<'_, $db>,
-            order_id: i64,
-            to_sold: bool,
+            orders: &[(i64, bool)],
         ) -> Result<(), $crate::store::StoreError> {
-            let sql = if to_sold {
-                "UPDATE products SET reserved = reserved - i.quantity, sold = sold + i.quantity
-                 FROM (SELECT product_id, CAST(SUM(quantity) AS BIGINT) AS quantity FROM order_items WHERE order_id = $1 GROUP BY product_id) AS i
-                 WHERE products.id = i.product_id"
-            } else {
-                "UPDATE products SET reserved = reserved - i.quantity, available = available + i.quantity
-                 FROM (SELECT product_id, CAST(SUM(quantity) AS BIGINT) AS quantity FROM order_items WHERE order_id = $1 GROUP BY product_id) AS i
-                 WHERE products.id = i.product_id"
-            };
-            sqlx::query(sql).bind(order_id).execute(&mut **tx).await?;
+            let products = "SELECT id FROM products WHERE id IN (SELECT product_id FROM order_items WHERE order_id IN (";
+            lock_in_order(tx, products, orders.iter().map(|&(order, _)| order), "))").await?;
+            let mut release = sqlx::QueryBuilder::<$db>::new(
+                "UPDATE products SET reserved = reserved - i.released, sold = sold + i.sold_now,
+                   available = available + i.released - i.sold_now
+                 FROM (SELECT oi.product_id, CAST(SUM(oi.quantity) AS BIGINT) AS released,
+                              CAST(SUM(oi.quantity * v.column2) AS BIGINT) AS sold_now
+                       FROM order_items AS oi JOIN (",
+            );
+            release.push_values(orders, |mut row, &(order, sold)| {
+                row.push("CAST(").push_bind_unseparated(order).push_unseparated(" AS BIGINT)");
+                row.push("CAST(").push_bind_unseparated(i64::from(sold)).push_unseparated(" AS BIGINT)");
+            });
+            release.push(
+                ") AS v ON oi.order_id = v.column1 GROUP BY oi.product_id) AS i
+                 WHERE products.id = i.product_id",
+            );
+            release.build().execute(&mut **tx).await?;
             Ok(())
         }
 
@@ -625,7 +633,7 @@ macro_rules! impl_orders {
             #[async_trait::async_trait]
             impl OrderStore for $store {
                 async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-                    self.orders.write(order).await
+                    self.batchers.orders.write(order).await
                 }
 
                 async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
@@ -771,6 +779,17 @@ macro_rules! impl_payments {
             .await
         }
 
+        /// The group-commit tasks of the store, writing on `writer`.
+        fn batchers(writer: &sqlx::Pool<$db>, timeout: std::time::Duration) -> $crate::store::batch::Batchers {
+            use $crate::store::batch::{Batcher, Batchers};
+            let (for_orders, for_pending, for_settlements) = (writer.clone(), writer.clone(), writer.clone());
+            Batchers {
+                orders: Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group)),
+                pending: Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group)),
+                settlements: Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
+            }
+        }
+
         /// Settles every attempt of `group` that may still be settled, releasing its
         /// order's stock (sold on SUCCESS, for sale again on FAILED), or none. The others
         /// are answered with where they stand.
@@ -807,25 +826,9 @@ macro_rules! impl_payments {
                 _ => e.into(),
             })?;
             if !applied.is_empty() {
-                let products = "SELECT id FROM products WHERE id IN (SELECT product_id FROM order_items WHERE order_id IN (";
-                lock_in_order(&mut tx, products, applied.iter().map(|&(_, order)| order), "))").await?;
                 let sold = |attempt: i64| group.iter().any(|s| s.attempt_id.0 == attempt && s.settlement.status == Final::Success);
-                let mut release = sqlx::QueryBuilder::<$db>::new(
-                    "UPDATE products SET reserved = reserved - i.released, sold = sold + i.sold_now,
-                       available = available + i.released - i.sold_now
-                     FROM (SELECT oi.product_id, CAST(SUM(oi.quantity) AS BIGINT) AS released,
-                                  CAST(SUM(oi.quantity * v.column2) AS BIGINT) AS sold_now
-                           FROM order_items AS oi JOIN (",
-                );
-                release.push_values(&applied, |mut row, &(attempt, order)| {
-                    row.push("CAST(").push_bind_unseparated(order).push_unseparated(" AS BIGINT)");
-                    row.push("CAST(").push_bind_unseparated(i64::from(sold(attempt))).push_unseparated(" AS BIGINT)");
-                });
-                release.push(
-                    ") AS v ON oi.order_id = v.column1 GROUP BY oi.product_id) AS i
-                     WHERE products.id = i.product_id",
-                );
-                release.build().execute(&mut *tx).await?;
+                let released: Vec<(i64, bool)> = applied.iter().map(|&(attempt, order)| (order, sold(attempt))).collect();
+                release_stock(&mut tx, &released).await?;
             }
             let mut answers = Vec::with_capacity(group.len());
             for s in group {
@@ -852,7 +855,7 @@ macro_rules! impl_payments {
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
                     let mark = $crate::store::MarkPending { attempt_id, key: key.map(str::to_string), now_ms };
-                    self.pending.write(mark).await
+                    self.batchers.pending.write(mark).await
                 }
 
                 async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -880,7 +883,7 @@ macro_rules! impl_payments {
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
                     let settle = $crate::store::Settle { attempt_id, settlement: settlement.clone(), source, now_ms };
-                    self.settlements.write(settle).await
+                    self.batchers.settlements.write(settle).await
                 }
 
                 async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {
@@ -897,7 +900,7 @@ macro_rules! impl_payments {
                         tx.commit().await?;
                         return Ok(result);
                     };
-                    release_stock(&mut tx, order_id, false).await?;
+                    release_stock(&mut tx, &[(order_id, false)]).await?;
                     sqlx::query("DELETE FROM orders WHERE id = $1").bind(order_id).execute(&mut *tx).await?;
                     tx.commit().await?;
                     Ok(Transition::Applied)

@@ -13,8 +13,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
-use super::batch::Batcher;
-use super::{CreatedOrder, MarkPending, NewOrder, STARTUP_TIMEOUT, Settle, StoreError, Transition, status_json};
+use super::batch::Batchers;
+use super::{Background, STARTUP_TIMEOUT, StoreError, at_startup, status_json};
 use crate::domain::PaymentStatus;
 
 /// SQLite's test of a status against a bound set (shared.rs): the set is bound as a JSON
@@ -68,13 +68,11 @@ pub struct SqliteStore {
     /// handler), which under load cost more than the writes (docs/benchmarks.md). A pool
     /// of one rather than a connection of our own: the pool replaces it if it breaks.
     writer: SqlitePool,
-    /// Orders created together, and attempts settled together (store/batch.rs), on
-    /// the writing connection.
-    orders: Batcher<NewOrder, CreatedOrder>,
-    pending: Batcher<MarkPending, Transition>,
-    settlements: Batcher<Settle, Transition>,
-    /// The checkpointing task, stopped when the last clone of the store is dropped.
-    _checkpoints: Option<Arc<Checkpoints>>,
+    /// Orders, PENDING marks and settlements written in groups (store/batch.rs), on the
+    /// writing connection.
+    batchers: Batchers,
+    /// The checkpointing task.
+    _checkpoints: Option<Arc<Background>>,
 }
 
 /// How often the write-ahead log is copied into the database file.
@@ -85,53 +83,28 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// included, while that commit holds the write lock: every other writer waited 1-20 ms
 /// behind it several times a second under load (docs/benchmarks.md). PASSIVE never waits
 /// for readers or the writer; what it cannot copy now it copies next time.
-struct Checkpoints(tokio::task::JoinHandle<()>);
-
-impl Checkpoints {
-    fn start(readers: SqlitePool, period: Duration) -> Checkpoints {
-        Checkpoints(tokio::spawn(async move {
-            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // Said once when checkpoints start failing and once when they recover: a full
-            // disk must not also fill the log with a line a second.
-            let mut failing = false;
-            loop {
-                every.tick().await;
-                match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
-                    Err(error) if !failing => {
-                        tracing::warn!(%error, "WAL checkpoint failed: retried every second, the log grows meanwhile");
-                        failing = true;
-                    }
-                    Ok(_) if failing => {
-                        tracing::info!("WAL checkpoints work again");
-                        failing = false;
-                    }
-                    _ => {}
+fn checkpoints(readers: SqlitePool, period: Duration) -> Background {
+    Background(tokio::spawn(async move {
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Said once when checkpoints start failing and once when they recover: a full
+        // disk must not also fill the log with a line a second.
+        let mut failing = false;
+        loop {
+            every.tick().await;
+            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&readers).await {
+                Err(error) if !failing => {
+                    tracing::warn!(%error, "WAL checkpoint failed: retried every second, the log grows meanwhile");
+                    failing = true;
                 }
+                Ok(_) if failing => {
+                    tracing::info!("WAL checkpoints work again");
+                    failing = false;
+                }
+                _ => {}
             }
-        }))
-    }
-}
-
-impl Drop for Checkpoints {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct Batchers {
-    orders: Batcher<NewOrder, CreatedOrder>,
-    pending: Batcher<MarkPending, Transition>,
-    settlements: Batcher<Settle, Transition>,
-}
-
-fn batchers(writer: &SqlitePool, timeout: Duration) -> Batchers {
-    let (for_orders, for_pending, for_settlements) = (writer.clone(), writer.clone(), writer.clone());
-    Batchers {
-        orders: Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group)),
-        pending: Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group)),
-        settlements: Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
-    }
+        }
+    }))
 }
 
 /// A writing transaction: `BEGIN IMMEDIATE`, so that it holds SQLite's write lock from
@@ -163,27 +136,25 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            let Batchers { orders, pending, settlements } = batchers(&pool, timeout);
-            return Ok(SqliteStore { writer: pool.clone(), pool, orders, pending, settlements, _checkpoints: None });
+            let batchers = batchers(&pool, timeout);
+            return Ok(SqliteStore { writer: pool.clone(), pool, batchers, _checkpoints: None });
         }
         // Creating the file, switching it to WAL and migrating wait on the disk, which a
         // busy machine can make take longer than a request may wait for a connection (a
         // new WAL database took 0.3 s beside another process's fsyncs): startup does them
         // on a connection of its own, bounded by its own deadline. The pools then open
         // their connections on first use, each a cheap open of a ready database.
-        tokio::time::timeout(STARTUP_TIMEOUT, async {
+        at_startup(async {
             let mut setup = SqliteConnection::connect_with(&options.clone().busy_timeout(STARTUP_TIMEOUT)).await?;
             sqlx::migrate!("./migrations/sqlite").run(&mut setup).await?;
-            setup.close().await?;
-            Ok::<_, StoreError>(())
+            Ok(setup.close().await?)
         })
-        .await
-        .map_err(|_| StoreError::Unavailable(sqlx::Error::PoolTimedOut))??;
+        .await?;
         let writer = pool_of(1).connect_lazy_with(options.clone().pragma("wal_autocheckpoint", "0"));
         let pool = pool_of(8).connect_lazy_with(options);
-        let checkpoints = Some(Arc::new(Checkpoints::start(pool.clone(), checkpoint_every)));
-        let Batchers { orders, pending, settlements } = batchers(&writer, timeout);
-        Ok(SqliteStore { pool, writer, orders, pending, settlements, _checkpoints: checkpoints })
+        let checkpoints = Some(Arc::new(checkpoints(pool.clone(), checkpoint_every)));
+        let batchers = batchers(&writer, timeout);
+        Ok(SqliteStore { pool, writer, batchers, _checkpoints: checkpoints })
     }
 
     /// The writing connection, once the writer before has finished.
