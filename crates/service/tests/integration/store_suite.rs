@@ -220,16 +220,22 @@ async fn checkout_reserves_stock_and_creates_a_requested_attempt(store: Arc<dyn 
 
 /// Places all `orders` at once, as concurrent checkouts do: they are written in groups.
 async fn place_together(store: &Arc<dyn Inspect>, orders: Vec<NewOrder>) -> Vec<Result<CreatedOrder, StoreError>> {
-    let placing: Vec<_> = orders
-        .into_iter()
-        .map(|order| {
-            let store = store.clone();
-            tokio::spawn(async move { store.create_order(order).await })
-        })
-        .collect();
+    at_once(orders.into_iter().map(|order| {
+        let store = store.clone();
+        async move { store.create_order(order).await }
+    }))
+    .await
+}
+
+/// Runs every one of `writes` at once, each its own task, as concurrent requests do, and
+/// answers their results in order.
+async fn at_once<T: Send + 'static>(
+    writes: impl IntoIterator<Item = impl std::future::Future<Output = T> + Send + 'static>,
+) -> Vec<T> {
+    let running: Vec<_> = writes.into_iter().map(tokio::spawn).collect();
     let mut results = Vec::new();
-    for placed in placing {
-        results.push(placed.await.unwrap());
+    for write in running {
+        results.push(write.await.unwrap());
     }
     results
 }
@@ -278,18 +284,11 @@ async fn settle_together(
     store: &Arc<dyn Inspect>,
     settlements: Vec<(service::domain::AttemptId, Settlement, Source)>,
 ) -> Vec<Result<Transition, StoreError>> {
-    let settling: Vec<_> = settlements
-        .into_iter()
-        .map(|(attempt, settlement, source)| {
-            let store = store.clone();
-            tokio::spawn(async move { store.settle(attempt, &settlement, source, NOW).await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for settled in settling {
-        results.push(settled.await.unwrap());
-    }
-    results
+    at_once(settlements.into_iter().map(|(attempt, settlement, source)| {
+        let store = store.clone();
+        async move { store.settle(attempt, &settlement, source, NOW).await }
+    }))
+    .await
 }
 
 async fn attempts_settled_together_each_settle_once_and_release_their_own_stock(store: Arc<dyn Inspect>) {
@@ -347,16 +346,11 @@ async fn attempts_marked_pending_together_each_get_their_own_answer(store: Arc<d
     store.settle(created[0].attempt_id, &success("KEY-0"), Source::Callback, NOW).await.unwrap();
     // Attempts 10 and 11 were answered with one key: only one may keep it.
     let key = |i: usize| if i >= 10 { "KEY-10".to_string() } else { format!("KEY-{i}") };
-    let marking: Vec<_> = (0..12)
-        .map(|i| {
-            let (store, attempt, key) = (store.clone(), created[i].attempt_id, key(i));
-            tokio::spawn(async move { store.mark_pending(attempt, Some(&key), NOW).await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for marked in marking {
-        results.push(marked.await.unwrap());
-    }
+    let results = at_once((0..12).map(|i| {
+        let (store, attempt, key) = (store.clone(), created[i].attempt_id, key(i));
+        async move { store.mark_pending(attempt, Some(&key), NOW).await }
+    }))
+    .await;
     assert!(
         matches!(&results[0], Ok(Transition::AlreadyMoved { current: PaymentStatus::Success, transaction_key: Some(k) }) if k == "KEY-0"),
         "{:?}",
