@@ -523,18 +523,29 @@ macro_rules! impl_orders {
                     StoreError::OutOfStock { product: id, available }
                 });
             }
-            let mut order_ids = Vec::with_capacity(orders.len());
-            for order in orders {
-                let order_id: i64 = sqlx::query_scalar(
-                    "INSERT INTO orders (buyer_id, total_amount, created_at) VALUES ($1, $2, $3) RETURNING id",
-                )
-                .bind(order.buyer.as_str())
-                .bind(order.priced.total.get())
-                .bind(order.now_ms)
-                .fetch_one(&mut *tx)
-                .await?;
-                order_ids.push(order_id);
+            // One statement for the group's orders. RETURNING lists its rows in no promised
+            // order, so each order takes the id of a row equal to it: rows alike in every
+            // column are interchangeable, and what tells them apart (items, attempt, key) is
+            // written below under the id each was given.
+            let mut insert = sqlx::QueryBuilder::<$db>::new("INSERT INTO orders (buyer_id, total_amount, created_at) ");
+            insert.push_values(orders, |mut row, order| {
+                row.push_bind(order.buyer.as_str()).push_bind(order.priced.total.get()).push_bind(order.now_ms);
+            });
+            insert.push(" RETURNING id, buyer_id, total_amount, created_at");
+            let mut ids_of = std::collections::HashMap::<(String, i64, i64), Vec<i64>>::new();
+            for row in insert.build().fetch_all(&mut *tx).await? {
+                let columns = (row.try_get("buyer_id")?, row.try_get("total_amount")?, row.try_get("created_at")?);
+                ids_of.entry(columns).or_default().push(row.try_get("id")?);
             }
+            let order_ids = orders
+                .iter()
+                .map(|order| {
+                    let columns = (order.buyer.as_str().to_string(), order.priced.total.get(), order.now_ms);
+                    ids_of.get_mut(&columns).and_then(Vec::pop).ok_or_else(|| {
+                        StoreError::Corrupt(format!("order of {} was inserted without its row", order.buyer.as_str()))
+                    })
+                })
+                .collect::<Result<Vec<i64>, StoreError>>()?;
             let mut items = sqlx::QueryBuilder::<$db>::new(
                 "INSERT INTO order_items (order_id, line, product_id, name, unit_price, quantity, amount) ",
             );

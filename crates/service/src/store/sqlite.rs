@@ -249,6 +249,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn orders_alike_in_every_column_written_in_one_group_are_each_created_once() {
+        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
+        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
+        let twins = vec![order("a", &listing, 1), order("a", &listing, 1), order("a", &listing, 1)];
+        let created: Vec<_> =
+            super::create_orders(store.writer.clone(), twins).await.into_iter().map(Result::unwrap).collect();
+        let orders: std::collections::HashSet<_> = created.iter().map(|c| c.order_id).collect();
+        let attempts: std::collections::HashSet<_> = created.iter().map(|c| c.attempt_id).collect();
+        assert_eq!((orders.len(), attempts.len()), (3, 3), "{created:?}");
+        for c in &created {
+            let attempt = store.attempt_by_pg_order_id(&c.pg_order_id).await.unwrap().unwrap();
+            assert_eq!(attempt.order_id, c.order_id);
+            assert_eq!(store.order(c.order_id).await.unwrap().unwrap().items.len(), 1);
+        }
+    }
+
+    #[tokio::test]
     async fn groups_of_pending_marks_and_settlements_are_written_together_each_releasing_its_own_stock() {
         let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
         let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);

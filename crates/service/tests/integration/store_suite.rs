@@ -119,6 +119,7 @@ store_suite!(
     the_catalog_grows_and_restocks_around_reservations,
     an_order_priced_before_a_price_change_creates_nothing,
     orders_placed_together_are_each_created_whole,
+    orders_alike_but_for_their_lines_placed_together_each_keep_their_own_lines,
     of_orders_placed_together_only_those_short_of_stock_are_refused,
     attempts_settled_together_each_settle_once_and_release_their_own_stock,
     of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone,
@@ -260,6 +261,26 @@ async fn orders_placed_together_are_each_created_whole(store: Arc<dyn Inspect>) 
     let reserved: i64 = (0..40).map(quantity).sum();
     assert_eq!(levels(&store, 1).await, (1000 - reserved, reserved, 0));
     assert_eq!(levels(&store, 2).await, (960, 40, 0));
+}
+
+/// One buyer's orders of one total placed in the same millisecond are alike in every
+/// column of `orders`: each must still be created with its own lines and attempt.
+async fn orders_alike_but_for_their_lines_placed_together_each_keep_their_own_lines(store: Arc<dyn Inspect>) {
+    // 25 x 39,000 = 39 x 25,000 = 975,000.
+    let lines = [vec![(1, 25)], vec![(2, 39)], vec![(1, 25)], vec![(2, 39)]];
+    let orders = lines.iter().map(|l| order("twin", l)).collect();
+    let created: Vec<CreatedOrder> = place_together(&store, orders).await.into_iter().map(Result::unwrap).collect();
+    for (wanted, c) in lines.iter().zip(&created) {
+        assert_eq!(c.amount.get(), 975_000);
+        let record = store.order(c.order_id).await.unwrap().unwrap();
+        let stored: Vec<_> = record.items.iter().map(|it| (it.product_id, it.quantity)).collect();
+        assert_eq!(&stored, wanted, "order {} has the lines it was placed with", c.order_id);
+        let attempt = store.attempt_by_pg_order_id(&c.pg_order_id).await.unwrap().unwrap();
+        assert_eq!((attempt.id, attempt.order_id), (c.attempt_id, c.order_id));
+    }
+    let orders: std::collections::HashSet<_> = created.iter().map(|c| c.order_id).collect();
+    assert_eq!(orders.len(), 4, "four orders, not one twice");
+    assert_eq!((levels(&store, 1).await, levels(&store, 2).await), ((950, 50, 0), (922, 78, 0)));
 }
 
 async fn of_orders_placed_together_only_those_short_of_stock_are_refused(store: Arc<dyn Inspect>) {
