@@ -16,6 +16,7 @@ use crate::app::catalog::Catalog;
 use crate::app::checkout::Checkout;
 use crate::app::gateways::{Gateway, Gateways};
 use crate::app::health::Health;
+use crate::app::listings::Listings;
 use crate::app::orders::Orders;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
@@ -129,11 +130,18 @@ impl Application {
                 )
             })
             .collect();
+        let listings = Listings::new(store.clone());
         let state = AppState::new(AppParts {
             orders: Orders::new(store.clone()),
-            catalog: Catalog::new(store.clone()),
+            catalog: Catalog::new(store.clone(), listings.clone()),
             health: Health::new(store.clone()),
-            checkout: Checkout::new(store.clone(), gateways.clone(), metrics.clone(), settings.checkout.max_in_flight),
+            checkout: Checkout::new(
+                store.clone(),
+                listings,
+                gateways.clone(),
+                metrics.clone(),
+                settings.checkout.max_in_flight,
+            ),
             idempotency: crate::app::idempotency::Idempotency::new(store.clone(), &settings.checkout),
             callbacks,
             reconciler: Reconciler::new(store.clone(), gateways.clone(), metrics.clone(), settings.reconciler.clone()),

@@ -4,17 +4,20 @@
 
 use std::sync::Arc;
 
+use super::listings::Listings;
 use crate::domain::{Money, ProductId};
 use crate::store::{CatalogEntry, CatalogStore, Product, StockChange, StoreError};
 
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn CatalogStore>,
+    /// Checkout's quotes, told of this instance's renames and reprices.
+    listings: Listings,
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn CatalogStore>) -> Catalog {
-        Catalog { store }
+    pub fn new(store: Arc<dyn CatalogStore>, listings: Listings) -> Catalog {
+        Catalog { store, listings }
     }
 
     /// Products with their price and the stock for sale.
@@ -66,6 +69,7 @@ impl Catalog {
             Err(error) => return Err(error),
         };
         let Some(product) = self.store.update_product(id, name, price).await? else { return Ok(None) };
+        self.listings.forget(ProductId(id));
         tracing::warn!(
             operator,
             product = id,

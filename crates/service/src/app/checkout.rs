@@ -10,7 +10,6 @@
 //! committed before the call, and the reconciler settles them by orderId, as after a
 //! crash.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -20,14 +19,15 @@ use gateway::observer::{GatewayEvent, Operation};
 use gateway::wire::{self, PaymentRequest};
 
 use super::gateways::Gateways;
+use super::listings::Listings;
 use super::settlement::Settler;
-use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, Listing, OrderId, ProductId, Settlement, price};
+use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, OrderId, ProductId, Settlement, price};
 use crate::domain::{PaymentStatus, Source};
 use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
 
-/// How many times an order is priced before a price that keeps changing is answered
-/// with `PRICE_CHANGED`.
+/// How many times an order is priced from a fresh read before a price that keeps
+/// changing is answered with `PRICE_CHANGED` (a first pricing from a quote is not counted).
 const PRICING_TRIES: u32 = 3;
 
 #[derive(Debug)]
@@ -69,6 +69,7 @@ pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 #[derive(Clone)]
 pub struct Checkout {
     store: Arc<dyn Store>,
+    listings: Listings,
     settler: Settler,
     gateways: Gateways,
     metrics: Arc<Metrics>,
@@ -76,9 +77,15 @@ pub struct Checkout {
 }
 
 impl Checkout {
-    pub fn new(store: Arc<dyn Store>, gateways: Gateways, metrics: Arc<Metrics>, max_in_flight: usize) -> Checkout {
+    pub fn new(
+        store: Arc<dyn Store>,
+        listings: Listings,
+        gateways: Gateways,
+        metrics: Arc<Metrics>,
+        max_in_flight: usize,
+    ) -> Checkout {
         let settler = Settler::new(store.clone(), metrics.clone());
-        Checkout { store, settler, gateways, metrics, slots: Arc::new(Semaphore::new(max_in_flight)) }
+        Checkout { store, listings, settler, gateways, metrics, slots: Arc::new(Semaphore::new(max_in_flight)) }
     }
 
     /// A slot for one checkout, or an immediate refusal: called before anything of the
@@ -123,16 +130,16 @@ impl Checkout {
         chosen
     }
 
-    /// Prices the order at the catalog's prices and creates it; a price that changed in
-    /// between is read again, a few times at most.
+    /// Prices the order at the catalog's prices and creates it. The first pricing is from
+    /// the listings' quote (app/listings.rs); a price that changed since is read again, a
+    /// few times at most.
     async fn create_priced(&self, request: &CheckoutRequest, gateway: &str) -> Result<CreatedOrder, CheckoutError> {
         let mut products: Vec<ProductId> = request.lines.iter().map(|l| l.product_id).collect();
         products.sort();
         products.dedup();
-        let mut tries = 0;
+        let mut listings = self.listings.quote(&products).await?;
+        let mut reads = 0;
         loop {
-            tries += 1;
-            let listings: HashMap<ProductId, Listing> = self.store.listings(&products).await?.into_iter().collect();
             let lines = request.lines.iter().map(|line| (*line, listings[&line.product_id].clone()));
             let priced = price(lines).ok_or(StoreError::AmountOverflow)?;
             let order = NewOrder {
@@ -145,7 +152,10 @@ impl Checkout {
                 idempotency_key: request.idempotency_key.clone(),
             };
             match self.store.create_order(order).await {
-                Err(StoreError::PriceChanged(_)) if tries < PRICING_TRIES => continue,
+                Err(StoreError::PriceChanged(_)) if reads < PRICING_TRIES => {
+                    reads += 1;
+                    listings = self.listings.read(&products).await?;
+                }
                 created => return Ok(created?),
             }
         }

@@ -7,6 +7,7 @@ pub mod checkout;
 pub mod gateways;
 pub mod health;
 pub mod idempotency;
+pub mod listings;
 pub mod orders;
 pub mod reconciler;
 pub mod replay;
