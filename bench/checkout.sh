@@ -29,6 +29,9 @@ start_service "$database" "$work/service.log"
 wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Context switches of all the service's threads (each trip to a SQLite connection's
+# thread and back costs some).
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 hz=$(getconf CLK_TCK)
 if [ -n "${PERF_DATA:-}" ]; then
   perf record -q -F 999 -g -o "$PERF_DATA" -p "$service" -- sleep "$seconds" 2>/dev/null &
@@ -37,9 +40,11 @@ fi
 machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
 read -r busy_before idle_before < <(machine)
 before=$(ticks "$service")
+switches_before=$(switches "$service")
 sim_before=$(ticks "$sim")
 wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "$url" >"$work/wrk.txt"
 after=$(ticks "$service")
+switches_after=$(switches "$service")
 read -r busy_after idle_after < <(machine)
 sim_after=$(ticks "$sim")
 [ -n "${perf:-}" ] && wait "$perf"
@@ -59,5 +64,6 @@ echo "database=${1:-sqlite} connections=$connections seconds=$seconds"
 echo "checkouts/s=$rate checkouts=$requests non-2xx=${non2xx:-0} ${errors}"
 echo "latency p50=$p50 p99=$p99"
 echo "service cpu: ${cores} cores, ${cpu_us} us per checkout; peak rss $((rss_kb / 1024)) MB"
+echo "service context switches: $(awk -v s=$((switches_after - switches_before)) -v n="$requests" 'BEGIN {printf "%.1f", s / n}') per checkout"
 echo "simulator cpu: ${sim_us} us per checkout"
 echo "machine busy: $(awk -v b=$((busy_after - busy_before)) -v i=$((idle_after - idle_before)) 'BEGIN {printf "%.0f", 100 * b / (b + i)}')% of $(nproc) cores"
