@@ -98,6 +98,10 @@ pub async fn checkout(
     }
     let body: CheckoutBody = super::json::parse(&headers, body)?;
     let key = IdempotencyKey::from_headers(&headers)?;
+    // The header values are slices of the connection's read buffer: held while the
+    // checkout waits on the PG, they keep that buffer from being reused, and the
+    // connection reads into a new one (docs/benchmarks.md, memory).
+    drop(headers);
     let mut request = parse_checkout(body, &buyer, state.checkout_settings.require_luhn)?;
     // Before the idempotency key is written: a refusal costs the database nothing.
     let slot = state.checkout.admit()?;
