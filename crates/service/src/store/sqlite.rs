@@ -75,6 +75,11 @@ pub struct SqliteStore {
     _checkpoints: Option<Arc<Background>>,
 }
 
+/// Prepared statements the writing connection keeps. A group's statements are prepared
+/// once for each group size (one to 64 writes, several statements each); with sqlx's
+/// default of 100 they evicted each other under load and were prepared again.
+const WRITER_STATEMENTS: usize = 1024;
+
 /// How often the write-ahead log is copied into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -150,7 +155,9 @@ impl SqliteStore {
             Ok(setup.close().await?)
         })
         .await?;
-        let writer = pool_of(1).connect_lazy_with(options.clone().pragma("wal_autocheckpoint", "0"));
+        let writer = pool_of(1).connect_lazy_with(
+            options.clone().pragma("wal_autocheckpoint", "0").statement_cache_capacity(WRITER_STATEMENTS),
+        );
         let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(checkpoints(pool.clone(), checkpoint_every)));
         let batchers = batchers(&writer, timeout);
