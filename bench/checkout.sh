@@ -8,7 +8,8 @@
 #   bench/checkout.sh [sqlite | postgres://...] [connections] [seconds]
 #
 # PAYGUARD_BIN picks the binary (default: the release build in the cargo target dir);
-# PERF_DATA=FILE records a CPU profile of the service during the run (perf record -g).
+# PERF_DATA=FILE records a CPU profile of the service during the run (perf record -g);
+# WRK_OUT=FILE keeps wrk's report (its whole latency distribution).
 # A PostgreSQL URL must name a database the benchmark may fill (it is migrated, not wiped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -67,3 +68,4 @@ echo "service cpu: ${cores} cores, ${cpu_us} us per checkout; peak rss $((rss_kb
 echo "service context switches: $(awk -v s=$((switches_after - switches_before)) -v n="$requests" 'BEGIN {printf "%.1f", s / n}') per checkout"
 echo "simulator cpu: ${sim_us} us per checkout"
 echo "machine busy: $(awk -v b=$((busy_after - busy_before)) -v i=$((idle_after - idle_before)) 'BEGIN {printf "%.0f", 100 * b / (b + i)}')% of $(nproc) cores"
+if [ -n "${WRK_OUT:-}" ]; then cp "$work/wrk.txt" "$WRK_OUT"; fi
