@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Attempt, Background, CreatedOrder, MarkPending, NewOrder, Settle, StoreError, Transition};
@@ -41,21 +41,17 @@ impl<I, O> Clone for Batcher<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the task. `write` writes one group and answers each write in the order
-    /// given; `at_once` groups are written at the same time at most (one for writes,
-    /// which share one writer; a few for reads, which have a pool of readers). What
-    /// arrives while they are all busy waits and forms the next group. A write that
-    /// waited longer than `timeout` for its group is answered unavailable without being
-    /// written, as a statement that waited that long for a connection would be.
-    pub(crate) fn start<F, Fut>(timeout: Duration, at_once: usize, write: F) -> Batcher<I, O>
+    /// given. A write that waited longer than `timeout` for its group is answered
+    /// unavailable without being written, as a statement that waited that long for a
+    /// connection would be.
+    pub(crate) fn start<F, Fut>(timeout: Duration, write: F) -> Batcher<I, O>
     where
         F: Fn(Vec<I>) -> Fut + Send + 'static,
-        Fut: Future<Output = Vec<Result<O, StoreError>>> + Send + 'static,
+        Fut: Future<Output = Vec<Result<O, StoreError>>> + Send,
     {
         let (queue, mut arrivals) = mpsc::unbounded_channel::<(I, Instant, Reply<O>)>();
-        let slots = std::sync::Arc::new(Semaphore::new(at_once));
         let task = tokio::spawn(async move {
             while let Some(first) = arrivals.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else { return };
                 let mut group = vec![first];
                 while group.len() < MAX_GROUP {
                     match arrivals.try_recv() {
@@ -74,26 +70,19 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 }
                 let (inputs, replies): (Vec<I>, Vec<Reply<O>>) =
                     group.into_iter().map(|(input, _, reply)| (input, reply)).unzip();
-                let written = write(inputs);
-                tokio::spawn(async move {
-                    // A bug that panics in one group must not stop every later write: that
-                    // group is answered unavailable (nothing of it committed) and the task goes on.
-                    let results = match AssertUnwindSafe(written).catch_unwind().await {
-                        Ok(results) => results,
-                        Err(_) => {
-                            tracing::error!(
-                                writes = replies.len(),
-                                "writing a group panicked; its writes were refused"
-                            );
-                            replies.iter().map(|_| Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))).collect()
-                        }
-                    };
-                    drop(slot);
-                    debug_assert_eq!(results.len(), replies.len(), "one answer per write");
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
+                // A bug that panics in one group must not stop every later write: that
+                // group is answered unavailable (nothing of it committed) and the task goes on.
+                let results = match AssertUnwindSafe(write(inputs)).catch_unwind().await {
+                    Ok(results) => results,
+                    Err(_) => {
+                        tracing::error!(writes = replies.len(), "writing a group panicked; its writes were refused");
+                        replies.iter().map(|_| Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))).collect()
                     }
-                });
+                };
+                debug_assert_eq!(results.len(), replies.len(), "one answer per write");
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
             }
         });
         Batcher { queue, task: std::sync::Arc::new(Background(task)) }
@@ -193,7 +182,7 @@ mod tests {
         let groups = Arc::new(Mutex::new(Vec::new()));
         let (release, held) = tokio::sync::watch::channel(false);
         let seen = groups.clone();
-        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), 1, move |inputs: Vec<u32>| {
+        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), move |inputs: Vec<u32>| {
             seen.lock().unwrap().push(inputs.clone());
             let mut held = held.clone();
             async move {
@@ -222,36 +211,11 @@ mod tests {
         assert_eq!(*groups.lock().unwrap(), vec![vec![1], vec![2, 3, 4, 5]]);
     }
 
-    #[tokio::test]
-    async fn with_two_groups_at_once_a_write_is_not_held_behind_a_slow_group() {
-        let (release, held) = tokio::sync::watch::channel(false);
-        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), 2, move |inputs: Vec<u32>| {
-            let mut held = held.clone();
-            async move {
-                if inputs.contains(&1) {
-                    let _ = held.wait_for(|go| *go).await;
-                }
-                inputs.into_iter().map(Ok).collect()
-            }
-        });
-        let first = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.run(1).await }
-        });
-        tokio::task::yield_now().await;
-        // The first group is held; the second slot writes this one meanwhile.
-        let second = tokio::time::timeout(Duration::from_secs(10), batcher.run(2)).await;
-        assert_eq!(second.expect("not held behind the first group").unwrap(), 2);
-        assert!(!first.is_finished(), "the first group is still held");
-        release.send(true).unwrap();
-        assert_eq!(first.await.unwrap().unwrap(), 1);
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_write_that_waited_past_the_timeout_is_answered_unavailable_and_not_written() {
         let written = Arc::new(Mutex::new(Vec::new()));
         let seen = written.clone();
-        let batcher: Batcher<u32, ()> = Batcher::start(Duration::from_secs(1), 1, move |inputs: Vec<u32>| {
+        let batcher: Batcher<u32, ()> = Batcher::start(Duration::from_secs(1), move |inputs: Vec<u32>| {
             let seen = seen.clone();
             async move {
                 // The first group takes 2 s: the write queued behind it waits too long.
@@ -275,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_that_panics_is_refused_and_the_next_group_is_written() {
-        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), 1, |inputs: Vec<u32>| async move {
+        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), |inputs: Vec<u32>| async move {
             assert!(!inputs.contains(&13), "a bug");
             inputs.into_iter().map(Ok).collect()
         });

@@ -52,10 +52,6 @@ macro_rules! row_lock {
 /// instances) touching the same rows queue instead of deadlocking (shared.rs).
 const LOCKS_ROWS: bool = true;
 
-/// Callbacks read their attempts each on its own: grouping them (store/batch.rs) made the
-/// server work more per checkout, not less (docs/benchmarks.md).
-const GROUPS_READS: bool = false;
-
 /// A claim passes over rows another instance is claiming, instead of waiting for them.
 macro_rules! skip_locked {
     () => {

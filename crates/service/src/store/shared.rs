@@ -801,17 +801,12 @@ macro_rules! impl_payments {
             let (for_orders, for_pending, for_settlements) = (writer.clone(), writer.clone(), writer.clone());
             let readers = readers.clone();
             Batchers {
-                orders: Batcher::start(timeout, 1, move |group| create_orders(for_orders.clone(), group)),
-                pending: Batcher::start(timeout, 1, move |group| mark_all_pending(for_pending.clone(), group)),
-                settlements: Batcher::start(timeout, 1, move |group| settle_all(for_settlements.clone(), group)),
-                attempts: Batcher::start(timeout, READ_GROUPS_AT_ONCE, move |group| read_attempts(readers.clone(), group)),
+                orders: Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group)),
+                pending: Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group)),
+                settlements: Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
+                attempts: Batcher::start(timeout, move |group| read_attempts(readers.clone(), group)),
             }
         }
-
-        /// Groups of attempt reads in flight at once: one at a time, a read waits for the
-        /// one before it, and on a busy PostgreSQL that doubled a callback's time (and the
-        /// connections a PG holds open to deliver them).
-        const READ_GROUPS_AT_ONCE: usize = 4;
 
         /// Reads the attempts of a group of PG orderIds in one statement; when it fails,
         /// each alone, as a group of writes (store/batch.rs).
@@ -984,10 +979,7 @@ macro_rules! impl_payments {
                 }
 
                 async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError> {
-                    if GROUPS_READS {
-                        return self.batchers.attempts.run(pg_order_id.to_string()).await;
-                    }
-                    Ok(read_attempts_together(&self.pool, &[pg_order_id.to_string()]).await?.remove(0))
+                    self.batchers.attempts.run(pg_order_id.to_string()).await
                 }
 
                 async fn record_event(

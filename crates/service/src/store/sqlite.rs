@@ -48,10 +48,6 @@ macro_rules! row_lock {
 /// No row locks on SQLite: a group's rows need no locking in order (shared.rs).
 const LOCKS_ROWS: bool = false;
 
-/// Callbacks arriving together read their attempts in one statement (store/batch.rs):
-/// each read is a trip to a reader's thread and back.
-const GROUPS_READS: bool = true;
-
 /// No row locks on SQLite: one writer at a time.
 macro_rules! skip_locked {
     () => {
