@@ -19,7 +19,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Attempt, Background, CreatedOrder, MarkPending, NewOrder, Settle, StoreError, Transition};
+use super::{Background, CreatedOrder, MarkPending, NewOrder, Settle, StoreError, Transition};
 
 /// How many writes one group takes at most (a group's statements bind a handful of
 /// parameters per write; SQLite takes 32,766 per statement, PostgreSQL 65,535).
@@ -89,7 +89,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 
     /// Queues `input` for the next group and waits for its answer.
-    pub(crate) async fn run(&self, input: I) -> Result<O, StoreError> {
+    pub(crate) async fn write(&self, input: I) -> Result<O, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send((input, Instant::now(), reply))
@@ -98,21 +98,17 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     }
 }
 
-/// The three writes every checkout makes, each with its group-commit task, and the read
-/// its callback makes first (its attempt, by PG orderId): callbacks arriving together
-/// share one read as checkouts share a commit. On SQLite each read is a trip to a
-/// reader's thread and back, two context switches or more; on PostgreSQL a round trip.
+/// The three writes every checkout makes, each with its group-commit task.
 #[derive(Clone)]
 pub(crate) struct Batchers {
     pub orders: Batcher<NewOrder, CreatedOrder>,
     pub pending: Batcher<MarkPending, Transition>,
     pub settlements: Batcher<Settle, Transition>,
-    pub attempts: Batcher<String, Option<Attempt>>,
 }
 
 /// Writes `group` in one go with `together` when `may_share` says its writes may share a
 /// transaction; when they may not, each alone; when the group fails, as `one_by_one` says.
-pub(crate) async fn run_group<I, O>(
+pub(crate) async fn write_group<I, O>(
     group: Vec<I>,
     may_share: bool,
     together: impl for<'a> Fn(&'a [I]) -> BoxFuture<'a, Result<Vec<O>, StoreError>>,
@@ -193,13 +189,13 @@ mod tests {
         });
         let first = tokio::spawn({
             let b = batcher.clone();
-            async move { b.run(1).await }
+            async move { b.write(1).await }
         });
         while groups.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
         // Polled once, each of the next four writes queues and waits.
-        let mut rest: Vec<_> = (2..=5).map(|i| Box::pin(batcher.run(i))).collect();
+        let mut rest: Vec<_> = (2..=5).map(|i| Box::pin(batcher.write(i))).collect();
         for write in &mut rest {
             assert!(write.now_or_never().is_none(), "waits for its group");
         }
@@ -228,10 +224,10 @@ mod tests {
         });
         let first = tokio::spawn({
             let b = batcher.clone();
-            async move { b.run(1).await }
+            async move { b.write(1).await }
         });
         tokio::task::yield_now().await;
-        let late = batcher.run(2).await;
+        let late = batcher.write(2).await;
         assert!(matches!(late, Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))), "{late:?}");
         first.await.unwrap().unwrap();
         assert_eq!(*written.lock().unwrap(), vec![1], "the late write was never written");
@@ -243,9 +239,9 @@ mod tests {
             assert!(!inputs.contains(&13), "a bug");
             inputs.into_iter().map(Ok).collect()
         });
-        let refused = batcher.run(13).await;
+        let refused = batcher.write(13).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))), "{refused:?}");
-        assert_eq!(batcher.run(7).await.unwrap(), 7, "the task still writes");
+        assert_eq!(batcher.write(7).await.unwrap(), 7, "the task still writes");
     }
 
     #[tokio::test]

@@ -63,11 +63,6 @@ fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
     status_names(set)
 }
 
-/// A set of texts bound for `one_of!`: a text array.
-fn texts(values: &[String]) -> Vec<String> {
-    values.to_vec()
-}
-
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
@@ -108,7 +103,7 @@ impl PgStore {
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let batchers = batchers(&pool, &pool, settings.acquire_timeout);
+        let batchers = batchers(&pool, settings.acquire_timeout);
         Ok(PgStore { pool, batchers })
     }
 

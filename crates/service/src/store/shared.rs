@@ -465,7 +465,7 @@ macro_rules! impl_orders {
             writer: sqlx::Pool<$db>,
             orders: Vec<$crate::store::NewOrder>,
         ) -> Vec<Result<$crate::store::CreatedOrder, $crate::store::StoreError>> {
-            $crate::store::batch::run_group(orders, true, move |group| {
+            $crate::store::batch::write_group(orders, true, move |group| {
                 let writer = writer.clone();
                 Box::pin(async move { create_together(&writer, group).await })
             })
@@ -644,7 +644,7 @@ macro_rules! impl_orders {
             #[async_trait::async_trait]
             impl OrderStore for $store {
                 async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-                    self.batchers.orders.run(order).await
+                    self.batchers.orders.write(order).await
                 }
 
                 async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
@@ -721,7 +721,7 @@ macro_rules! impl_payments {
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
             let attempts: std::collections::HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
             let may_share = attempts.len() == group.len();
-            $crate::store::batch::run_group(group, may_share, move |group| {
+            $crate::store::batch::write_group(group, may_share, move |group| {
                 let writer = writer.clone();
                 Box::pin(async move { mark_pending_together(&writer, group).await })
             })
@@ -783,61 +783,22 @@ macro_rules! impl_payments {
             let sources = |s: &$crate::store::Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
             let attempts: std::collections::HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
             let may_share = attempts.len() == group.len() && group.iter().all(|s| sources(s) == sources(&group[0]));
-            $crate::store::batch::run_group(group, may_share, move |group| {
+            $crate::store::batch::write_group(group, may_share, move |group| {
                 let writer = writer.clone();
                 Box::pin(async move { settle_together(&writer, group).await })
             })
             .await
         }
 
-        /// The group-commit tasks of the store, writing on `writer`, and the grouped
-        /// attempt reads, on `readers`.
-        fn batchers(
-            writer: &sqlx::Pool<$db>,
-            readers: &sqlx::Pool<$db>,
-            timeout: std::time::Duration,
-        ) -> $crate::store::batch::Batchers {
+        /// The group-commit tasks of the store, writing on `writer`.
+        fn batchers(writer: &sqlx::Pool<$db>, timeout: std::time::Duration) -> $crate::store::batch::Batchers {
             use $crate::store::batch::{Batcher, Batchers};
             let (for_orders, for_pending, for_settlements) = (writer.clone(), writer.clone(), writer.clone());
-            let readers = readers.clone();
             Batchers {
                 orders: Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group)),
                 pending: Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group)),
                 settlements: Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
-                attempts: Batcher::start(timeout, move |group| read_attempts(readers.clone(), group)),
             }
-        }
-
-        /// Reads the attempts of a group of PG orderIds in one statement; when it fails,
-        /// each alone, as a group of writes (store/batch.rs).
-        async fn read_attempts(
-            readers: sqlx::Pool<$db>,
-            group: Vec<String>,
-        ) -> Vec<Result<Option<$crate::store::Attempt>, $crate::store::StoreError>> {
-            $crate::store::batch::run_group(group, true, move |group| {
-                let readers = readers.clone();
-                Box::pin(async move { read_attempts_together(&readers, group).await })
-            })
-            .await
-        }
-
-        /// The attempt of each PG orderId of `group` (`None`: no such attempt), in order.
-        async fn read_attempts_together(
-            readers: &sqlx::Pool<$db>,
-            group: &[String],
-        ) -> Result<Vec<Option<$crate::store::Attempt>>, $crate::store::StoreError> {
-            use sqlx::Row;
-            let sql = concat!(
-                "SELECT id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks
-                 FROM payment_attempts WHERE pg_order_id ",
-                one_of!("$1")
-            );
-            let rows = sqlx::query(sql).bind(texts(group)).fetch_all(readers).await?;
-            let mut found = std::collections::HashMap::with_capacity(rows.len());
-            for row in &rows {
-                found.insert(row.try_get::<String, _>("pg_order_id")?, attempt(row)?);
-            }
-            Ok(group.iter().map(|id| found.get(id).cloned()).collect())
         }
 
         /// Settles every attempt of `group` that may still be settled, releasing its
@@ -905,7 +866,7 @@ macro_rules! impl_payments {
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
                     let mark = $crate::store::MarkPending { attempt_id, key: key.map(str::to_string), now_ms };
-                    self.batchers.pending.run(mark).await
+                    self.batchers.pending.write(mark).await
                 }
 
                 async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -933,7 +894,7 @@ macro_rules! impl_payments {
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
                     let settle = $crate::store::Settle { attempt_id, settlement: settlement.clone(), source, now_ms };
-                    self.batchers.settlements.run(settle).await
+                    self.batchers.settlements.write(settle).await
                 }
 
                 async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {
@@ -979,7 +940,10 @@ macro_rules! impl_payments {
                 }
 
                 async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError> {
-                    self.batchers.attempts.run(pg_order_id.to_string()).await
+                    let sql = "SELECT id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks
+                               FROM payment_attempts WHERE pg_order_id = $1";
+                    let row = sqlx::query(sql).bind(pg_order_id).fetch_optional(&self.pool).await?;
+                    row.as_ref().map(attempt).transpose()
                 }
 
                 async fn record_event(

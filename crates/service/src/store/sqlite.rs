@@ -59,11 +59,6 @@ fn statuses(set: &[PaymentStatus]) -> String {
     status_json(set)
 }
 
-/// A set of texts bound for `one_of!`: a JSON array.
-fn texts(values: &[String]) -> String {
-    serde_json::to_string(values).expect("a list of strings serialises")
-}
-
 #[derive(Clone)]
 pub struct SqliteStore {
     /// Readers: WAL lets them run beside the writer.
@@ -156,7 +151,7 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            let batchers = batchers(&pool, &pool, timeout);
+            let batchers = batchers(&pool, timeout);
             return Ok(SqliteStore { writer: pool.clone(), pool, batchers, _checkpoints: None });
         }
         // Creating the file, switching it to WAL and migrating wait on the disk, which a
@@ -175,7 +170,7 @@ impl SqliteStore {
         );
         let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(checkpoints(pool.clone(), writer.clone(), checkpoint_every)));
-        let batchers = batchers(&writer, &pool, timeout);
+        let batchers = batchers(&writer, timeout);
         Ok(SqliteStore { pool, writer, batchers, _checkpoints: checkpoints })
     }
 
@@ -285,22 +280,6 @@ mod tests {
             assert_eq!(attempt.order_id, c.order_id);
             assert_eq!(store.order(c.order_id).await.unwrap().unwrap().items.len(), 1);
         }
-    }
-
-    #[tokio::test]
-    async fn a_group_of_attempt_lookups_is_one_read_answering_each_in_order() {
-        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
-        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
-        let created: Vec<_> =
-            super::create_orders(store.writer.clone(), vec![order("a", &listing, 1), order("b", &listing, 1)])
-                .await
-                .into_iter()
-                .map(Result::unwrap)
-                .collect();
-        let ids = vec![created[1].pg_order_id.clone(), "unknown".to_string(), created[0].pg_order_id.clone()];
-        let found = super::read_attempts_together(&store.pool, &ids).await.unwrap();
-        let found: Vec<_> = found.into_iter().map(|a| a.map(|a| a.order_id)).collect();
-        assert_eq!(found, [Some(created[1].order_id), None, Some(created[0].order_id)]);
     }
 
     #[tokio::test]

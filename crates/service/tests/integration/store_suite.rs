@@ -120,7 +120,6 @@ store_suite!(
     an_order_priced_before_a_price_change_creates_nothing,
     orders_placed_together_are_each_created_whole,
     orders_alike_but_for_their_lines_placed_together_each_keep_their_own_lines,
-    attempts_looked_up_at_once_each_get_their_own_answer,
     of_orders_placed_together_only_those_short_of_stock_are_refused,
     attempts_settled_together_each_settle_once_and_release_their_own_stock,
     of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone,
@@ -282,29 +281,6 @@ async fn orders_alike_but_for_their_lines_placed_together_each_keep_their_own_li
     let orders: std::collections::HashSet<_> = created.iter().map(|c| c.order_id).collect();
     assert_eq!(orders.len(), 4, "four orders, not one twice");
     assert_eq!((levels(&store, 1).await, levels(&store, 2).await), ((950, 50, 0), (922, 78, 0)));
-}
-
-/// Callbacks arriving together look their attempts up in one read (store/batch.rs).
-async fn attempts_looked_up_at_once_each_get_their_own_answer(store: Arc<dyn Inspect>) {
-    let orders = (0..3).map(|i| order(&format!("buyer-{i}"), &[(1, 1)])).collect();
-    let created: Vec<CreatedOrder> = place_together(&store, orders).await.into_iter().map(Result::unwrap).collect();
-    let wanted: Vec<String> = vec![
-        created[0].pg_order_id.clone(),
-        "no-such-order".into(),
-        created[2].pg_order_id.clone(),
-        created[0].pg_order_id.clone(),
-        created[1].pg_order_id.clone(),
-    ];
-    let found = at_once(wanted.iter().cloned().map(|id| {
-        let store = store.clone();
-        async move { store.attempt_by_pg_order_id(&id).await.unwrap().map(|a| (a.pg_order_id, a.order_id)) }
-    }))
-    .await;
-    let expected: Vec<_> = [Some(0), None, Some(2), Some(0), Some(1)]
-        .iter()
-        .map(|i| i.map(|i: usize| (created[i].pg_order_id.clone(), created[i].order_id)))
-        .collect();
-    assert_eq!(found, expected);
 }
 
 async fn of_orders_placed_together_only_those_short_of_stock_are_refused(store: Arc<dyn Inspect>) {
