@@ -225,6 +225,18 @@ mod tests {
         assert_eq!(tables, 2, "migrated");
     }
 
+    /// An in-memory store and the listing of its product 3 (500 in stock).
+    async fn store_selling_product_3() -> (SqliteStore, Listing) {
+        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
+        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
+        (store, listing)
+    }
+
+    /// `group` written as one group, every order created.
+    async fn created(store: &SqliteStore, group: Vec<NewOrder>) -> Vec<crate::store::CreatedOrder> {
+        super::create_orders(store.writer.clone(), group).await.into_iter().map(Result::unwrap).collect()
+    }
+
     fn order(buyer: &str, listing: &Listing, quantity: i64) -> NewOrder {
         let line = CheckoutLine { product_id: ProductId(3), quantity: Quantity::parse(quantity).unwrap() };
         NewOrder {
@@ -240,8 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_of_orders_is_written_together_or_else_one_by_one() {
-        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
-        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
+        let (store, listing) = store_selling_product_3().await;
         let stock =
             || async { store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available };
         assert_eq!(stock().await, 500);
@@ -267,11 +278,9 @@ mod tests {
 
     #[tokio::test]
     async fn orders_alike_in_every_column_written_in_one_group_are_each_created_once() {
-        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
-        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
+        let (store, listing) = store_selling_product_3().await;
         let twins = vec![order("a", &listing, 1), order("a", &listing, 1), order("a", &listing, 1)];
-        let created: Vec<_> =
-            super::create_orders(store.writer.clone(), twins).await.into_iter().map(Result::unwrap).collect();
+        let created = created(&store, twins).await;
         let orders: std::collections::HashSet<_> = created.iter().map(|c| c.order_id).collect();
         let attempts: std::collections::HashSet<_> = created.iter().map(|c| c.attempt_id).collect();
         assert_eq!((orders.len(), attempts.len()), (3, 3), "{created:?}");
@@ -284,11 +293,9 @@ mod tests {
 
     #[tokio::test]
     async fn groups_of_pending_marks_and_settlements_are_written_together_each_releasing_its_own_stock() {
-        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
-        let (_, listing) = store.listings(&[ProductId(3)]).await.unwrap().remove(0);
+        let (store, listing) = store_selling_product_3().await;
         let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
-        let created: Vec<_> =
-            super::create_orders(store.writer.clone(), group).await.into_iter().map(Result::unwrap).collect();
+        let created = created(&store, group).await;
         let marks = (0..3).map(|i| MarkPending { attempt_id: created[i].attempt_id, key: None, now_ms: 2 }).collect();
         let marked = super::mark_all_pending(store.writer.clone(), marks).await;
         assert!(marked.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{marked:?}");
