@@ -27,7 +27,8 @@ command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)"
 start_simulator
 start_service "$database" "$work/service.log"
 
-wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
+threads=$(( connections < 2 ? 1 : 2 ))
+wrk -t"$threads" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Context switches of all the service's threads (each trip to a SQLite connection's
@@ -43,7 +44,7 @@ read -r busy_before idle_before < <(machine)
 before=$(ticks "$service")
 switches_before=$(switches "$service")
 sim_before=$(ticks "$sim")
-wrk -t"$(( connections < 2 ? 1 : 2 ))" -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "$url" >"$work/wrk.txt"
+wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "$url" >"$work/wrk.txt"
 after=$(ticks "$service")
 switches_after=$(switches "$service")
 read -r busy_after idle_after < <(machine)
