@@ -11,6 +11,9 @@
 # PERF_DATA=FILE records a CPU profile of the service during the run (perf record -g);
 # WRK_OUT=FILE keeps wrk's report (its whole latency distribution).
 # A PostgreSQL URL must name a database the benchmark may fill (it is migrated, not wiped).
+# Give each run a fresh one (dropdb/createdb): a run leaves attempts unsettled when it
+# stops, and the next run's reconciler settles them against a simulator that never saw
+# them, beside the measured checkouts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
