@@ -24,7 +24,7 @@ use super::settlement::{Applied, Observed, Settler, Source};
 use crate::configuration::ReconcilerSettings;
 use crate::domain::payment::NOT_RECEIVED_REASON;
 use crate::domain::{Final, Settlement};
-use crate::store::{Attempt, EventKind, Store, StoreError, Transition};
+use crate::store::{Attempt, Check, EventKind, Store, StoreError, Transition};
 use crate::telemetry::Metrics;
 
 /// What one pass did, for tests, logs and "reconcile now".
@@ -234,6 +234,7 @@ impl Reconciler {
         renewal.abort();
         let settled_before = report.settled;
         let mut unavailable = None;
+        let mut checks = Vec::new();
         for (attempt, verdict) in verdicts {
             report.examined += 1;
             self.metrics.reconciliation(match &verdict {
@@ -256,11 +257,11 @@ impl Reconciler {
                 }
                 Ok(Verdict::Pending(note)) => {
                     report.still_pending += 1;
-                    self.postpone(&attempt, &note).await?;
+                    checks.push(self.postponed(&attempt, note));
                 }
                 Ok(Verdict::Unreachable(note)) => {
                     report.errors += 1;
-                    self.postpone(&attempt, &note).await?;
+                    checks.push(self.postponed(&attempt, note));
                 }
                 // A database outage fails the pass once, not once per attempt.
                 Err(error) if error.is_unavailable() => {
@@ -273,6 +274,7 @@ impl Reconciler {
                 }
             }
         }
+        self.store.record_checks(&checks, super::now_ms()).await?;
         self.throughput.add((report.settled - settled_before) as u64);
         unavailable.map_or(Ok(()), Err)
     }
@@ -359,8 +361,9 @@ impl Reconciler {
         }
     }
 
-    /// Exponential backoff per attempt; past `stuck_after_checks` it is flagged stuck.
-    async fn postpone(&self, attempt: &Attempt, note: &str) -> Result<(), StoreError> {
+    /// The check that postpones `attempt`: exponential backoff per attempt; past
+    /// `stuck_after_checks` it is flagged stuck.
+    fn postponed(&self, attempt: &Attempt, note: String) -> Check {
         let s = &self.settings;
         let exp = s.backoff_initial_ms.saturating_mul(1 << attempt.checks.clamp(0, 20));
         let wait = exp.min(s.backoff_max_ms) as i64;
@@ -368,8 +371,7 @@ impl Reconciler {
         if stuck {
             tracing::error!(attempt = %attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, checks = attempt.checks + 1, note, "payment stuck: still unsettled after many checks");
         }
-        let now = super::now_ms();
-        self.store.record_check(attempt.id, now + wait, note, stuck, now).await
+        Check { attempt_id: attempt.id, next_check_at_ms: super::now_ms() + wait, note, stuck }
     }
 }
 

@@ -24,6 +24,10 @@ use crate::domain::{
 /// network, and the migrations on whatever else holds their lock.
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Reconciliation checks written in one transaction at most: one commit for many, while
+/// a transaction holds SQLite's writer, and PostgreSQL's locks on its rows, only briefly.
+pub(crate) const CHECKS_PER_TRANSACTION: usize = 64;
+
 /// Runs `setup` (open, create, migrate) under the startup deadline rather than the
 /// requests' wait for a connection.
 async fn at_startup(setup: impl std::future::Future<Output = Result<(), StoreError>>) -> Result<(), StoreError> {
@@ -123,6 +127,18 @@ pub struct CreatedOrder {
     /// The lines as priced and stored.
     pub items: Vec<OrderItem>,
     pub created_at_ms: i64,
+}
+
+/// A reconciliation check that did not settle its attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub attempt_id: AttemptId,
+    /// When the attempt is due again.
+    pub next_check_at_ms: i64,
+    /// What the check saw, for operators.
+    pub note: String,
+    /// Checked so often without an answer that operators must look.
+    pub stuck: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -397,15 +413,12 @@ pub trait ReconciliationStore: Send + Sync + 'static {
     /// Gives up every lease `owner` holds (on shutdown).
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
 
-    /// Books a reconciliation check that did not settle the attempt, and ends its lease.
-    async fn record_check(
-        &self,
-        attempt_id: AttemptId,
-        next_check_at_ms: i64,
-        note: &str,
-        stuck: bool,
-        now_ms: i64,
-    ) -> Result<(), StoreError>;
+    /// Books reconciliation checks that did not settle their attempts, and ends their
+    /// leases: a pass's checks together, a few dozen to a transaction (one commit per
+    /// check made a backlog the PG still called pending cost a commit per attempt, and
+    /// starved the shop's own writes on PostgreSQL). Checks of attempts settled meanwhile
+    /// change nothing.
+    async fn record_checks(&self, checks: &[Check], now_ms: i64) -> Result<(), StoreError>;
 
     /// Unsettled attempts now, and the creation time of the oldest.
     async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError>;

@@ -985,8 +985,8 @@ pub(crate) use impl_payments;
 macro_rules! impl_reconciliation {
     ($store:ty) => {
         const _: () = {
-            use $crate::domain::{AttemptId, PaymentStatus};
-            use $crate::store::{Attempt, ReconciliationStore, StoreError};
+            use $crate::domain::PaymentStatus;
+            use $crate::store::{Attempt, CHECKS_PER_TRANSACTION, Check, ReconciliationStore, StoreError};
 
             #[async_trait::async_trait]
             impl ReconciliationStore for $store {
@@ -1051,28 +1051,32 @@ macro_rules! impl_reconciliation {
                     Ok(done.rows_affected())
                 }
 
-                async fn record_check(
-                    &self,
-                    attempt_id: AttemptId,
-                    next_check_at_ms: i64,
-                    note: &str,
-                    stuck: bool,
-                    now_ms: i64,
-                ) -> Result<(), StoreError> {
-                    sqlx::query(concat!(
-                        "UPDATE payment_attempts SET checks = checks + 1, next_check_at = $1,
-                           last_check = $2, stuck = $3, updated_at = $4, lease_owner = NULL, lease_until = NULL
-                         WHERE id = $5 AND status ",
-                        one_of!("$6")
-                    ))
-                    .bind(next_check_at_ms)
-                    .bind(note)
-                    .bind(stuck)
-                    .bind(now_ms)
-                    .bind(attempt_id.0)
-                    .bind(statuses(PaymentStatus::UNSETTLED))
-                    .execute(&mut *self.writer().await?)
-                    .await?;
+                async fn record_checks(&self, checks: &[Check], now_ms: i64) -> Result<(), StoreError> {
+                    // In the order of their ids, as every group locks attempts
+                    // (`lock_in_order`): PostgreSQL locks each row it updates.
+                    let mut checks: Vec<&Check> = checks.iter().collect();
+                    checks.sort_by_key(|c| c.attempt_id);
+                    for chunk in checks.chunks(CHECKS_PER_TRANSACTION) {
+                        let mut conn = self.writer().await?;
+                        let mut tx = begin_write(&mut conn).await?;
+                        for check in chunk {
+                            sqlx::query(concat!(
+                                "UPDATE payment_attempts SET checks = checks + 1, next_check_at = $1,
+                                   last_check = $2, stuck = $3, updated_at = $4, lease_owner = NULL, lease_until = NULL
+                                 WHERE id = $5 AND status ",
+                                one_of!("$6")
+                            ))
+                            .bind(check.next_check_at_ms)
+                            .bind(&check.note)
+                            .bind(check.stuck)
+                            .bind(now_ms)
+                            .bind(check.attempt_id.0)
+                            .bind(statuses(PaymentStatus::UNSETTLED))
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        tx.commit().await?;
+                    }
                     Ok(())
                 }
 

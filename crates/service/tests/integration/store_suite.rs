@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use service::domain::CardType;
 use service::domain::{
-    BuyerId, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
+    AttemptId, BuyerId, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
 };
 use service::store::{
-    CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore, StockChange,
-    StoreError, Transition,
+    Check, CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore,
+    StockChange, StoreError, Transition,
 };
 
 /// A store and what to remove when the test ends.
@@ -111,6 +111,7 @@ store_suite!(
     a_final_status_is_never_left,
     only_a_requested_attempt_is_rolled_back,
     claims_are_exclusive_expire_and_are_released,
+    checks_recorded_together_each_book_their_own_and_leave_settled_attempts_alone,
     idempotency_keys_start_once_and_replay,
     a_transaction_key_belongs_to_one_attempt,
     events_flag_anomalies_and_the_backlog_is_counted,
@@ -486,7 +487,7 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
 
     // A check ends the lease; a crashed owner's lease expires; a stopping owner releases.
     let checked = &a[0];
-    store.record_check(checked.id, NOW + 1, "still pending", false, NOW + 2).await.unwrap();
+    store.record_checks(&[check(checked.id, NOW + 1, "still pending", false)], NOW + 2).await.unwrap();
     let retaken = store.claim_due_attempts("pg", "c", NOW + 60_000, NOW, NOW + 3, 50).await.unwrap();
     assert_eq!(retaken.iter().map(|x| x.id).collect::<Vec<_>>(), [checked.id]);
     assert_eq!(retaken[0].checks, 1);
@@ -504,6 +505,52 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
             .unwrap()
             .iter()
             .all(|x| x.id != checked.id)
+    );
+}
+
+fn check(attempt_id: AttemptId, next_check_at_ms: i64, note: &str, stuck: bool) -> Check {
+    Check { attempt_id, next_check_at_ms, note: note.into(), stuck }
+}
+
+async fn checks_recorded_together_each_book_their_own_and_leave_settled_attempts_alone(store: Arc<dyn Inspect>) {
+    // More than one transaction's worth, recorded in no particular order.
+    let mut created = Vec::new();
+    for _ in 0..70 {
+        let order = create(&store, "alice", &[(5, 1)]).await;
+        store.mark_pending(order.attempt_id, None, NOW).await.unwrap();
+        created.push(order);
+    }
+    let claimed = store.claim_due_attempts("pg", "a", NOW + 30_000, NOW + 1, NOW, 100).await.unwrap();
+    assert_eq!(claimed.len(), 70);
+    let settled = &created[10];
+    store.settle(settled.attempt_id, &success("k-settled"), Source::Callback, NOW).await.unwrap();
+    let checks: Vec<Check> = created
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, o)| {
+            let due = if i % 2 == 0 { NOW + 10 } else { NOW + 1_000_000 };
+            check(o.attempt_id, due, &format!("check {i}"), i == 3 || i == 10)
+        })
+        .collect();
+    store.record_checks(&checks, NOW + 1).await.unwrap();
+
+    // Each ended its lease (another owner takes them within a's lease) and is due when
+    // its own check said; the settled one is not due at all.
+    let due = store.claim_due_attempts("pg", "b", NOW + 60_000, NOW + 1, NOW + 10, 100).await.unwrap();
+    let mut due_ids: Vec<_> = due.iter().map(|a| a.id).collect();
+    due_ids.sort();
+    let expected: Vec<_> =
+        created.iter().enumerate().filter(|(i, _)| i % 2 == 0 && *i != 10).map(|(_, o)| o.attempt_id).collect();
+    assert_eq!(due_ids, expected);
+    assert!(due.iter().all(|a| a.checks == 1), "each check counted once");
+    assert!(store.order(created[3].order_id).await.unwrap().unwrap().attempt.stuck, "its own stuck flag");
+    assert!(!store.order(created[4].order_id).await.unwrap().unwrap().attempt.stuck);
+    let settled_view = store.order(settled.order_id).await.unwrap().unwrap().attempt;
+    assert_eq!(
+        (settled_view.status, settled_view.stuck),
+        (PaymentStatus::Success, false),
+        "a settled attempt is left alone"
     );
 }
 
@@ -610,7 +657,7 @@ async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Inspect
         store.events(newer.attempt_id).await.unwrap(),
         [("double_charge".to_string(), "second success".to_string())]
     );
-    store.record_check(older.attempt_id, NOW + 1_000, "pending at the PG", true, NOW).await.unwrap();
+    store.record_checks(&[check(older.attempt_id, NOW + 1_000, "pending at the PG", true)], NOW).await.unwrap();
     assert!(store.order(older.order_id).await.unwrap().unwrap().attempt.stuck);
 }
 
