@@ -107,11 +107,17 @@ pub(crate) struct Batchers {
 }
 
 /// Writes `group` in one go with `together` when `may_share` says its writes may share a
-/// transaction; when they may not, each alone; when the group fails, as `one_by_one` says.
+/// transaction; when they may not, each alone. When the group fails, `culprits` may name
+/// the writes that failed it (a transaction key another attempt holds, which a query
+/// finds): those are written each alone and the others together again. Otherwise, as
+/// `one_by_one` says. A group retried one by one costs a commit per write: at a few
+/// colliding keys a second, that starved every other write on PostgreSQL
+/// (docs/benchmarks.md, "Third round").
 pub(crate) async fn write_group<I, O>(
     group: Vec<I>,
     may_share: bool,
     together: impl for<'a> Fn(&'a [I]) -> BoxFuture<'a, Result<Vec<O>, StoreError>>,
+    culprits: impl for<'a> Fn(&'a [I]) -> BoxFuture<'a, Result<Vec<usize>, StoreError>>,
 ) -> Vec<Result<O, StoreError>> {
     let alone = |input: I| {
         let together = &together;
@@ -120,10 +126,35 @@ pub(crate) async fn write_group<I, O>(
     if !may_share {
         return each_alone(group, alone).await;
     }
-    match together(&group).await {
-        Ok(written) => written.into_iter().map(Ok).collect(),
-        Err(error) => one_by_one(group, error, alone).await,
+    let error = match together(&group).await {
+        Ok(written) => return written.into_iter().map(Ok).collect(),
+        Err(error) => error,
+    };
+    if group.len() == 1 || error.is_unavailable() {
+        return one_by_one(group, error, alone).await;
     }
+    let apart = match culprits(&group).await {
+        Ok(apart) if !apart.is_empty() && apart.len() < group.len() => apart,
+        _ => return one_by_one(group, error, alone).await,
+    };
+    let size = group.len();
+    let (set_apart, rest): (Vec<_>, Vec<_>) = group.into_iter().enumerate().partition(|(i, _)| apart.contains(i));
+    let rest: Vec<I> = rest.into_iter().map(|(_, input)| input).collect();
+    let rest_answers = match together(&rest).await {
+        Ok(written) => written.into_iter().map(Ok).collect(),
+        Err(error) => one_by_one(rest, error, &alone).await,
+    };
+    let apart_answers = each_alone(set_apart.into_iter().map(|(_, input)| input).collect(), &alone).await;
+    let (mut rest_answers, mut apart_answers) = (rest_answers.into_iter(), apart_answers.into_iter());
+    (0..size)
+        .map(|i| if apart.contains(&i) { apart_answers.next() } else { rest_answers.next() })
+        .map(|answer| answer.expect("one answer per write"))
+        .collect()
+}
+
+/// For `write_group`: no write can be told apart before it is tried alone.
+pub(crate) fn no_culprits<I>(_: &[I]) -> BoxFuture<'_, Result<Vec<usize>, StoreError>> {
+    Box::pin(async { Ok(Vec::new()) })
 }
 
 /// The answers for a group whose transaction failed. One write alone gets its own error.
@@ -242,6 +273,42 @@ mod tests {
         let refused = batcher.write(13).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))), "{refused:?}");
         assert_eq!(batcher.write(7).await.unwrap(), 7, "the task still writes");
+    }
+
+    /// `write_group` over writes of which 2 fails any transaction it is in, as a taken
+    /// key does; `named` is what the culprits query finds. The groups tried, and the answers.
+    async fn written(named: Vec<usize>) -> (Vec<Vec<u32>>, Vec<Result<u32, StoreError>>) {
+        let tried = Mutex::new(Vec::new());
+        let answers = super::write_group(
+            vec![1, 2, 3, 4],
+            true,
+            |group: &[u32]| {
+                tried.lock().unwrap().push(group.to_vec());
+                let answer = if group.contains(&2) {
+                    Err(StoreError::KeyTaken("K".into()))
+                } else {
+                    Ok(group.iter().map(|i| i * 10).collect())
+                };
+                Box::pin(async move { answer })
+            },
+            |_: &[u32]| {
+                let named = named.clone();
+                Box::pin(async move { Ok(named) })
+            },
+        )
+        .await;
+        (tried.into_inner().unwrap(), answers)
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fails_its_group_is_set_apart_and_the_rest_written_together_again() {
+        let (tried, answers) = written(vec![1]).await;
+        assert_eq!(tried, [vec![1, 2, 3, 4], vec![1, 3, 4], vec![2]]);
+        assert!(matches!(answers[..], [Ok(10), Err(StoreError::KeyTaken(_)), Ok(30), Ok(40)]), "{answers:?}");
+        // Nothing named: one by one, as before.
+        let (tried, answers) = written(Vec::new()).await;
+        assert_eq!(tried, [vec![1, 2, 3, 4], vec![1], vec![2], vec![3], vec![4]]);
+        assert!(matches!(answers[..], [Ok(10), Err(StoreError::KeyTaken(_)), Ok(30), Ok(40)]), "{answers:?}");
     }
 
     #[tokio::test]

@@ -474,6 +474,11 @@ pub trait Inspect: Store {
 
     /// Row counts of every table, for tests that prove nothing was written.
     async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+
+    /// Of `writes` (an attempt and the transaction key it would record), those whose key
+    /// another attempt of its gateway holds, by their place: what a failed group of
+    /// pending marks or settlements sets apart (store/batch.rs).
+    async fn keys_held_elsewhere(&self, writes: &[(AttemptId, Option<String>)]) -> Result<Vec<usize>, StoreError>;
 }
 
 /// The stored fingerprint of keys from before fingerprints left the card number out

@@ -140,6 +140,13 @@ macro_rules! impl_inspect {
 
             #[async_trait::async_trait]
             impl Inspect for $store {
+                async fn keys_held_elsewhere(
+                    &self,
+                    writes: &[(AttemptId, Option<String>)],
+                ) -> Result<Vec<usize>, StoreError> {
+                    keys_held_elsewhere(&self.pool, writes).await
+                }
+
                 async fn events(&self, attempt_id: AttemptId) -> Result<Vec<(String, String)>, StoreError> {
                     let rows = sqlx::query("SELECT kind, detail FROM payment_events WHERE attempt_id = $1 ORDER BY id")
                         .bind(attempt_id.0)
@@ -465,10 +472,15 @@ macro_rules! impl_orders {
             writer: sqlx::Pool<$db>,
             orders: Vec<$crate::store::NewOrder>,
         ) -> Vec<Result<$crate::store::CreatedOrder, $crate::store::StoreError>> {
-            $crate::store::batch::write_group(orders, true, move |group| {
-                let writer = writer.clone();
-                Box::pin(async move { create_together(&writer, group).await })
-            })
+            $crate::store::batch::write_group(
+                orders,
+                true,
+                move |group| {
+                    let writer = writer.clone();
+                    Box::pin(async move { create_together(&writer, group).await })
+                },
+                $crate::store::batch::no_culprits,
+            )
             .await
         }
 
@@ -712,19 +724,56 @@ pub(crate) use impl_orders;
 /// a status against a bound set, `row_lock!()` its row lock for a read before a write.
 macro_rules! impl_payments {
     ($store:ty, $db:ty) => {
+        /// Which of `writes` (attempt, the transaction key it would record) name a key
+        /// that another attempt of the same gateway holds: the writes the UNIQUE
+        /// constraint refuses, by their place in `writes`.
+        async fn keys_held_elsewhere(
+            writer: &sqlx::Pool<$db>,
+            writes: &[($crate::domain::AttemptId, Option<String>)],
+        ) -> Result<Vec<usize>, $crate::store::StoreError> {
+            let keyed: Vec<_> = writes.iter().filter_map(|(id, key)| Some((id.0, key.as_deref()?))).collect();
+            if keyed.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut query = sqlx::QueryBuilder::<$db>::new("SELECT mine.id FROM (");
+            query.push_values(&keyed, |mut row, &(id, key)| {
+                row.push("CAST(").push_bind_unseparated(id).push_unseparated(" AS BIGINT)");
+                row.push("CAST(").push_bind_unseparated(key).push_unseparated(" AS TEXT)");
+            });
+            query.push(
+                ") AS v JOIN payment_attempts AS mine ON mine.id = v.column1
+                 JOIN payment_attempts AS other ON other.gateway = mine.gateway
+                   AND other.transaction_key = v.column2 AND other.id <> mine.id",
+            );
+            let held: Vec<i64> = query.build_query_scalar().fetch_all(writer).await?;
+            Ok(writes.iter().enumerate().filter(|(_, (id, _))| held.contains(&id.0)).map(|(i, _)| i).collect())
+        }
+
         /// Marks a group of attempts PENDING in one statement; when one of them is refused
-        /// (its transaction key belongs to another attempt), each alone. Two marks of one
-        /// attempt are written one by one from the start.
+        /// (its transaction key belongs to another attempt), that one alone and the rest
+        /// together again. Two marks of one attempt are written one by one from the start.
         async fn mark_all_pending(
             writer: sqlx::Pool<$db>,
             group: Vec<$crate::store::MarkPending>,
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
             let attempts: std::collections::HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
             let may_share = attempts.len() == group.len();
-            $crate::store::batch::write_group(group, may_share, move |group| {
-                let writer = writer.clone();
-                Box::pin(async move { mark_pending_together(&writer, group).await })
-            })
+            let keys_of = |group: &[$crate::store::MarkPending]| -> Vec<_> {
+                group.iter().map(|m| (m.attempt_id, m.key.clone())).collect()
+            };
+            let held = writer.clone();
+            $crate::store::batch::write_group(
+                group,
+                may_share,
+                move |group| {
+                    let writer = writer.clone();
+                    Box::pin(async move { mark_pending_together(&writer, group).await })
+                },
+                move |group| {
+                    let (writer, keys) = (held.clone(), keys_of(group));
+                    Box::pin(async move { keys_held_elsewhere(&writer, &keys).await })
+                },
+            )
             .await
         }
 
@@ -772,9 +821,9 @@ macro_rules! impl_payments {
         }
 
         /// Settles a group of attempts in one transaction; when one of them is refused
-        /// (a transaction key that belongs to another attempt), each alone. Two
-        /// settlements of one attempt, or a state machine whose final statuses start
-        /// from different sets, are settled one by one from the start.
+        /// (a transaction key that belongs to another attempt), that one alone and the
+        /// rest together again. Two settlements of one attempt, or a state machine whose
+        /// final statuses start from different sets, are settled one by one from the start.
         async fn settle_all(
             writer: sqlx::Pool<$db>,
             group: Vec<$crate::store::Settle>,
@@ -783,10 +832,22 @@ macro_rules! impl_payments {
             let sources = |s: &$crate::store::Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
             let attempts: std::collections::HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
             let may_share = attempts.len() == group.len() && group.iter().all(|s| sources(s) == sources(&group[0]));
-            $crate::store::batch::write_group(group, may_share, move |group| {
-                let writer = writer.clone();
-                Box::pin(async move { settle_together(&writer, group).await })
-            })
+            let keys_of = |group: &[$crate::store::Settle]| -> Vec<_> {
+                group.iter().map(|s| (s.attempt_id, s.settlement.transaction_key.clone())).collect()
+            };
+            let held = writer.clone();
+            $crate::store::batch::write_group(
+                group,
+                may_share,
+                move |group| {
+                    let writer = writer.clone();
+                    Box::pin(async move { settle_together(&writer, group).await })
+                },
+                move |group| {
+                    let (writer, keys) = (held.clone(), keys_of(group));
+                    Box::pin(async move { keys_held_elsewhere(&writer, &keys).await })
+                },
+            )
             .await
         }
 

@@ -292,6 +292,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_mark_whose_key_another_attempt_holds_is_refused_and_the_rest_of_its_group_written() {
+        let (store, listing) = store_selling_product_3().await;
+        let created = created(&store, (0..4).map(|i| order(&format!("b{i}"), &listing, 1)).collect()).await;
+        let attempt = |i: usize| created[i].attempt_id;
+        store.mark_pending(attempt(0), Some("K0"), 2).await.unwrap();
+        let key = |k: &str| Some(k.to_string());
+        let marks = [(1, "K0"), (2, "K2"), (3, "K3")]
+            .map(|(i, k)| MarkPending { attempt_id: attempt(i), key: key(k), now_ms: 3 })
+            .to_vec();
+        let marked = super::mark_all_pending(store.writer.clone(), marks).await;
+        assert!(
+            matches!(&marked[..], [Err(StoreError::KeyTaken(k)), Ok(Transition::Applied), Ok(Transition::Applied)] if k == "K0"),
+            "{marked:?}"
+        );
+        let status = |i: usize| {
+            let pg_order_id = created[i].pg_order_id.clone();
+            let store = store.clone();
+            async move { store.attempt_by_pg_order_id(&pg_order_id).await.unwrap().unwrap().status }
+        };
+        assert_eq!(status(1).await, PaymentStatus::Requested, "the refused mark wrote nothing");
+        assert_eq!((status(2).await, status(3).await), (PaymentStatus::Pending, PaymentStatus::Pending));
+    }
+
+    #[tokio::test]
     async fn groups_of_pending_marks_and_settlements_are_written_together_each_releasing_its_own_stock() {
         let (store, listing) = store_selling_product_3().await;
         let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];

@@ -125,6 +125,7 @@ store_suite!(
     attempts_settled_together_each_settle_once_and_release_their_own_stock,
     of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone,
     attempts_marked_pending_together_each_get_their_own_answer,
+    a_key_counts_as_held_elsewhere_only_when_another_attempt_of_its_gateway_holds_it,
 );
 
 async fn an_order_priced_before_a_price_change_creates_nothing(store: Arc<dyn Inspect>) {
@@ -359,6 +360,23 @@ async fn of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone(st
     assert!(results[..2].iter().any(|r| matches!(r, Err(StoreError::KeyTaken(k)) if k == "KEY-1")), "{results:?}");
     assert!(matches!(results[2], Ok(Transition::Applied)), "{results:?}");
     assert_eq!(levels(&store, 2).await, (997, 1, 2), "only the two settled orders moved their stock");
+}
+
+async fn a_key_counts_as_held_elsewhere_only_when_another_attempt_of_its_gateway_holds_it(store: Arc<dyn Inspect>) {
+    let orders = (0..4).map(|i| order(&format!("buyer-{i}"), &[(2, 1)])).collect();
+    let created: Vec<CreatedOrder> = place_together(&store, orders).await.into_iter().map(Result::unwrap).collect();
+    let attempt = |i: usize| created[i].attempt_id;
+    store.mark_pending(attempt(0), Some("KEY-0"), NOW).await.unwrap();
+    store.reassign_gateway(attempt(3), "pg", "pg2", NOW).await.unwrap();
+    let key = |k: &str| Some(k.to_string());
+    let writes = [
+        (attempt(1), key("KEY-0")), // held by attempt 0, same gateway
+        (attempt(2), key("KEY-2")), // held by no one
+        (attempt(0), key("KEY-0")), // its own
+        (attempt(2), None),         // no key
+        (attempt(3), key("KEY-0")), // held, but at another gateway
+    ];
+    assert_eq!(store.keys_held_elsewhere(&writes).await.unwrap(), [0]);
 }
 
 async fn attempts_marked_pending_together_each_get_their_own_answer(store: Arc<dyn Inspect>) {
