@@ -414,10 +414,9 @@ pub trait ReconciliationStore: Send + Sync + 'static {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
 
     /// Books reconciliation checks that did not settle their attempts, and ends their
-    /// leases: a pass's checks together, a few dozen to a transaction (one commit per
-    /// check made a backlog the PG still called pending cost a commit per attempt, and
-    /// starved the shop's own writes on PostgreSQL). Checks of attempts settled meanwhile
-    /// change nothing.
+    /// leases: a pass's checks together, a few dozen to a transaction, so that a backlog
+    /// the PG still calls pending costs a commit per few dozen payments rather than one
+    /// per payment. Checks of attempts settled meanwhile change nothing.
     async fn record_checks(&self, checks: &[Check], now_ms: i64) -> Result<(), StoreError>;
 
     /// Unsettled attempts now, and the creation time of the oldest.

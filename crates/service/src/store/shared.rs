@@ -726,27 +726,62 @@ macro_rules! impl_payments {
     ($store:ty, $db:ty) => {
         /// Which of `writes` (attempt, the transaction key it would record) name a key
         /// that another attempt of the same gateway holds: the writes the UNIQUE
-        /// constraint refuses, by their place in `writes`.
+        /// constraint refuses, by their place in `writes`. The attempts' gateways first,
+        /// then the keys per gateway, so that each lookup is a seek in the UNIQUE index
+        /// (gateway, transaction_key): PostgreSQL planned one join of the two as a scan
+        /// of every attempt of the gateway per key (2.9 s for 40 keys over 67,000 attempts).
         async fn keys_held_elsewhere(
             writer: &sqlx::Pool<$db>,
             writes: &[($crate::domain::AttemptId, Option<String>)],
         ) -> Result<Vec<usize>, $crate::store::StoreError> {
-            let keyed: Vec<_> = writes.iter().filter_map(|(id, key)| Some((id.0, key.as_deref()?))).collect();
+            use sqlx::Row;
+            let keyed: Vec<(i64, &str)> = writes.iter().filter_map(|(id, key)| Some((id.0, key.as_deref()?))).collect();
             if keyed.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut query = sqlx::QueryBuilder::<$db>::new("SELECT mine.id FROM (");
-            query.push_values(&keyed, |mut row, &(id, key)| {
-                row.push("CAST(").push_bind_unseparated(id).push_unseparated(" AS BIGINT)");
-                row.push("CAST(").push_bind_unseparated(key).push_unseparated(" AS TEXT)");
-            });
-            query.push(
-                ") AS v JOIN payment_attempts AS mine ON mine.id = v.column1
-                 JOIN payment_attempts AS other ON other.gateway = mine.gateway
-                   AND other.transaction_key = v.column2 AND other.id <> mine.id",
-            );
-            let held: Vec<i64> = query.build_query_scalar().fetch_all(writer).await?;
-            Ok(writes.iter().enumerate().filter(|(_, (id, _))| held.contains(&id.0)).map(|(i, _)| i).collect())
+            let mut query = sqlx::QueryBuilder::<$db>::new("SELECT id, gateway FROM payment_attempts WHERE id IN (");
+            let mut ids = query.separated(", ");
+            for (id, _) in &keyed {
+                ids.push_bind(*id);
+            }
+            query.push(")");
+            let mut gateway_of = std::collections::HashMap::new();
+            for row in query.build().fetch_all(writer).await? {
+                gateway_of.insert(row.try_get::<i64, _>("id")?, row.try_get::<String, _>("gateway")?);
+            }
+            let mut keys_by_gateway: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
+            for (id, key) in &keyed {
+                if let Some(gateway) = gateway_of.get(id) {
+                    keys_by_gateway.entry(gateway.as_str()).or_default().push(key);
+                }
+            }
+            // (gateway, key) -> the attempt that holds it
+            let mut holder = std::collections::HashMap::new();
+            for (gateway, keys) in keys_by_gateway {
+                let mut query = sqlx::QueryBuilder::<$db>::new("SELECT id, transaction_key FROM payment_attempts WHERE gateway = ");
+                query.push_bind(gateway).push(" AND transaction_key IN (");
+                let mut each = query.separated(", ");
+                for key in keys {
+                    each.push_bind(key);
+                }
+                query.push(")");
+                for row in query.build().fetch_all(writer).await? {
+                    let key: String = row.try_get("transaction_key")?;
+                    holder.insert((gateway.to_string(), key), row.try_get::<i64, _>("id")?);
+                }
+            }
+            let held = |id: i64, key: &str| {
+                gateway_of
+                    .get(&id)
+                    .and_then(|gateway| holder.get(&(gateway.clone(), key.to_string())))
+                    .is_some_and(|&holder| holder != id)
+            };
+            Ok(writes
+                .iter()
+                .enumerate()
+                .filter(|(_, (id, key))| key.as_deref().is_some_and(|key| held(id.0, key)))
+                .map(|(i, _)| i)
+                .collect())
         }
 
         /// Marks a group of attempts PENDING in one statement; when one of them is refused
