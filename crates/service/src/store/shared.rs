@@ -784,6 +784,38 @@ macro_rules! impl_payments {
                 .collect())
         }
 
+        /// A group of writes that may each record a transaction key, written by
+        /// `together`; when a key another attempt holds fails the group, that write goes
+        /// alone and the rest together again (store/batch.rs).
+        async fn write_keyed<I: Sync>(
+            writer: sqlx::Pool<$db>,
+            group: Vec<I>,
+            may_share: bool,
+            key_of: fn(&I) -> ($crate::domain::AttemptId, Option<String>),
+            together: for<'a> fn(
+                &'a sqlx::Pool<$db>,
+                &'a [I],
+            ) -> futures_util::future::BoxFuture<
+                'a,
+                Result<Vec<$crate::store::Transition>, $crate::store::StoreError>,
+            >,
+        ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
+            let held = writer.clone();
+            $crate::store::batch::write_group(
+                group,
+                may_share,
+                move |group| {
+                    let writer = writer.clone();
+                    Box::pin(async move { together(&writer, group).await })
+                },
+                move |group| {
+                    let (writer, keys) = (held.clone(), group.iter().map(key_of).collect::<Vec<_>>());
+                    Box::pin(async move { keys_held_elsewhere(&writer, &keys).await })
+                },
+            )
+            .await
+        }
+
         /// Marks a group of attempts PENDING in one statement; when one of them is refused
         /// (its transaction key belongs to another attempt), that one alone and the rest
         /// together again. Two marks of one attempt are written one by one from the start.
@@ -793,23 +825,9 @@ macro_rules! impl_payments {
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
             let attempts: std::collections::HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
             let may_share = attempts.len() == group.len();
-            let keys_of = |group: &[$crate::store::MarkPending]| -> Vec<_> {
-                group.iter().map(|m| (m.attempt_id, m.key.clone())).collect()
-            };
-            let held = writer.clone();
-            $crate::store::batch::write_group(
-                group,
-                may_share,
-                move |group| {
-                    let writer = writer.clone();
-                    Box::pin(async move { mark_pending_together(&writer, group).await })
-                },
-                move |group| {
-                    let (writer, keys) = (held.clone(), keys_of(group));
-                    Box::pin(async move { keys_held_elsewhere(&writer, &keys).await })
-                },
-            )
-            .await
+            let key_of = |m: &$crate::store::MarkPending| (m.attempt_id, m.key.clone());
+            write_keyed(writer, group, may_share, key_of, |writer, group| Box::pin(mark_pending_together(writer, group)))
+                .await
         }
 
         /// Marks every attempt of `group` that is still REQUESTED; the others are answered
@@ -867,23 +885,8 @@ macro_rules! impl_payments {
             let sources = |s: &$crate::store::Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
             let attempts: std::collections::HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
             let may_share = attempts.len() == group.len() && group.iter().all(|s| sources(s) == sources(&group[0]));
-            let keys_of = |group: &[$crate::store::Settle]| -> Vec<_> {
-                group.iter().map(|s| (s.attempt_id, s.settlement.transaction_key.clone())).collect()
-            };
-            let held = writer.clone();
-            $crate::store::batch::write_group(
-                group,
-                may_share,
-                move |group| {
-                    let writer = writer.clone();
-                    Box::pin(async move { settle_together(&writer, group).await })
-                },
-                move |group| {
-                    let (writer, keys) = (held.clone(), keys_of(group));
-                    Box::pin(async move { keys_held_elsewhere(&writer, &keys).await })
-                },
-            )
-            .await
+            let key_of = |s: &$crate::store::Settle| (s.attempt_id, s.settlement.transaction_key.clone());
+            write_keyed(writer, group, may_share, key_of, |writer, group| Box::pin(settle_together(writer, group))).await
         }
 
         /// The group-commit tasks of the store, writing on `writer`.
