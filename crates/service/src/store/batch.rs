@@ -152,11 +152,6 @@ pub(crate) async fn write_group<I, O>(
         .collect()
 }
 
-/// For `write_group`: no write can be told apart before it is tried alone.
-pub(crate) fn no_culprits<I>(_: &[I]) -> BoxFuture<'_, Result<Vec<usize>, StoreError>> {
-    Box::pin(async { Ok(Vec::new()) })
-}
-
 /// The answers for a group whose transaction failed. One write alone gets its own error.
 /// When the database is unavailable, every write gets the same answer (trying them one
 /// by one would wait for it once per write). Any other error belongs to one of the

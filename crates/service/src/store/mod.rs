@@ -478,6 +478,11 @@ pub trait Inspect: Store {
     /// another attempt of its gateway holds, by their place: what a failed group of
     /// pending marks or settlements sets apart (store/batch.rs).
     async fn keys_held_elsewhere(&self, writes: &[(AttemptId, Option<String>)]) -> Result<Vec<usize>, StoreError>;
+
+    /// Of `orders`, those the catalog as it stands refuses (a product missing or
+    /// repriced, or short of what the orders before it take), by their place: what a
+    /// failed group of orders sets apart (store/batch.rs).
+    async fn orders_the_catalog_refuses(&self, orders: &[NewOrder]) -> Result<Vec<usize>, StoreError>;
 }
 
 /// The stored fingerprint of keys from before fingerprints left the card number out

@@ -251,7 +251,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_group_of_orders_is_written_together_or_else_one_by_one() {
+    async fn a_group_of_orders_is_written_together_or_else_without_those_the_stock_refuses() {
         let (store, listing) = store_selling_product_3().await;
         let stock =
             || async { store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available };
@@ -266,14 +266,21 @@ mod tests {
             assert_eq!((attempt.id, attempt.order_id), (c.attempt_id, c.order_id));
         }
         assert_eq!(stock().await, 200);
-        // 350 wanted, 200 left: not together, so one by one; the one that does not fit is refused.
+        // 350 wanted, 200 left: not together. The one the stock cannot take after the
+        // orders before it is set apart, the other two are written together, and the one
+        // set apart, tried alone after them, finds what they left.
         let group = vec![order("d", &listing, 100), order("e", &listing, 150), order("f", &listing, 100)];
         let results = super::create_orders(store.writer.clone(), group).await;
         assert!(
-            matches!(results[..], [Ok(_), Err(StoreError::OutOfStock { product: 3, available: 100 }), Ok(_)]),
+            matches!(results[..], [Ok(_), Err(StoreError::OutOfStock { product: 3, available: 0 }), Ok(_)]),
             "{results:?}"
         );
         assert_eq!(stock().await, 0);
+        assert_eq!(
+            super::orders_the_catalog_refuses(&store.writer, &[order("g", &listing, 1)]).await.unwrap(),
+            [0],
+            "sold out"
+        );
     }
 
     #[tokio::test]

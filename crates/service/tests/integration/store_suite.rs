@@ -126,6 +126,7 @@ store_suite!(
     of_attempts_settled_together_one_whose_key_is_taken_is_refused_alone,
     attempts_marked_pending_together_each_get_their_own_answer,
     a_key_counts_as_held_elsewhere_only_when_another_attempt_of_its_gateway_holds_it,
+    the_catalog_refuses_orders_for_missing_repriced_or_exhausted_products,
 );
 
 async fn an_order_priced_before_a_price_change_creates_nothing(store: Arc<dyn Inspect>) {
@@ -377,6 +378,19 @@ async fn a_key_counts_as_held_elsewhere_only_when_another_attempt_of_its_gateway
         (attempt(3), key("KEY-0")), // held, but at another gateway
     ];
     assert_eq!(store.keys_held_elsewhere(&writes).await.unwrap(), [0]);
+}
+
+async fn the_catalog_refuses_orders_for_missing_repriced_or_exhausted_products(store: Arc<dyn Inspect>) {
+    // Product 3 has 500 at its seeded price.
+    let orders = [
+        order("a", &[(3, 300)]),
+        order("b", &[(3, 250)]),                       // short after a
+        order_at("c", &[(3, 1, seeded_price(3) + 1)]), // repriced
+        order("d", &[(42, 1)]),                        // no such product
+        order("e", &[(1, 1), (3, 200)]),               // fits after a
+        order("f", &[(3, 1)]),                         // short after a and e
+    ];
+    assert_eq!(store.orders_the_catalog_refuses(&orders).await.unwrap(), [1, 2, 3, 5]);
 }
 
 async fn attempts_marked_pending_together_each_get_their_own_answer(store: Arc<dyn Inspect>) {
