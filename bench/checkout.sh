@@ -10,6 +10,8 @@
 # PAYGUARD_BIN picks the binary (default: the release build in the cargo target dir);
 # PERF_DATA=FILE records a CPU profile of the service during the run (perf record -g);
 # WRK_OUT=FILE keeps wrk's report (its whole latency distribution).
+# RESTOCK="1 2 4" restocks only those products: the others sell out at once, and the
+# checkouts for them are answered 409 OUT_OF_STOCK (a sold-out product under load).
 # A PostgreSQL URL must name a database the benchmark may fill (it is migrated, not wiped).
 # Give each run a fresh one (dropdb/createdb): a run leaves attempts unsettled when it
 # stops, and the next run's reconciler settles them against a simulator that never saw

@@ -24,7 +24,7 @@ start_simulator() {
 
 # start_service DATABASE_URL LOG [WRAPPER...]: `payguard serve` on DATABASE_URL (run under
 # WRAPPER, e.g. valgrind, when given), waited for until ready (up to 60 s), products 1, 2, 4
-# and 5 raised by 1,000,000. Sets `service` to its pid.
+# and 5 (or those RESTOCK lists) raised by 1,000,000. Sets `service` to its pid.
 start_service() {
   local database=$1 log=$2
   shift 2
@@ -37,7 +37,7 @@ start_service() {
     sleep 0.1
   done
   curl -sf "$url/readyz" >/dev/null || { cat "$log" >&2; exit 1; }
-  for product in 1 2 4 5; do
+  for product in ${RESTOCK:-1 2 4 5}; do
     curl -sf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
       -d '{"add":1000000}' "$url/api/v1/admin/products/$product/stock" >/dev/null
   done
