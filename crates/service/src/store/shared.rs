@@ -345,6 +345,37 @@ macro_rules! row_helpers {
             })
         }
 
+        /// A group written on the writing pool (store/batch.rs): `together` writes it in one
+        /// transaction, `culprits` finds the writes that failed one.
+        async fn write_on<I: Sync, O: 'static>(
+            writer: sqlx::Pool<$db>,
+            group: Vec<I>,
+            may_share: bool,
+            together: for<'a> fn(
+                &'a sqlx::Pool<$db>,
+                &'a [I],
+            ) -> futures_util::future::BoxFuture<'a, Result<Vec<O>, $crate::store::StoreError>>,
+            culprits: for<'a> fn(
+                &'a sqlx::Pool<$db>,
+                &'a [I],
+            ) -> futures_util::future::BoxFuture<'a, Result<Vec<usize>, $crate::store::StoreError>>,
+        ) -> Vec<Result<O, $crate::store::StoreError>> {
+            let held = writer.clone();
+            $crate::store::batch::write_group(
+                group,
+                may_share,
+                move |group| {
+                    let writer = writer.clone();
+                    Box::pin(async move { together(&writer, group).await })
+                },
+                move |group| {
+                    let writer = held.clone();
+                    Box::pin(async move { culprits(&writer, group).await })
+                },
+            )
+            .await
+        }
+
         /// Locks the rows that `open` `ids` `close` selects (ids bound in a list), in id
         /// order, where the backend has row locks: a transaction that writes several rows
         /// takes them in the same order as every other, so no two wait for each other.
@@ -480,18 +511,12 @@ macro_rules! impl_orders {
             writer: sqlx::Pool<$db>,
             orders: Vec<$crate::store::NewOrder>,
         ) -> Vec<Result<$crate::store::CreatedOrder, $crate::store::StoreError>> {
-            let held = writer.clone();
-            $crate::store::batch::write_group(
+            write_on(
+                writer,
                 orders,
                 true,
-                move |group| {
-                    let writer = writer.clone();
-                    Box::pin(async move { create_together(&writer, group).await })
-                },
-                move |group| {
-                    let writer = held.clone();
-                    Box::pin(async move { orders_the_catalog_refuses(&writer, group).await })
-                },
+                |writer, group| Box::pin(create_together(writer, group)),
+                |writer, group| Box::pin(orders_the_catalog_refuses(writer, group)),
             )
             .await
         }
@@ -839,38 +864,6 @@ macro_rules! impl_payments {
                 .collect())
         }
 
-        /// A group of writes that may each record a transaction key, written by
-        /// `together`; when a key another attempt holds fails the group, that write goes
-        /// alone and the rest together again (store/batch.rs).
-        async fn write_keyed<I: Sync>(
-            writer: sqlx::Pool<$db>,
-            group: Vec<I>,
-            may_share: bool,
-            key_of: fn(&I) -> ($crate::domain::AttemptId, Option<String>),
-            together: for<'a> fn(
-                &'a sqlx::Pool<$db>,
-                &'a [I],
-            ) -> futures_util::future::BoxFuture<
-                'a,
-                Result<Vec<$crate::store::Transition>, $crate::store::StoreError>,
-            >,
-        ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
-            let held = writer.clone();
-            $crate::store::batch::write_group(
-                group,
-                may_share,
-                move |group| {
-                    let writer = writer.clone();
-                    Box::pin(async move { together(&writer, group).await })
-                },
-                move |group| {
-                    let (writer, keys) = (held.clone(), group.iter().map(key_of).collect::<Vec<_>>());
-                    Box::pin(async move { keys_held_elsewhere(&writer, &keys).await })
-                },
-            )
-            .await
-        }
-
         /// Marks a group of attempts PENDING in one statement; when one of them is refused
         /// (its transaction key belongs to another attempt), that one alone and the rest
         /// together again. Two marks of one attempt are written one by one from the start.
@@ -880,9 +873,17 @@ macro_rules! impl_payments {
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
             let attempts: std::collections::HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
             let may_share = attempts.len() == group.len();
-            let key_of = |m: &$crate::store::MarkPending| (m.attempt_id, m.key.clone());
-            write_keyed(writer, group, may_share, key_of, |writer, group| Box::pin(mark_pending_together(writer, group)))
-                .await
+            write_on(
+                writer,
+                group,
+                may_share,
+                |writer, group| Box::pin(mark_pending_together(writer, group)),
+                |writer, group| {
+                    let keys: Vec<_> = group.iter().map(|m| (m.attempt_id, m.key.clone())).collect();
+                    Box::pin(async move { keys_held_elsewhere(writer, &keys).await })
+                },
+            )
+            .await
         }
 
         /// Marks every attempt of `group` that is still REQUESTED; the others are answered
@@ -940,8 +941,17 @@ macro_rules! impl_payments {
             let sources = |s: &$crate::store::Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
             let attempts: std::collections::HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
             let may_share = attempts.len() == group.len() && group.iter().all(|s| sources(s) == sources(&group[0]));
-            let key_of = |s: &$crate::store::Settle| (s.attempt_id, s.settlement.transaction_key.clone());
-            write_keyed(writer, group, may_share, key_of, |writer, group| Box::pin(settle_together(writer, group))).await
+            write_on(
+                writer,
+                group,
+                may_share,
+                |writer, group| Box::pin(settle_together(writer, group)),
+                |writer, group| {
+                    let keys: Vec<_> = group.iter().map(|s| (s.attempt_id, s.settlement.transaction_key.clone())).collect();
+                    Box::pin(async move { keys_held_elsewhere(writer, &keys).await })
+                },
+            )
+            .await
         }
 
         /// The group-commit tasks of the store, writing on `writer`.
