@@ -108,11 +108,11 @@ pub(crate) struct Batchers {
 
 /// Writes `group` in one go with `together` when `may_share` says its writes may share a
 /// transaction; when they may not, each alone. When the group fails, `culprits` may name
-/// the writes that failed it (a transaction key another attempt holds, which a query
-/// finds): those are written each alone and the others together again. Otherwise, as
-/// `one_by_one` says. A group retried one by one costs a commit per write: at a few
-/// colliding keys a second, that starved every other write on PostgreSQL
-/// (docs/benchmarks.md, "Third round").
+/// the writes that failed it (found by a query: an order for a sold-out product, a
+/// transaction key another attempt holds): those are written each alone and the others
+/// together again. Otherwise, as `one_by_one` says. A group retried one by one costs a
+/// commit per write: a sold-out product, or a few colliding keys a second, took half the
+/// throughput on PostgreSQL (docs/benchmarks.md, "Third round").
 pub(crate) async fn write_group<I, O>(
     group: Vec<I>,
     may_share: bool,

@@ -376,6 +376,17 @@ macro_rules! row_helpers {
             .await
         }
 
+        /// Binds each of `values` into `query`, separated by commas: the inside of an IN list.
+        fn push_binds<'t, T>(query: &mut sqlx::QueryBuilder<$db>, values: impl IntoIterator<Item = T>)
+        where
+            T: sqlx::Encode<'t, $db> + sqlx::Type<$db>,
+        {
+            let mut list = query.separated(", ");
+            for value in values {
+                list.push_bind(value);
+            }
+        }
+
         /// Locks the rows that `open` `ids` `close` selects (ids bound in a list), in id
         /// order, where the backend has row locks: a transaction that writes several rows
         /// takes them in the same order as every other, so no two wait for each other.
@@ -390,10 +401,7 @@ macro_rules! row_helpers {
                 return Ok(());
             }
             let mut lock = sqlx::QueryBuilder::<$db>::new(open);
-            let mut list = lock.separated(", ");
-            for id in ids {
-                list.push_bind(id);
-            }
+            push_binds(&mut lock, ids);
             lock.push(close);
             lock.push(concat!(" ORDER BY id", row_lock!()));
             lock.build().execute(&mut **tx).await?;
@@ -536,10 +544,7 @@ macro_rules! impl_orders {
                 orders.iter().map(|order| $crate::store::reservations(&order.priced.lines)).collect();
             let products: std::collections::BTreeSet<i64> = wanted.iter().flatten().map(|&(id, _, _)| id).collect();
             let mut query = sqlx::QueryBuilder::<$db>::new("SELECT id, available, price FROM products WHERE id IN (");
-            let mut ids = query.separated(", ");
-            for id in &products {
-                ids.push_bind(*id);
-            }
+            push_binds(&mut query, products);
             query.push(")");
             // product -> (available, price)
             let mut left = std::collections::HashMap::new();
@@ -820,10 +825,7 @@ macro_rules! impl_payments {
                 return Ok(Vec::new());
             }
             let mut query = sqlx::QueryBuilder::<$db>::new("SELECT id, gateway FROM payment_attempts WHERE id IN (");
-            let mut ids = query.separated(", ");
-            for (id, _) in &keyed {
-                ids.push_bind(*id);
-            }
+            push_binds(&mut query, keyed.iter().map(|&(id, _)| id));
             query.push(")");
             let mut gateway_of = std::collections::HashMap::new();
             for row in query.build().fetch_all(writer).await? {
@@ -840,10 +842,7 @@ macro_rules! impl_payments {
             for (gateway, keys) in keys_by_gateway {
                 let mut query = sqlx::QueryBuilder::<$db>::new("SELECT id, transaction_key FROM payment_attempts WHERE gateway = ");
                 query.push_bind(gateway).push(" AND transaction_key IN (");
-                let mut each = query.separated(", ");
-                for key in keys {
-                    each.push_bind(key);
-                }
+                push_binds(&mut query, keys);
                 query.push(")");
                 for row in query.build().fetch_all(writer).await? {
                     let key: String = row.try_get("transaction_key")?;
