@@ -1,5 +1,5 @@
 //! The typed PG client: three operations, each through the resilience stack, outer to
-//! inner: total deadline -> retry -> circuit breaker -> bulkhead -> per-attempt timeouts
+//! inner: total deadline -> retry -> bulkhead -> circuit breaker -> per-attempt timeouts
 //! -> HTTP. Payments and status lookups have separate stacks and breakers, so a broken
 //! status API does not stop new payments and vice versa.
 
@@ -9,10 +9,11 @@ use reqwest::Url;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::BoxCloneSyncService;
-use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower::{ServiceBuilder, ServiceExt};
 
 use crate::breaker::layer::Classifier;
 use crate::breaker::{CallResult, CircuitBreaker, CircuitBreakerLayer};
+use crate::bulkhead::BulkheadLayer;
 use crate::config::ResilienceConfig;
 use crate::observer::{GatewayEvent, GatewayObserver, NoopObserver};
 use crate::outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, PgAnswer, Unknown};
@@ -205,7 +206,7 @@ fn breaker_classifier() -> Classifier<PgAnswer, CallError> {
     })
 }
 
-/// Builds retry -> breaker -> bulkhead over `inner` (the HTTP transport in production;
+/// Builds retry -> bulkhead -> breaker over `inner` (the HTTP transport in production;
 /// anything in benchmarks). The deadline is applied per call by `GatewayClient`.
 pub fn stack<S>(
     config: &ResilienceConfig,
@@ -221,24 +222,14 @@ where
     let attempt_timeout = config.response_timeout;
     let policy =
         RetryPolicy::new(config.retry.clone(), budget.clone(), observer.clone(), config.deadline, attempt_timeout);
+    let bulkhead = &config.bulkhead;
+    // The bulkhead outside the breaker: a call still waiting for a place has not reached
+    // the PG, and the breaker must not time that wait as a slow call.
     let service = ServiceBuilder::new()
         .retry(policy)
+        .layer(BulkheadLayer::new(bulkhead.max_concurrent_calls, bulkhead.max_wait, config.deadline, attempt_timeout))
         .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()))
-        .map_err(bulkhead_error)
-        .load_shed()
-        .concurrency_limit(config.bulkhead.max_concurrent_calls)
         .map_request(|attempted: Attempted| attempted.call)
         .service(inner);
     BoxCloneSyncService::new(service)
-}
-
-/// `load_shed` boxes errors; give them back their type.
-fn bulkhead_error(error: BoxError) -> CallError {
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        return NotDelivered::BulkheadFull.into();
-    }
-    match error.downcast::<CallError>() {
-        Ok(error) => *error,
-        Err(other) => Unknown::ConnectionLost(other.to_string()).into(),
-    }
 }

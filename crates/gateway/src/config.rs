@@ -55,8 +55,13 @@ pub struct RetryConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BulkheadConfig {
-    /// Calls in flight per stack (payments, status); one more is refused at once.
+    /// Calls at the PG at once per stack (payments, status): one HTTP/1.1 connection each.
     pub max_concurrent_calls: usize,
+    /// How long one more waits for a place before it is refused, nothing sent. Zero:
+    /// refused at once. Never longer than leaves the attempt time to finish within the
+    /// deadline.
+    #[serde(with = "crate::duration_ms")]
+    pub max_wait: Duration,
 }
 
 impl Default for ResilienceConfig {
@@ -120,7 +125,7 @@ impl Default for RetryConfig {
 
 impl Default for BulkheadConfig {
     fn default() -> Self {
-        BulkheadConfig { max_concurrent_calls: 128 }
+        BulkheadConfig { max_concurrent_calls: 128, max_wait: Duration::ZERO }
     }
 }
 

@@ -6,6 +6,7 @@
 //! (`PaymentOutcome`), which is what the service decides on.
 
 pub mod breaker;
+mod bulkhead;
 mod client;
 pub mod config;
 mod duration_ms;

@@ -445,7 +445,7 @@ async fn a_full_bulkhead_refuses_at_once_without_sending() {
     let sim = sim(Faults { hang: true, ..reliable() }).await;
     let config = ResilienceConfig {
         response_timeout: Duration::from_millis(2_000),
-        bulkhead: BulkheadConfig { max_concurrent_calls: 2 },
+        bulkhead: BulkheadConfig { max_concurrent_calls: 2, max_wait: Duration::ZERO },
         ..config()
     };
     let (client, _) = client_for(&sim.base_url(), config);
@@ -464,6 +464,56 @@ async fn a_full_bulkhead_refuses_at_once_without_sending() {
     for h in hung {
         h.abort();
     }
+}
+
+#[tokio::test]
+async fn with_a_wait_calls_beyond_the_bulkhead_queue_and_are_not_timed_as_slow() {
+    // One place, PG answers in 150 ms (under the breaker's 200 ms slow-call bar): ten
+    // calls at once go one after the other, most waiting far longer than 200 ms for the
+    // place. The breaker times only the PG's part, so it stays closed and all are taken.
+    let sim = sim(Faults { request_latency_ms: MsRange::new(150, 150), ..reliable() }).await;
+    let config = ResilienceConfig {
+        response_timeout: Duration::from_millis(1_000),
+        deadline: Duration::from_secs(5),
+        bulkhead: BulkheadConfig { max_concurrent_calls: 1, max_wait: Duration::from_secs(4) },
+        ..config()
+    };
+    let (client, _) = client_for(&sim.base_url(), config);
+    let started = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.request_payment(payment(&format!("ORD{i:06}"))).await })
+        })
+        .collect();
+    for call in calls {
+        assert!(matches!(call.await.unwrap(), PaymentOutcome::Accepted { .. }));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1_500), "one at a time: ten answers of 150 ms in a row");
+    assert_eq!(requests(&sim), 10);
+    assert_eq!(client.payment_breaker().state(), State::Closed, "waiting for a place is not a slow call");
+}
+
+#[tokio::test]
+async fn a_call_that_waits_out_the_bulkhead_is_refused_unsent() {
+    let sim = sim(Faults { hang: true, ..reliable() }).await;
+    let config = ResilienceConfig {
+        response_timeout: Duration::from_millis(2_000),
+        bulkhead: BulkheadConfig { max_concurrent_calls: 1, max_wait: Duration::from_millis(200) },
+        ..config()
+    };
+    let (client, _) = client_for(&sim.base_url(), config);
+    let hung = {
+        let client = client.clone();
+        tokio::spawn(async move { client.request_payment(payment("ORD000001-1")).await })
+    };
+    eventually("the hung call reached the PG", || requests(&sim) == 1).await;
+    let started = tokio::time::Instant::now();
+    let outcome = client.request_payment(payment("ORD000002-1")).await;
+    assert_eq!(outcome, PaymentOutcome::NotDelivered(NotDelivered::BulkheadFull));
+    assert!(started.elapsed() >= Duration::from_millis(200), "it waited for a place first");
+    assert_eq!(requests(&sim), 1, "the refused call sent nothing");
+    hung.abort();
 }
 
 #[tokio::test]
