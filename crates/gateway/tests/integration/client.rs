@@ -468,10 +468,10 @@ async fn a_full_bulkhead_refuses_at_once_without_sending() {
 
 #[tokio::test]
 async fn with_a_wait_calls_beyond_the_bulkhead_queue_and_are_not_timed_as_slow() {
-    // One place, PG answers in 150 ms (under the breaker's 200 ms slow-call bar): ten
-    // calls at once go one after the other, most waiting far longer than 200 ms for the
-    // place. The breaker times only the PG's part, so it stays closed and all are taken.
-    let sim = sim(Faults { request_latency_ms: MsRange::new(150, 150), ..reliable() }).await;
+    // One place, PG answers in 100 ms (half the breaker's 200 ms slow-call bar): ten
+    // calls at once go one after the other, eight waiting 200 ms or more for the place.
+    // The breaker times only the PG's part, so it stays closed and all are taken.
+    let sim = sim(Faults { request_latency_ms: MsRange::new(100, 100), ..reliable() }).await;
     let config = ResilienceConfig {
         response_timeout: Duration::from_millis(1_000),
         deadline: Duration::from_secs(5),
@@ -489,7 +489,7 @@ async fn with_a_wait_calls_beyond_the_bulkhead_queue_and_are_not_timed_as_slow()
     for call in calls {
         assert!(matches!(call.await.unwrap(), PaymentOutcome::Accepted { .. }));
     }
-    assert!(started.elapsed() >= Duration::from_millis(1_500), "one at a time: ten answers of 150 ms in a row");
+    assert!(started.elapsed() >= Duration::from_millis(1_000), "one at a time: ten answers of 100 ms in a row");
     assert_eq!(requests(&sim), 10);
     assert_eq!(client.payment_breaker().state(), State::Closed, "waiting for a place is not a slow call");
 }
