@@ -80,7 +80,8 @@ pub struct CheckoutSettings {
     pub rate_limit_burst: u32,
     /// Checkouts past their validation at once in this instance; one more is refused
     /// with 503 `CHECKOUT_OVERLOADED` before anything is written. As many as the primary
-    /// PG's payment bulkhead takes by default.
+    /// PG's payment bulkhead takes by default; above it only with the bulkhead's
+    /// `max_wait` (`gateways_refusing_admitted_checkouts`).
     pub max_in_flight: usize,
     /// Refuse card numbers that fail the Luhn checksum. Off by default: the reference
     /// PG does not check it, and its sample card numbers fail it.
@@ -279,6 +280,18 @@ impl Settings {
         std::iter::once(&self.gateway).chain(&self.failover_gateways)
     }
 
+    /// Gateways whose payment bulkhead refuses at once while admission lets more
+    /// checkouts in than it holds: the extra ones would be refused only after their
+    /// orders are written. Valid (a failover gateway may take them), but worth a warning.
+    pub fn gateways_refusing_admitted_checkouts(&self) -> impl Iterator<Item = &str> {
+        self.gateways()
+            .filter(|g| {
+                let bulkhead = &g.resilience.bulkhead;
+                bulkhead.max_wait.is_zero() && bulkhead.max_concurrent_calls < self.checkout.max_in_flight
+            })
+            .map(|g| g.name.as_str())
+    }
+
     /// Where the named gateway posts its results. The primary keeps the original path,
     /// so a one-gateway setup is unchanged; each failover gateway has its own path,
     /// which tells whose callback it is.
@@ -351,6 +364,19 @@ mod tests {
         assert_eq!(s.callback_url("pg"), "http://127.0.0.1:8080/api/v1/payments/callback");
         assert_eq!(s.gateways().count(), 1, "one gateway unless more are configured");
         assert!(!format!("{s:?}").contains("secret\":"));
+    }
+
+    #[test]
+    fn admission_above_a_bulkhead_that_cannot_wait_is_named() {
+        let mut s = Settings::default();
+        assert_eq!(s.gateways_refusing_admitted_checkouts().count(), 0, "the defaults match the two");
+        s.checkout.max_in_flight = 2_000;
+        assert_eq!(s.gateways_refusing_admitted_checkouts().collect::<Vec<_>>(), vec!["pg"]);
+        s.gateway.resilience.bulkhead.max_wait = std::time::Duration::from_secs(1);
+        assert_eq!(s.gateways_refusing_admitted_checkouts().count(), 0, "a bulkhead that waits holds the rest");
+        s.gateway.resilience.bulkhead.max_wait = std::time::Duration::ZERO;
+        s.gateway.resilience.bulkhead.max_concurrent_calls = 2_000;
+        assert_eq!(s.gateways_refusing_admitted_checkouts().count(), 0);
     }
 
     #[test]

@@ -109,6 +109,13 @@ impl Application {
             gateways.push(Gateway { client, callback_url: settings.callback_url(&g.name), activity });
         }
         let gateways = Gateways::new(gateways);
+        for gateway in settings.gateways_refusing_admitted_checkouts() {
+            tracing::warn!(
+                gateway,
+                max_in_flight = settings.checkout.max_in_flight,
+                "checkout.max_in_flight is above this gateway's bulkhead.max_concurrent_calls and its bulkhead.max_wait is 0: checkouts beyond the bulkhead are refused after their orders are written; give the bulkhead a max_wait or match the two (docs/resilience.md)"
+            );
+        }
         // Payments of a gateway that is no longer configured are neither reconciled nor
         // accepted from its callbacks: say so loudly (PaymentsStuckPending follows).
         for (name, unsettled) in store.unsettled_by_gateway().await? {
