@@ -214,3 +214,46 @@ async fn products_list_the_catalog_with_stock() {
     let (status, _) = app.get("/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn checkouts_admitted_beyond_a_waiting_bulkhead_queue_for_the_pg_instead_of_being_refused() {
+    // Admission lets six in; the PG is given two at a time and answers in 200 ms. With a
+    // wait the other four queue for a place and are all accepted; refusing at once, those
+    // that find both places taken are rolled back and answered 503, nothing sent.
+    let slow =
+        SimConfig { faults: Faults { request_latency_ms: MsRange::new(200, 200), ..reliable() }, ..sim_config() };
+    for max_wait in [std::time::Duration::from_secs(2), std::time::Duration::ZERO] {
+        let app = std::sync::Arc::new(
+            spawn_app_with(slow.clone(), |s| {
+                s.checkout.max_in_flight = 6;
+                s.gateway.resilience.bulkhead.max_concurrent_calls = 2;
+                s.gateway.resilience.bulkhead.max_wait = max_wait;
+            })
+            .await,
+        );
+        let checkouts: Vec<_> = (0..6)
+            .map(|i| {
+                let app = app.clone();
+                tokio::spawn(async move { app.checkout(&format!("buyer-{i}"), &[(1, 1)]).await })
+            })
+            .collect();
+        let mut accepted = 0;
+        for checkout in checkouts {
+            let (status, body) = checkout.await.unwrap();
+            match status {
+                StatusCode::ACCEPTED => accepted += 1,
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    assert!(max_wait.is_zero(), "refused although it could wait: {body}");
+                    assert_eq!(body["meta"]["errorCode"], "PAYMENT_GATEWAY_UNAVAILABLE", "{body}");
+                }
+                other => panic!("{other}: {body}"),
+            }
+        }
+        if max_wait.is_zero() {
+            assert!(accepted < 6, "two places cannot take six payments of 200 ms at once");
+        } else {
+            assert_eq!(accepted, 6, "every admitted checkout waited for a place");
+        }
+        assert_eq!(app.pg_requests(), accepted, "only the accepted payments reached the PG");
+    }
+}
