@@ -2,7 +2,10 @@
 //! One more waits up to `max_wait` for a place (Resilience4j's `maxWaitDuration`, Polly's
 //! queue) and is then refused, nothing sent; it never waits so long that the attempt could
 //! not finish before the call's deadline, so the deadline never cuts a call that is still
-//! only waiting (that would make a call we never sent look unknown).
+//! only waiting (that would make a call we never sent look unknown). It sits outside the
+//! breaker (whose clock must not run while a call waits), so before waiting it asks the
+//! breaker whether the call would be let through: while it is open, the call is refused
+//! at once rather than after waiting for a place.
 //!
 //! Written here because tower has the two ends and not the middle: `ConcurrencyLimit`
 //! waits without a bound, `LoadShed` over it refuses without waiting.
@@ -16,6 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::breaker::{CallNotPermitted, CircuitBreaker};
 use crate::outcome::{CallError, NotDelivered, PgAnswer};
 use crate::retry::Attempted;
 
@@ -27,6 +31,8 @@ pub(crate) struct BulkheadLayer {
     /// for the attempt to finish before the deadline.
     deadline: Duration,
     attempt_timeout: Duration,
+    /// The breaker inside: no call waits for a place only to be refused by it.
+    breaker: CircuitBreaker,
 }
 
 impl BulkheadLayer {
@@ -35,8 +41,10 @@ impl BulkheadLayer {
         max_wait: Duration,
         deadline: Duration,
         attempt_timeout: Duration,
+        breaker: CircuitBreaker,
     ) -> BulkheadLayer {
-        BulkheadLayer { places: Arc::new(Semaphore::new(max_concurrent_calls)), max_wait, deadline, attempt_timeout }
+        let places = Arc::new(Semaphore::new(max_concurrent_calls));
+        BulkheadLayer { places, max_wait, deadline, attempt_timeout, breaker }
     }
 }
 
@@ -83,6 +91,11 @@ where
         let places = self.layer.places.clone();
         let place = places.clone().try_acquire_owned();
         let patience = self.patience(&attempted);
+        if place.is_err() && !patience.is_zero() && !self.layer.breaker.admits_calls() {
+            let breaker = &self.layer.breaker;
+            let denied = CallNotPermitted { breaker: breaker.name().to_string(), state: breaker.state() };
+            return Box::pin(std::future::ready(Err(denied.into())));
+        }
         Box::pin(async move {
             let _place = match place {
                 Ok(place) => place,
@@ -135,13 +148,10 @@ mod tests {
     fn bulkhead(places: usize, max_wait_ms: u64, answer_after_ms: u64) -> (Bulkhead<Pg>, Arc<AtomicUsize>) {
         let started = Arc::new(AtomicUsize::new(0));
         let pg = Pg { answer_after: Duration::from_millis(answer_after_ms), started: started.clone() };
-        let layer = BulkheadLayer::new(
-            places,
-            Duration::from_millis(max_wait_ms),
-            Duration::from_secs(4),
-            Duration::from_secs(1),
-        );
-        (layer.layer(pg), started)
+        let breaker = CircuitBreaker::new("pg.payments", crate::breaker::BreakerConfig::default()).unwrap();
+        let (max_wait, deadline, attempt) =
+            (Duration::from_millis(max_wait_ms), Duration::from_secs(4), Duration::from_secs(1));
+        (BulkheadLayer::new(places, max_wait, deadline, attempt, breaker).layer(pg), started)
     }
 
     fn attempt() -> Attempted {
@@ -200,5 +210,17 @@ mod tests {
         let asked = Instant::now();
         assert_eq!(bulkhead.clone().oneshot(too_late).await, Err(NotDelivered::BulkheadFull.into()));
         assert_eq!(asked.elapsed(), Duration::ZERO, "no time left to wait: refused at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_the_breaker_is_open_no_call_waits_for_a_place() {
+        let (bulkhead, started) = bulkhead(1, 2_000, 1_000);
+        occupy(&bulkhead, 1).await;
+        bulkhead.layer.breaker.force_open();
+        let asked = Instant::now();
+        let refused = bulkhead.clone().oneshot(attempt()).await;
+        assert!(matches!(refused, Err(CallError::NotDelivered(NotDelivered::CircuitOpen { .. }))), "{refused:?}");
+        assert_eq!(asked.elapsed(), Duration::ZERO, "refused at once, not after waiting for the place");
+        assert_eq!(started.load(Ordering::SeqCst), 1);
     }
 }

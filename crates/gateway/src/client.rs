@@ -227,7 +227,13 @@ where
     // the PG, and the breaker must not time that wait as a slow call.
     let service = ServiceBuilder::new()
         .retry(policy)
-        .layer(BulkheadLayer::new(bulkhead.max_concurrent_calls, bulkhead.max_wait, config.deadline, attempt_timeout))
+        .layer(BulkheadLayer::new(
+            bulkhead.max_concurrent_calls,
+            bulkhead.max_wait,
+            config.deadline,
+            attempt_timeout,
+            breaker.clone(),
+        ))
         .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()))
         .map_request(|attempted: Attempted| attempted.call)
         .service(inner);
