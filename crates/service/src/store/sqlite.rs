@@ -144,6 +144,10 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
+            // A group's statements change more pages than SQLite keeps in memory for a
+            // statement's undo (64 KiB) and spilled them to a temporary file: a file
+            // created, written and deleted some 50 times a second under load.
+            .pragma("temp_store", "memory")
             .busy_timeout(timeout);
         // No ping before each use: each is one more trip to the connection's thread.
         let pool_of =
@@ -223,6 +227,17 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(tables, 2, "migrated");
+    }
+
+    #[tokio::test]
+    async fn every_connection_keeps_statement_undo_and_sorts_in_memory_not_in_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("shop.db").display());
+        let store = SqliteStore::connect(&url, Duration::from_secs(10)).await.unwrap();
+        for pool in [&store.writer, &store.pool] {
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
+            assert_eq!(temp_store, 2, "MEMORY");
+        }
     }
 
     /// An in-memory store and the listing of its product 3 (500 in stock).
