@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::breaker::{CallNotPermitted, CircuitBreaker};
+use crate::breaker::CircuitBreaker;
 use crate::outcome::{CallError, NotDelivered, PgAnswer};
 use crate::retry::Attempted;
 
@@ -91,10 +91,12 @@ where
         let places = self.layer.places.clone();
         let place = places.clone().try_acquire_owned();
         let patience = self.patience(&attempted);
-        if place.is_err() && !patience.is_zero() && !self.layer.breaker.admits_calls() {
-            let breaker = &self.layer.breaker;
-            let denied = CallNotPermitted { breaker: breaker.name().to_string(), state: breaker.state() };
-            return Box::pin(std::future::ready(Err(denied.into())));
+        if place.is_err() && !patience.is_zero() {
+            // Asked as the breaker itself asks, so that a refusal here counts among its
+            // own; a permit granted is handed back at once (the breaker inside asks again).
+            if let Err(denied) = self.layer.breaker.try_acquire() {
+                return Box::pin(std::future::ready(Err(denied.into())));
+            }
         }
         Box::pin(async move {
             let _place = match place {
@@ -222,5 +224,6 @@ mod tests {
         assert!(matches!(refused, Err(CallError::NotDelivered(NotDelivered::CircuitOpen { .. }))), "{refused:?}");
         assert_eq!(asked.elapsed(), Duration::ZERO, "refused at once, not after waiting for the place");
         assert_eq!(started.load(Ordering::SeqCst), 1);
+        assert_eq!(bulkhead.layer.breaker.metrics().not_permitted, 1, "counted as the breaker's refusal");
     }
 }
