@@ -88,24 +88,25 @@ where
         // The inner service was made ready for this call; a clone takes its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let places = self.layer.places.clone();
-        let place = places.clone().try_acquire_owned();
-        let patience = self.patience(&attempted);
-        if place.is_err() && !patience.is_zero() {
-            // Asked as the breaker itself asks, so that a refusal here counts among its
-            // own; a permit granted is handed back at once (the breaker inside asks again).
-            if let Err(denied) = self.layer.breaker.try_acquire() {
-                return Box::pin(std::future::ready(Err(denied.into())));
-            }
+        if let Ok(place) = self.layer.places.clone().try_acquire_owned() {
+            return Box::pin(async move {
+                let _place = place;
+                inner.call(attempted).await
+            });
         }
+        let patience = self.patience(&attempted);
+        if patience.is_zero() {
+            return Box::pin(std::future::ready(Err(NotDelivered::BulkheadFull.into())));
+        }
+        // Asked as the breaker itself asks, so that a refusal here counts among its own;
+        // a permit granted is handed back at once (the breaker inside asks again).
+        if let Err(denied) = self.layer.breaker.try_acquire() {
+            return Box::pin(std::future::ready(Err(denied.into())));
+        }
+        let places = self.layer.places.clone();
         Box::pin(async move {
-            let _place = match place {
-                Ok(place) => place,
-                Err(_) if patience.is_zero() => return Err(NotDelivered::BulkheadFull.into()),
-                Err(_) => match tokio::time::timeout(patience, places.acquire_owned()).await {
-                    Ok(Ok(place)) => place,
-                    _ => return Err(NotDelivered::BulkheadFull.into()),
-                },
+            let Ok(Ok(_place)) = tokio::time::timeout(patience, places.acquire_owned()).await else {
+                return Err(NotDelivered::BulkheadFull.into());
             };
             inner.call(attempted).await
         })

@@ -230,7 +230,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn every_connection_keeps_statement_undo_and_sorts_in_memory_not_in_temporary_files() {
+    async fn both_pools_keep_sqlite_temporary_storage_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("shop.db").display());
         let store = SqliteStore::connect(&url, Duration::from_secs(10)).await.unwrap();
