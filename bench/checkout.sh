@@ -7,6 +7,15 @@
 #
 #   bench/checkout.sh [sqlite | postgres://...] [connections] [seconds]
 #
+# Then, against the same service with the same connections, a bare request (GET /healthz:
+# routing, a JSON body, no database, no PG) for 5 s: what this machine does at all today,
+# so that a checkout's figures can be read as multiples of it and compared across
+# machines and days (the same build has run at half the speed on another day's VM).
+# On PostgreSQL it also reports the server's CPU per checkout (all `postgres` processes:
+# the server shares the cores with the service here), and analyzes the database after
+# the warm-up: a live database has planner statistics from autovacuum, a new one has none
+# until it runs, and its plans for a few thousand rows are not a live shop's.
+#
 # PAYGUARD_BIN picks the binary (default: the release build in the cargo target dir);
 # PERF_DATA=FILE records a CPU profile of the service during the run (perf record -g);
 # WRK_OUT=FILE keeps wrk's report (its whole latency distribution).
@@ -34,12 +43,19 @@ start_service "$database" "$work/service.log"
 
 threads=$(( connections < 2 ? 1 : 2 ))
 wrk -t"$threads" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
+postgres=""
+if [[ "$database" == postgres* ]]; then
+  psql -q "$database" -c ANALYZE
+  postgres=1
+fi
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Context switches of all the service's threads (each trip to a SQLite connection's
 # thread and back costs some).
 switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}'; }
 hz=$(getconf CLK_TCK)
+# CPU ticks of every process of the PostgreSQL server (0 when it is not local).
+server_ticks() { for pid in $(pgrep -x postgres); do awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null; done | awk '{s += $1} END {print s + 0}'; }
 if [ -n "${PERF_DATA:-}" ]; then
   perf record -q -F 999 -g -o "$PERF_DATA" -p "$service" -- sleep "$seconds" 2>/dev/null &
   perf=$!
@@ -49,13 +65,23 @@ read -r busy_before idle_before < <(machine)
 before=$(ticks "$service")
 switches_before=$(switches "$service")
 sim_before=$(ticks "$sim")
+server_before=$(server_ticks)
 wrk -t"$threads" -c"$connections" -d"${seconds}s" --latency -s bench/checkout.lua "$url" >"$work/wrk.txt"
 after=$(ticks "$service")
 switches_after=$(switches "$service")
 read -r busy_after idle_after < <(machine)
 sim_after=$(ticks "$sim")
+server_after=$(server_ticks)
 [ -n "${perf:-}" ] && wait "$perf"
 rss_kb=$(awk '/VmHWM/ {print $2}' "/proc/$service/status")
+
+bare_seconds=5
+bare_before=$(ticks "$service")
+wrk -t"$threads" -c"$connections" -d"${bare_seconds}s" "$url/healthz" >"$work/bare.txt"
+bare_after=$(ticks "$service")
+bare_requests=$(awk '/requests in/ {print $1}' "$work/bare.txt")
+bare_rate=$(awk '/Requests\/sec/ {print $2}' "$work/bare.txt")
+bare_us=$(awk -v t=$((bare_after - bare_before)) -v hz="$hz" -v n="$bare_requests" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
 
 requests=$(awk '/requests in/ {print $1}' "$work/wrk.txt")
 non2xx=$(awk '/Non-2xx/ {print $5}' "$work/wrk.txt")
@@ -73,5 +99,11 @@ echo "latency p50=$p50 p99=$p99"
 echo "service cpu: ${cores} cores, ${cpu_us} us per checkout; peak rss $((rss_kb / 1024)) MB"
 echo "service context switches: $(awk -v s=$((switches_after - switches_before)) -v n="$requests" 'BEGIN {printf "%.1f", s / n}') per checkout"
 echo "simulator cpu: ${sim_us} us per checkout"
+if [ -n "$postgres" ]; then
+  echo "postgresql server cpu: $(awk -v t=$((server_after - server_before)) -v hz="$hz" -v n="$requests" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}') us per checkout"
+fi
 echo "machine busy: $(awk -v b=$((busy_after - busy_before)) -v i=$((idle_after - idle_before)) 'BEGIN {printf "%.0f", 100 * b / (b + i)}')% of $(nproc) cores"
+echo "bare request (GET /healthz, same connections): ${bare_rate}/s, ${bare_us} us service cpu each"
+awk -v r="$rate" -v b="$bare_rate" -v c="$cpu_us" -v u="$bare_us" \
+  'BEGIN {printf "checkout against a bare request: %.1f%% of its rate, %.0fx its cpu\n", 100 * r / b, c / u}'
 if [ -n "${WRK_OUT:-}" ]; then cp "$work/wrk.txt" "$WRK_OUT"; fi
