@@ -234,24 +234,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn both_pools_keep_sqlite_temporary_storage_in_memory() {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("shop.db").display());
-        let store = SqliteStore::connect(&url, Duration::from_secs(10)).await.unwrap();
-        for pool in [&store.writer, &store.pool] {
-            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
-            assert_eq!(temp_store, 2, "MEMORY");
-        }
-    }
-
-    #[tokio::test]
-    async fn every_connection_of_a_file_store_syncs_each_commit_to_disk() {
+    async fn both_pools_sync_each_commit_to_disk_and_keep_temporary_storage_in_memory() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("shop.db").display());
         let store = SqliteStore::connect(&url, Duration::from_secs(10)).await.unwrap();
         for pool in [&store.writer, &store.pool] {
             let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous").fetch_one(pool).await.unwrap();
             assert_eq!(synchronous, 2, "FULL");
+            let temp_store: i64 = sqlx::query_scalar("PRAGMA temp_store").fetch_one(pool).await.unwrap();
+            assert_eq!(temp_store, 2, "MEMORY");
         }
     }
 
