@@ -45,6 +45,7 @@ threads=$(( connections < 2 ? 1 : 2 ))
 wrk -t"$threads" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
 postgres=""
 if [[ "$database" == postgres* ]]; then
+  command -v psql >/dev/null || { echo "psql is not installed (apt-get install postgresql-client)" >&2; exit 1; }
   psql -q "$database" -c ANALYZE
   postgres=1
 fi
