@@ -36,6 +36,10 @@ port=18080
 # shellcheck source=bench/common.sh
 . bench/common.sh
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
+if [[ "$database" == postgres* ]] && ! command -v psql >/dev/null; then
+  echo "psql is not installed (apt-get install postgresql-client)" >&2
+  exit 1
+fi
 [ "$database" = sqlite ] && database="sqlite://$work/shop.db"
 
 start_simulator
@@ -45,7 +49,6 @@ threads=$(( connections < 2 ? 1 : 2 ))
 wrk -t"$threads" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
 postgres=""
 if [[ "$database" == postgres* ]]; then
-  command -v psql >/dev/null || { echo "psql is not installed (apt-get install postgresql-client)" >&2; exit 1; }
   psql -q "$database" -c ANALYZE
   postgres=1
 fi
