@@ -36,7 +36,9 @@ port=18080
 # shellcheck source=bench/common.sh
 . bench/common.sh
 command -v wrk >/dev/null || { echo "wrk is not installed (apt-get install wrk)" >&2; exit 1; }
-if [[ "$database" == postgres* ]] && ! command -v psql >/dev/null; then
+postgres=""
+[[ "$database" == postgres* ]] && postgres=1
+if [ -n "$postgres" ] && ! command -v psql >/dev/null; then
   echo "psql is not installed (apt-get install postgresql-client)" >&2
   exit 1
 fi
@@ -47,11 +49,7 @@ start_service "$database" "$work/service.log"
 
 threads=$(( connections < 2 ? 1 : 2 ))
 wrk -t"$threads" -c"$connections" -d3s -s bench/checkout.lua "$url" >/dev/null
-postgres=""
-if [[ "$database" == postgres* ]]; then
-  psql -q "$database" -c ANALYZE
-  postgres=1
-fi
+[ -n "$postgres" ] && psql -q "$database" -c ANALYZE
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Context switches of all the service's threads (each trip to a SQLite connection's
