@@ -1,9 +1,9 @@
-//! Group commit: writes of one kind that arrive while the previous group is being
-//! written are written together, in one transaction, by one task. On SQLite every write
-//! goes through one connection, and each statement is a trip to that connection's thread
-//! and each commit a pass over the log: a group of checkouts shares its trips and its
-//! commit (docs/benchmarks.md, "Checkout cost"). Nothing waits to fill a group: the
-//! first write of a quiet moment is written at once, alone.
+//! Group commit: the writes that arrive while the writer is busy are written together,
+//! in one round, by one task. On SQLite every write goes through one connection, and each
+//! statement is a trip to that connection's thread and each commit a sync of the log to
+//! disk: a round of checkouts shares its trips and, since all its writes are in one
+//! transaction, its sync (docs/benchmarks.md, "Checkout cost"). Nothing waits to fill a
+//! round: the first write of a quiet moment is written at once, alone.
 //!
 //! Written here rather than taken from a crate: the batching crates found flush on a
 //! size or a timer, and a timer is latency added to every checkout; this one flushes as
@@ -21,130 +21,237 @@ use tokio::time::Instant;
 
 use super::{Background, CreatedOrder, MarkPending, NewOrder, Settle, StoreError, Transition};
 
-/// How many writes one group takes at most (a group's statements bind a handful of
+/// How many writes one round takes at most (a round's statements bind a handful of
 /// parameters per write; SQLite takes 32,766 per statement, PostgreSQL 65,535).
-const MAX_GROUP: usize = 64;
+const MAX_ROUND: usize = 64;
 
 type Reply<O> = oneshot::Sender<Result<O, StoreError>>;
 
-/// The queue in front of the task that writes groups. Dropping the last clone stops it.
-pub(crate) struct Batcher<I, O> {
-    queue: mpsc::UnboundedSender<(I, Instant, Reply<O>)>,
-    task: std::sync::Arc<Background>,
+/// A queued write with the channel its answer goes back on.
+enum Queued {
+    Order(NewOrder, Reply<CreatedOrder>),
+    Pending(MarkPending, Reply<Transition>),
+    Settle(Settle, Reply<Transition>),
 }
 
-impl<I, O> Clone for Batcher<I, O> {
-    fn clone(&self) -> Self {
-        Batcher { queue: self.queue.clone(), task: self.task.clone() }
+/// One round's writes, by kind, each kind in the order its writes arrived.
+#[derive(Debug, Default)]
+pub(crate) struct Round {
+    pub orders: Vec<NewOrder>,
+    pub pending: Vec<MarkPending>,
+    pub settlements: Vec<Settle>,
+}
+
+impl Round {
+    pub(crate) fn len(&self) -> usize {
+        self.orders.len() + self.pending.len() + self.settlements.len()
     }
 }
 
-impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Starts the task. `write` writes one group and answers each write in the order
-    /// given. A write that waited longer than `timeout` for its group is answered
+/// A round's answers: one for each write, by kind, in the order of `Round`.
+#[derive(Debug)]
+pub(crate) struct Answers {
+    pub orders: Vec<Result<CreatedOrder, StoreError>>,
+    pub pending: Vec<Result<Transition, StoreError>>,
+    pub settlements: Vec<Result<Transition, StoreError>>,
+}
+
+impl Answers {
+    /// A copy of the error of the first write that found the database unavailable.
+    pub(crate) fn unavailable(&self) -> Option<StoreError> {
+        fn first<O>(answers: &[Result<O, StoreError>]) -> Option<&StoreError> {
+            answers.iter().find_map(|a| a.as_ref().err().filter(|e| e.is_unavailable()))
+        }
+        let error = first(&self.orders).or_else(|| first(&self.pending)).or_else(|| first(&self.settlements))?;
+        Some(copy_of(error))
+    }
+}
+
+/// The channels a round's answers go back on, in the order of its `Round`.
+#[derive(Default)]
+struct Replies {
+    orders: Vec<Reply<CreatedOrder>>,
+    pending: Vec<Reply<Transition>>,
+    settlements: Vec<Reply<Transition>>,
+}
+
+impl Replies {
+    fn send(self, answers: Answers) {
+        debug_assert_eq!(
+            (answers.orders.len(), answers.pending.len(), answers.settlements.len()),
+            (self.orders.len(), self.pending.len(), self.settlements.len()),
+            "one answer per write"
+        );
+        fn each<O>(replies: Vec<Reply<O>>, answers: Vec<Result<O, StoreError>>) {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
+            }
+        }
+        each(self.orders, answers.orders);
+        each(self.pending, answers.pending);
+        each(self.settlements, answers.settlements);
+    }
+
+    /// Answers every write with `error`: nothing of the round was committed.
+    fn refuse(self, error: StoreError) {
+        let mut errors = copies(error, self.orders.len() + self.pending.len() + self.settlements.len());
+        let mut next = || errors.next().expect("one error per write");
+        for reply in self.orders {
+            let _ = reply.send(Err(next()));
+        }
+        for reply in self.pending.into_iter().chain(self.settlements) {
+            let _ = reply.send(Err(next()));
+        }
+    }
+}
+
+/// `error` for each of `n` writes: the first gets it, the others a copy.
+pub(crate) fn copies(error: StoreError, n: usize) -> impl Iterator<Item = StoreError> {
+    let copies: Vec<StoreError> = (1..n).map(|_| copy_of(&error)).collect();
+    std::iter::once(error).chain(copies)
+}
+
+/// A database error in its words, as the same kind of error (sqlx's cannot be cloned).
+fn copy_of(error: &StoreError) -> StoreError {
+    let said = sqlx::Error::Io(std::io::Error::other(error.to_string()));
+    if error.is_unavailable() { StoreError::Unavailable(said) } else { StoreError::Database(said) }
+}
+
+/// The queue in front of the task that writes the rounds. Dropping the last clone stops it.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    queue: mpsc::UnboundedSender<(Queued, Instant)>,
+    _task: std::sync::Arc<Background>,
+}
+
+impl Writer {
+    /// Starts the task. `write` writes one round and answers each of its writes; when it
+    /// fails as a whole, nothing of the round was committed and every write is answered
+    /// with its error. A write that waited longer than `timeout` for its round is answered
     /// unavailable without being written, as a statement that waited that long for a
     /// connection would be.
-    pub(crate) fn start<F, Fut>(timeout: Duration, write: F) -> Batcher<I, O>
+    pub(crate) fn start<F, Fut>(timeout: Duration, write: F) -> Writer
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
-        Fut: Future<Output = Vec<Result<O, StoreError>>> + Send,
+        F: Fn(Round) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Answers, StoreError>> + Send,
     {
-        let (queue, mut arrivals) = mpsc::unbounded_channel::<(I, Instant, Reply<O>)>();
+        let (queue, mut arrivals) = mpsc::unbounded_channel::<(Queued, Instant)>();
         let task = tokio::spawn(async move {
             while let Some(first) = arrivals.recv().await {
-                let mut group = vec![first];
-                while group.len() < MAX_GROUP {
+                let mut queued = vec![first];
+                while queued.len() < MAX_ROUND {
                     match arrivals.try_recv() {
-                        Ok(next) => group.push(next),
+                        Ok(next) => queued.push(next),
                         Err(_) => break,
                     }
                 }
                 let now = Instant::now();
-                let (late, group): (Vec<_>, Vec<_>) =
-                    group.into_iter().partition(|(_, queued, _)| now.duration_since(*queued) > timeout);
-                for (_, _, reply) in late {
-                    let _ = reply.send(Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)));
+                let (mut round, mut replies) = (Round::default(), Replies::default());
+                let (mut unwritten, mut late) = (Round::default(), Replies::default());
+                for (write, at) in queued {
+                    let (round, replies) = if now.duration_since(at) > timeout {
+                        (&mut unwritten, &mut late)
+                    } else {
+                        (&mut round, &mut replies)
+                    };
+                    match write {
+                        Queued::Order(order, reply) => {
+                            round.orders.push(order);
+                            replies.orders.push(reply);
+                        }
+                        Queued::Pending(mark, reply) => {
+                            round.pending.push(mark);
+                            replies.pending.push(reply);
+                        }
+                        Queued::Settle(settle, reply) => {
+                            round.settlements.push(settle);
+                            replies.settlements.push(reply);
+                        }
+                    }
                 }
-                if group.is_empty() {
+                late.refuse(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+                if round.len() == 0 {
                     continue;
                 }
-                let (inputs, replies): (Vec<I>, Vec<Reply<O>>) =
-                    group.into_iter().map(|(input, _, reply)| (input, reply)).unzip();
-                // A bug that panics in one group must not stop every later write: that
-                // group is answered unavailable (nothing of it committed) and the task goes on.
-                let results = match AssertUnwindSafe(write(inputs)).catch_unwind().await {
-                    Ok(results) => results,
+                let writes = round.len();
+                // A bug that panics in one round must not stop every later write: that
+                // round is answered unavailable (nothing of it committed) and the task goes on.
+                match AssertUnwindSafe(write(round)).catch_unwind().await {
+                    Ok(Ok(answers)) => replies.send(answers),
+                    Ok(Err(error)) => replies.refuse(error),
                     Err(_) => {
-                        tracing::error!(writes = replies.len(), "writing a group panicked; its writes were refused");
-                        replies.iter().map(|_| Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))).collect()
+                        tracing::error!(writes, "writing a round panicked; its writes were refused");
+                        replies.refuse(StoreError::Unavailable(sqlx::Error::WorkerCrashed));
                     }
-                };
-                debug_assert_eq!(results.len(), replies.len(), "one answer per write");
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(result);
                 }
             }
         });
-        Batcher { queue, task: std::sync::Arc::new(Background(task)) }
+        Writer { queue, _task: std::sync::Arc::new(Background(task)) }
     }
 
-    /// Queues `input` for the next group and waits for its answer.
-    pub(crate) async fn write(&self, input: I) -> Result<O, StoreError> {
+    /// Creates `order` (with its first attempt and its stock reserved) in the next round.
+    pub(crate) async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
+        self.queue(|reply| Queued::Order(order, reply)).await
+    }
+
+    /// Marks an attempt PENDING in the next round.
+    pub(crate) async fn mark_pending(&self, mark: MarkPending) -> Result<Transition, StoreError> {
+        self.queue(|reply| Queued::Pending(mark, reply)).await
+    }
+
+    /// Settles an attempt in the next round.
+    pub(crate) async fn settle(&self, settle: Settle) -> Result<Transition, StoreError> {
+        self.queue(|reply| Queued::Settle(settle, reply)).await
+    }
+
+    async fn queue<O>(&self, write: impl FnOnce(Reply<O>) -> Queued) -> Result<O, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .send((input, Instant::now(), reply))
+            .send((write(reply), Instant::now()))
             .map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?;
         answer.await.map_err(|_| StoreError::Unavailable(sqlx::Error::WorkerCrashed))?
     }
 }
 
-/// The three writes every checkout makes, each with its group-commit task.
-#[derive(Clone)]
-pub(crate) struct Batchers {
-    pub orders: Batcher<NewOrder, CreatedOrder>,
-    pub pending: Batcher<MarkPending, Transition>,
-    pub settlements: Batcher<Settle, Transition>,
-}
-
-/// Writes `group` in one go with `together` when `may_share` says its writes may share a
-/// transaction; when they may not, each alone. When the group fails, `culprits` may name
-/// the writes that failed it (found by a query: an order for a sold-out product, a
-/// transaction key another attempt holds): those are written each alone and the others
-/// together again. Otherwise, as `one_by_one` says. A group retried one by one costs a
-/// commit per write: a sold-out product, or a few colliding keys a second, took half the
-/// throughput on PostgreSQL (docs/benchmarks.md, "Third round").
-pub(crate) async fn write_group<I, O>(
+/// Writes `group` on `conn` in one go with `together` when `may_share` says its writes
+/// may share a transaction; when they may not, each alone. When the group fails,
+/// `culprits` may name the writes that failed it (found by a query: an order for a
+/// sold-out product, a transaction key another attempt holds): those are written each
+/// alone and the others together again. Otherwise, as `one_by_one` says. A group retried
+/// one by one costs a transaction per write: a sold-out product, or a few colliding keys a
+/// second, took half the throughput on PostgreSQL (docs/benchmarks.md, "Third round").
+pub(crate) async fn write_group<C: ?Sized, I, O>(
+    conn: &mut C,
     group: Vec<I>,
     may_share: bool,
-    together: impl for<'a> Fn(&'a [I]) -> BoxFuture<'a, Result<Vec<O>, StoreError>>,
-    culprits: impl for<'a> Fn(&'a [I]) -> BoxFuture<'a, Result<Vec<usize>, StoreError>>,
+    together: impl for<'a> Fn(&'a mut C, &'a [I]) -> BoxFuture<'a, Result<Vec<O>, StoreError>>,
+    culprits: impl for<'a> Fn(&'a mut C, &'a [I]) -> BoxFuture<'a, Result<Vec<usize>, StoreError>>,
 ) -> Vec<Result<O, StoreError>> {
-    let alone = |input: I| {
-        let together = &together;
-        async move { Ok(together(std::slice::from_ref(&input)).await?.remove(0)) }
-    };
-    if !may_share {
-        return each_alone(group, alone).await;
+    if group.is_empty() {
+        return Vec::new();
     }
-    let error = match together(&group).await {
+    if !may_share {
+        return each_alone(conn, group, &together).await;
+    }
+    let error = match together(conn, &group).await {
         Ok(written) => return written.into_iter().map(Ok).collect(),
         Err(error) => error,
     };
     if group.len() == 1 || error.is_unavailable() {
-        return one_by_one(group, error, alone).await;
+        return one_by_one(conn, group, error, &together).await;
     }
-    let apart = match culprits(&group).await {
+    let apart = match culprits(conn, &group).await {
         Ok(apart) if !apart.is_empty() && apart.len() < group.len() => apart,
-        _ => return one_by_one(group, error, alone).await,
+        _ => return one_by_one(conn, group, error, &together).await,
     };
     let size = group.len();
     let (set_apart, rest): (Vec<_>, Vec<_>) = group.into_iter().enumerate().partition(|(i, _)| apart.contains(i));
     let rest: Vec<I> = rest.into_iter().map(|(_, input)| input).collect();
-    let rest_answers = match together(&rest).await {
+    let rest_answers = match together(conn, &rest).await {
         Ok(written) => written.into_iter().map(Ok).collect(),
-        Err(error) => one_by_one(rest, error, &alone).await,
+        Err(error) => one_by_one(conn, rest, error, &together).await,
     };
-    let apart_answers = each_alone(set_apart.into_iter().map(|(_, input)| input).collect(), &alone).await;
+    let apart_answers = each_alone(conn, set_apart.into_iter().map(|(_, input)| input).collect(), &together).await;
     let (mut rest_answers, mut apart_answers) = (rest_answers.into_iter(), apart_answers.into_iter());
     (0..size)
         .map(|i| if apart.contains(&i) { apart_answers.next() } else { rest_answers.next() })
@@ -157,34 +264,38 @@ pub(crate) async fn write_group<I, O>(
 /// by one would wait for it once per write). Any other error belongs to one of the
 /// writes, which are then tried one by one, each in its own transaction, so that each
 /// gets its own answer and one bad write does not refuse the others.
-async fn one_by_one<I, O, F, Fut>(inputs: Vec<I>, error: StoreError, alone: F) -> Vec<Result<O, StoreError>>
-where
-    F: Fn(I) -> Fut,
-    Fut: Future<Output = Result<O, StoreError>>,
-{
-    if inputs.len() == 1 {
-        return vec![Err(error)];
+async fn one_by_one<C: ?Sized, I, O>(
+    conn: &mut C,
+    inputs: Vec<I>,
+    error: StoreError,
+    together: &impl for<'a> Fn(&'a mut C, &'a [I]) -> BoxFuture<'a, Result<Vec<O>, StoreError>>,
+) -> Vec<Result<O, StoreError>> {
+    if inputs.len() == 1 || error.is_unavailable() {
+        return copies(error, inputs.len()).map(Err).collect();
     }
-    if error.is_unavailable() {
-        let said = error.to_string();
-        let mut answers: Vec<Result<O, StoreError>> = (1..inputs.len())
-            .map(|_| Err(StoreError::Unavailable(sqlx::Error::Io(std::io::Error::other(said.clone())))))
-            .collect();
-        answers.insert(0, Err(error));
-        return answers;
-    }
-    each_alone(inputs, alone).await
+    each_alone(conn, inputs, together).await
 }
 
-/// Each write alone, one after the other, each in its own transaction.
-async fn each_alone<I, O, F, Fut>(inputs: Vec<I>, alone: F) -> Vec<Result<O, StoreError>>
-where
-    F: Fn(I) -> Fut,
-    Fut: Future<Output = Result<O, StoreError>>,
-{
-    let mut answers = Vec::with_capacity(inputs.len());
+/// Each write alone, one after the other, each in its own transaction. Once one finds
+/// the database unavailable the rest are answered so without being tried: the round they
+/// are in is over (on SQLite the failure may have rolled back the round's transaction,
+/// and a write after it would commit on its own).
+async fn each_alone<C: ?Sized, I, O>(
+    conn: &mut C,
+    inputs: Vec<I>,
+    together: &impl for<'a> Fn(&'a mut C, &'a [I]) -> BoxFuture<'a, Result<Vec<O>, StoreError>>,
+) -> Vec<Result<O, StoreError>> {
+    let size = inputs.len();
+    let mut answers = Vec::with_capacity(size);
     for input in inputs {
-        answers.push(alone(input).await);
+        match together(conn, std::slice::from_ref(&input)).await {
+            Ok(mut written) => answers.push(Ok(written.remove(0))),
+            Err(error) if error.is_unavailable() => {
+                answers.extend(copies(error, size - answers.len()).map(Err));
+                break;
+            }
+            Err(error) => answers.push(Err(error)),
+        }
     }
     answers
 }
@@ -196,78 +307,110 @@ mod tests {
 
     use futures_util::FutureExt;
 
-    use super::{Batcher, one_by_one};
-    use crate::store::StoreError;
+    use super::{Answers, Round, Writer, each_alone, one_by_one};
+    use crate::domain::{AttemptId, PaymentStatus};
+    use crate::store::{MarkPending, StoreError, Transition};
+
+    fn mark(i: i64) -> MarkPending {
+        MarkPending { attempt_id: AttemptId(i), key: None, now_ms: 0 }
+    }
+
+    /// A round's PENDING marks answered each with its own attempt's number.
+    fn answered(round: &Round) -> Answers {
+        let echo = |m: &MarkPending| {
+            Ok(Transition::AlreadyMoved {
+                current: PaymentStatus::Pending,
+                transaction_key: Some(m.attempt_id.0.to_string()),
+            })
+        };
+        Answers { orders: Vec::new(), pending: round.pending.iter().map(echo).collect(), settlements: Vec::new() }
+    }
+
+    fn number(answer: Result<Transition, StoreError>) -> i64 {
+        match answer {
+            Ok(Transition::AlreadyMoved { transaction_key: Some(key), .. }) => key.parse().unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn attempts(round: &Round) -> Vec<i64> {
+        round.pending.iter().map(|m| m.attempt_id.0).collect()
+    }
 
     #[tokio::test]
-    async fn writes_arriving_while_a_group_is_written_go_together_in_the_next_one() {
-        let groups = Arc::new(Mutex::new(Vec::new()));
+    async fn writes_arriving_while_a_round_is_written_go_together_in_the_next_one() {
+        let rounds = Arc::new(Mutex::new(Vec::new()));
         let (release, held) = tokio::sync::watch::channel(false);
-        let seen = groups.clone();
-        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), move |inputs: Vec<u32>| {
-            seen.lock().unwrap().push(inputs.clone());
+        let seen = rounds.clone();
+        let writer = Writer::start(Duration::from_secs(60), move |round: Round| {
+            seen.lock().unwrap().push(attempts(&round));
             let mut held = held.clone();
             async move {
-                // The first group is held until every other write has queued.
+                // The first round is held until every other write has queued.
                 let _ = held.wait_for(|go| *go).await;
-                inputs.into_iter().map(|i| Ok(i * 10)).collect()
+                Ok(answered(&round))
             }
         });
         let first = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.write(1).await }
+            let w = writer.clone();
+            async move { w.mark_pending(mark(1)).await }
         });
-        while groups.lock().unwrap().is_empty() {
+        while rounds.lock().unwrap().is_empty() {
             tokio::task::yield_now().await;
         }
         // Polled once, each of the next four writes queues and waits.
-        let mut rest: Vec<_> = (2..=5).map(|i| Box::pin(batcher.write(i))).collect();
+        let mut rest: Vec<_> = (2..=5).map(|i| Box::pin(writer.mark_pending(mark(i)))).collect();
         for write in &mut rest {
-            assert!(write.now_or_never().is_none(), "waits for its group");
+            assert!(write.now_or_never().is_none(), "waits for its round");
         }
         release.send(true).unwrap();
-        assert_eq!(first.await.unwrap().unwrap(), 10);
+        assert_eq!(number(first.await.unwrap()), 1);
         for (i, write) in (2..=5).zip(rest) {
-            assert_eq!(write.await.unwrap(), i * 10, "each write gets its own answer");
+            assert_eq!(number(write.await), i, "each write gets its own answer");
         }
-        assert_eq!(*groups.lock().unwrap(), vec![vec![1], vec![2, 3, 4, 5]]);
+        assert_eq!(*rounds.lock().unwrap(), vec![vec![1], vec![2, 3, 4, 5]]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_write_that_waited_past_the_timeout_is_answered_unavailable_and_not_written() {
         let written = Arc::new(Mutex::new(Vec::new()));
         let seen = written.clone();
-        let batcher: Batcher<u32, ()> = Batcher::start(Duration::from_secs(1), move |inputs: Vec<u32>| {
+        let writer = Writer::start(Duration::from_secs(1), move |round: Round| {
             let seen = seen.clone();
             async move {
-                // The first group takes 2 s: the write queued behind it waits too long.
-                if inputs.contains(&1) {
+                // The first round takes 2 s: the write queued behind it waits too long.
+                if attempts(&round).contains(&1) {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 }
-                seen.lock().unwrap().extend(inputs.iter().copied());
-                inputs.iter().map(|_| Ok(())).collect()
+                seen.lock().unwrap().extend(attempts(&round));
+                Ok(answered(&round))
             }
         });
         let first = tokio::spawn({
-            let b = batcher.clone();
-            async move { b.write(1).await }
+            let w = writer.clone();
+            async move { w.mark_pending(mark(1)).await }
         });
         tokio::task::yield_now().await;
-        let late = batcher.write(2).await;
+        let late = writer.mark_pending(mark(2)).await;
         assert!(matches!(late, Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))), "{late:?}");
-        first.await.unwrap().unwrap();
+        assert_eq!(number(first.await.unwrap()), 1);
         assert_eq!(*written.lock().unwrap(), vec![1], "the late write was never written");
     }
 
     #[tokio::test]
-    async fn a_group_that_panics_is_refused_and_the_next_group_is_written() {
-        let batcher: Batcher<u32, u32> = Batcher::start(Duration::from_secs(60), |inputs: Vec<u32>| async move {
-            assert!(!inputs.contains(&13), "a bug");
-            inputs.into_iter().map(Ok).collect()
+    async fn a_round_that_panics_or_fails_is_refused_whole_and_the_next_round_is_written() {
+        let writer = Writer::start(Duration::from_secs(60), |round: Round| async move {
+            assert!(!attempts(&round).contains(&13), "a bug");
+            if attempts(&round).contains(&7) {
+                return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
+            }
+            Ok(answered(&round))
         });
-        let refused = batcher.write(13).await;
+        let refused = writer.mark_pending(mark(13)).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))), "{refused:?}");
-        assert_eq!(batcher.write(7).await.unwrap(), 7, "the task still writes");
+        let refused = writer.mark_pending(mark(7)).await;
+        assert!(matches!(refused, Err(StoreError::Unavailable(sqlx::Error::PoolClosed))), "{refused:?}");
+        assert_eq!(number(writer.mark_pending(mark(8)).await), 8, "the task still writes");
     }
 
     /// `write_group` over writes of which 2 fails any transaction it is in, as a taken
@@ -275,9 +418,10 @@ mod tests {
     async fn written(named: Vec<usize>) -> (Vec<Vec<u32>>, Vec<Result<u32, StoreError>>) {
         let tried = Mutex::new(Vec::new());
         let answers = super::write_group(
+            &mut (),
             vec![1, 2, 3, 4],
             true,
-            |group: &[u32]| {
+            |_, group: &[u32]| {
                 tried.lock().unwrap().push(group.to_vec());
                 let answer = if group.contains(&2) {
                     Err(StoreError::KeyTaken("K".into()))
@@ -286,7 +430,7 @@ mod tests {
                 };
                 Box::pin(async move { answer })
             },
-            |_: &[u32]| {
+            |_, _: &[u32]| {
                 let named = named.clone();
                 Box::pin(async move { Ok(named) })
             },
@@ -306,15 +450,49 @@ mod tests {
         assert!(matches!(answers[..], [Ok(10), Err(StoreError::KeyTaken(_)), Ok(30), Ok(40)]), "{answers:?}");
     }
 
+    /// Writes each alone: 2 is refused, 3 finds the database down; the writes tried, in order.
+    fn alone(tried: &Mutex<Vec<u32>>, i: u32) -> Result<Vec<u32>, StoreError> {
+        tried.lock().unwrap().push(i);
+        match i {
+            2 => Err(StoreError::PriceChanged(2)),
+            3 => Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+            _ => Ok(vec![i]),
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_group_is_retried_one_by_one_unless_the_database_is_unavailable() {
-        let alone = |i: u32| async move { if i == 2 { Err(StoreError::PriceChanged(2)) } else { Ok(i) } };
-        let answers = one_by_one(vec![1, 2, 3], StoreError::PriceChanged(2), alone).await;
-        assert!(matches!(answers[..], [Ok(1), Err(StoreError::PriceChanged(2)), Ok(3)]), "{answers:?}");
+        let tried = Mutex::new(Vec::new());
+        let answers = one_by_one(&mut (), vec![1, 2, 4], StoreError::PriceChanged(2), &|_, group: &[u32]| {
+            let answer = alone(&tried, group[0]);
+            Box::pin(async move { answer })
+        })
+        .await;
+        assert!(matches!(answers[..], [Ok(1), Err(StoreError::PriceChanged(2)), Ok(4)]), "{answers:?}");
 
         let down = StoreError::Unavailable(sqlx::Error::PoolTimedOut);
-        let answers = one_by_one(vec![1, 2, 3], down, |_: u32| async { unreachable!("not tried one by one") }).await;
+        let answers = one_by_one(&mut (), vec![1, 2, 4], down, &|_,
+                                                                 _: &[u32]|
+         -> futures_util::future::BoxFuture<
+            '_,
+            Result<Vec<u32>, StoreError>,
+        > { unreachable!("not tried one by one") })
+        .await;
         assert_eq!(answers.len(), 3);
-        assert!(answers.iter().all(|a: &Result<u32, StoreError>| a.as_ref().is_err_and(StoreError::is_unavailable)));
+        assert!(answers.iter().all(|a| a.as_ref().is_err_and(StoreError::is_unavailable)));
+    }
+
+    #[tokio::test]
+    async fn writes_alone_stop_at_the_first_that_finds_the_database_unavailable() {
+        let tried = Mutex::new(Vec::new());
+        let answers = each_alone(&mut (), vec![1, 2, 3, 4, 5], &|_, group: &[u32]| {
+            let answer = alone(&tried, group[0]);
+            Box::pin(async move { answer })
+        })
+        .await;
+        assert_eq!(*tried.lock().unwrap(), [1, 2, 3], "nothing tried after the database went away");
+        assert!(matches!(answers[..2], [Ok(1), Err(StoreError::PriceChanged(2))]), "{answers:?}");
+        assert_eq!(answers.len(), 5);
+        assert!(answers[2..].iter().all(|a| a.as_ref().is_err_and(StoreError::is_unavailable)), "{answers:?}");
     }
 }

@@ -64,7 +64,7 @@ pub enum StoreError {
     #[error("stock change refused: product {product} has {available} available and {reserved} reserved")]
     StockConflict { product: i64, available: i64, reserved: i64 },
     /// The database cannot be reached or cannot take the write now (connection refused or
-    /// lost, no pooled connection in time, SQLite busy or its disk full): nothing was
+    /// lost, no pooled connection in time, SQLite busy, out of memory or its disk full): nothing was
     /// committed, and the same request may succeed in a moment.
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
@@ -100,7 +100,7 @@ pub struct NewOrder {
     pub idempotency_key: Option<String>,
 }
 
-/// PENDING to write on an attempt the PG accepted, as queued for its group (store/batch.rs).
+/// PENDING to write on an attempt the PG accepted, as queued for its round (store/batch.rs).
 #[derive(Debug, Clone)]
 pub(crate) struct MarkPending {
     pub attempt_id: AttemptId,
@@ -108,7 +108,7 @@ pub(crate) struct MarkPending {
     pub now_ms: i64,
 }
 
-/// A final status to apply to an attempt, as queued for its group (store/batch.rs).
+/// A final status to apply to an attempt, as queued for its round (store/batch.rs).
 #[derive(Debug, Clone)]
 pub(crate) struct Settle {
     pub attempt_id: AttemptId,
@@ -541,9 +541,11 @@ fn is_unavailability(error: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(e) => match e.code() {
             // SQLite reports its (extended) result code as a number; the primary code is
-            // the low byte: BUSY 5, LOCKED 6, IOERR 10, FULL 13, CANTOPEN 14.
+            // the low byte: BUSY 5, LOCKED 6, NOMEM 7, IOERR 10, FULL 13, CANTOPEN 14.
+            // (Those among them that may roll back a transaction, NOMEM, IOERR and FULL,
+            // must count: they end a writer's round, store/sqlite.rs.)
             Some(code) => match code.parse::<u32>() {
-                Ok(n) => matches!(n & 0xff, 5 | 6 | 10 | 13 | 14),
+                Ok(n) => matches!(n & 0xff, 5 | 6 | 7 | 10 | 13 | 14),
                 // PostgreSQL's SQLSTATE: connection exceptions (08), insufficient
                 // resources such as a full disk or too many connections (53), and the
                 // server shutting down or starting (57P01-57P03).

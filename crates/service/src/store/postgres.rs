@@ -10,7 +10,9 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, Row, Transaction};
 
-use super::batch::Batchers;
+use futures_util::future::BoxFuture;
+
+use super::batch::{Answers, Round, Writer, copies};
 use super::{StoreError, at_startup, status_names};
 use crate::domain::PaymentStatus;
 
@@ -66,9 +68,46 @@ fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Orders, PENDING marks and settlements written in groups (store/batch.rs): one
-    /// transaction and a few round trips for a group instead of a few for each.
-    batchers: Batchers,
+    /// Orders, PENDING marks and settlements written in rounds (store/batch.rs): one
+    /// transaction and a few round trips for a group of each kind instead of a few for
+    /// each write.
+    rounds: Writer,
+}
+
+/// Writes a round of the writer (store/batch.rs): each kind of write in a transaction of
+/// its own, on a connection of its own, the three at once. Not the whole round in one
+/// transaction, as on SQLite: it would lock products for the orders and then attempts
+/// for the settlements, while a rollback beside it locks an attempt and then its
+/// products, and the two would wait for each other.
+async fn write_round(pool: PgPool, round: Round) -> Result<Answers, StoreError> {
+    let (orders, pending, settlements) = tokio::join!(
+        on_a_connection(&pool, round.orders, |conn, group| Box::pin(create_orders(conn, group))),
+        on_a_connection(&pool, round.pending, |conn, group| Box::pin(mark_all_pending(conn, group))),
+        on_a_connection(&pool, round.settlements, |conn, group| Box::pin(settle_all(conn, group))),
+    );
+    Ok(Answers { orders, pending, settlements })
+}
+
+/// The task that writes the rounds, on `pool`.
+fn rounds(pool: &PgPool, timeout: Duration) -> Writer {
+    let pool = pool.clone();
+    Writer::start(timeout, move |round| write_round(pool.clone(), round))
+}
+
+/// `write` of `group` on a connection of the pool; each write answered unavailable when
+/// none comes in time.
+async fn on_a_connection<I, O>(
+    pool: &PgPool,
+    group: Vec<I>,
+    write: impl for<'c> FnOnce(&'c mut PgConnection, Vec<I>) -> BoxFuture<'c, Vec<Result<O, StoreError>>>,
+) -> Vec<Result<O, StoreError>> {
+    if group.is_empty() {
+        return Vec::new();
+    }
+    match pool.acquire().await {
+        Ok(mut conn) => write(&mut conn, group).await,
+        Err(error) => copies(error.into(), group.len()).map(Err).collect(),
+    }
 }
 
 /// A writing transaction (named like SQLite's, which must say so up front, so that
@@ -103,8 +142,8 @@ impl PgStore {
             .acquire_timeout(settings.acquire_timeout)
             .test_before_acquire(false)
             .connect_lazy_with(options);
-        let batchers = batchers(&pool, settings.acquire_timeout);
-        Ok(PgStore { pool, batchers })
+        let rounds = rounds(&pool, settings.acquire_timeout);
+        Ok(PgStore { pool, rounds })
     }
 
     /// A connection to write on: any of the pool's, PostgreSQL taking concurrent

@@ -9,7 +9,9 @@
 //! Every statement that writes runs on the connection `self.writer()` hands out, in a
 //! transaction from `begin_write` where it takes several: SQLite's is its one writing
 //! connection, so writers queue for it instead of polling SQLite's lock; PostgreSQL's
-//! is any of the pool's. Reads run on `self.pool`.
+//! is any of the pool's. The writes that are group-committed (orders, PENDING marks,
+//! settlements) run instead on the connection of their round (store/batch.rs), each
+//! group in a transaction from `begin_group`. Reads run on `self.pool`.
 
 /// Products, prices and stock: the same SQL on both backends.
 macro_rules! impl_catalog {
@@ -144,14 +146,14 @@ macro_rules! impl_inspect {
                     &self,
                     writes: &[(AttemptId, Option<String>)],
                 ) -> Result<Vec<usize>, StoreError> {
-                    keys_held_elsewhere(&self.pool, writes).await
+                    keys_held_elsewhere(&mut *self.pool.acquire().await?, writes).await
                 }
 
                 async fn orders_the_catalog_refuses(
                     &self,
                     orders: &[$crate::store::NewOrder],
                 ) -> Result<Vec<usize>, StoreError> {
-                    orders_the_catalog_refuses(&self.pool, orders).await
+                    orders_the_catalog_refuses(&mut *self.pool.acquire().await?, orders).await
                 }
 
                 async fn events(&self, attempt_id: AttemptId) -> Result<Vec<(String, String)>, StoreError> {
@@ -345,35 +347,13 @@ macro_rules! row_helpers {
             })
         }
 
-        /// A group written on the writing pool (store/batch.rs): `together` writes it in one
-        /// transaction, `culprits` finds the writes that failed one.
-        async fn write_on<I: Sync, O: 'static>(
-            writer: sqlx::Pool<$db>,
-            group: Vec<I>,
-            may_share: bool,
-            together: for<'a> fn(
-                &'a sqlx::Pool<$db>,
-                &'a [I],
-            ) -> futures_util::future::BoxFuture<'a, Result<Vec<O>, $crate::store::StoreError>>,
-            culprits: for<'a> fn(
-                &'a sqlx::Pool<$db>,
-                &'a [I],
-            ) -> futures_util::future::BoxFuture<'a, Result<Vec<usize>, $crate::store::StoreError>>,
-        ) -> Vec<Result<O, $crate::store::StoreError>> {
-            let held = writer.clone();
-            $crate::store::batch::write_group(
-                group,
-                may_share,
-                move |group| {
-                    let writer = writer.clone();
-                    Box::pin(async move { together(&writer, group).await })
-                },
-                move |group| {
-                    let writer = held.clone();
-                    Box::pin(async move { culprits(&writer, group).await })
-                },
-            )
-            .await
+        /// The transaction a group of one kind of write takes inside its round (store/batch.rs):
+        /// on SQLite a savepoint in the round's one transaction, on PostgreSQL a transaction
+        /// of its own.
+        async fn begin_group(
+            conn: &mut <$db as sqlx::Database>::Connection,
+        ) -> Result<sqlx::Transaction<'_, $db>, $crate::store::StoreError> {
+            Ok(sqlx::Connection::begin(conn).await?)
         }
 
         /// Binds each of `values` into `query`, separated by commas: the inside of an IN list.
@@ -516,15 +496,15 @@ macro_rules! impl_orders {
         /// catalog refuses alone and the rest together again (or else each alone), so that
         /// each gets its own answer.
         async fn create_orders(
-            writer: sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             orders: Vec<$crate::store::NewOrder>,
         ) -> Vec<Result<$crate::store::CreatedOrder, $crate::store::StoreError>> {
-            write_on(
-                writer,
+            $crate::store::batch::write_group(
+                conn,
                 orders,
                 true,
-                |writer, group| Box::pin(create_together(writer, group)),
-                |writer, group| Box::pin(orders_the_catalog_refuses(writer, group)),
+                |conn, group| Box::pin(create_together(conn, group)),
+                |conn, group| Box::pin(orders_the_catalog_refuses(conn, group)),
             )
             .await
         }
@@ -536,7 +516,7 @@ macro_rules! impl_orders {
         /// order per transaction cost 46% of the checkouts per second on SQLite and 62% on
         /// PostgreSQL (docs/benchmarks.md, "Third round").
         async fn orders_the_catalog_refuses(
-            writer: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             orders: &[$crate::store::NewOrder],
         ) -> Result<Vec<usize>, $crate::store::StoreError> {
             use sqlx::Row;
@@ -548,7 +528,7 @@ macro_rules! impl_orders {
             query.push(")");
             // product -> (available, price)
             let mut left = std::collections::HashMap::new();
-            for row in query.build().fetch_all(writer).await? {
+            for row in query.build().fetch_all(&mut *conn).await? {
                 left.insert(row.try_get::<i64, _>("id")?, (row.try_get::<i64, _>("available")?, row.try_get::<i64, _>("price")?));
             }
             let mut refused = Vec::new();
@@ -571,15 +551,14 @@ macro_rules! impl_orders {
 
         /// Creates every order of `orders`, or none.
         async fn create_together(
-            writer: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             orders: &[$crate::store::NewOrder],
         ) -> Result<Vec<$crate::store::CreatedOrder>, $crate::store::StoreError> {
             use sqlx::Row;
             use $crate::domain::{pg_order_id, AttemptId, OrderId, PaymentStatus};
             use $crate::store::{reservations, CreatedOrder, OrderItem, StoreError};
 
-            let mut conn = writer.acquire().await?;
-            let mut tx = begin_write(&mut conn).await?;
+            let mut tx = begin_group(conn).await?;
             // Stock first, each product once for the group: a reservation holds only at
             // the price the orders were priced at, so a concurrent reprice cannot slip in
             // between. Two orders priced at two prices of one product: one is stale.
@@ -741,7 +720,7 @@ macro_rules! impl_orders {
             #[async_trait::async_trait]
             impl OrderStore for $store {
                 async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-                    self.batchers.orders.write(order).await
+                    self.rounds.create_order(order).await
                 }
 
                 async fn order(&self, order_id: OrderId) -> Result<Option<OrderRecord>, StoreError> {
@@ -816,7 +795,7 @@ macro_rules! impl_payments {
         /// (gateway, transaction_key): PostgreSQL planned one join of the two as a scan
         /// of every attempt of the gateway per key (2.9 s for 40 keys over 67,000 attempts).
         async fn keys_held_elsewhere(
-            writer: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             writes: &[($crate::domain::AttemptId, Option<String>)],
         ) -> Result<Vec<usize>, $crate::store::StoreError> {
             use sqlx::Row;
@@ -828,7 +807,7 @@ macro_rules! impl_payments {
             push_binds(&mut query, keyed.iter().map(|&(id, _)| id));
             query.push(")");
             let mut gateway_of = std::collections::HashMap::new();
-            for row in query.build().fetch_all(writer).await? {
+            for row in query.build().fetch_all(&mut *conn).await? {
                 gateway_of.insert(row.try_get::<i64, _>("id")?, row.try_get::<String, _>("gateway")?);
             }
             let mut keys_by_gateway: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
@@ -844,7 +823,7 @@ macro_rules! impl_payments {
                 query.push_bind(gateway).push(" AND transaction_key IN (");
                 push_binds(&mut query, keys);
                 query.push(")");
-                for row in query.build().fetch_all(writer).await? {
+                for row in query.build().fetch_all(&mut *conn).await? {
                     let key: String = row.try_get("transaction_key")?;
                     holder.insert((gateway.to_string(), key), row.try_get::<i64, _>("id")?);
                 }
@@ -867,19 +846,19 @@ macro_rules! impl_payments {
         /// (its transaction key belongs to another attempt), that one alone and the rest
         /// together again. Two marks of one attempt are written one by one from the start.
         async fn mark_all_pending(
-            writer: sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             group: Vec<$crate::store::MarkPending>,
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
             let attempts: std::collections::HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
             let may_share = attempts.len() == group.len();
-            write_on(
-                writer,
+            $crate::store::batch::write_group(
+                conn,
                 group,
                 may_share,
-                |writer, group| Box::pin(mark_pending_together(writer, group)),
-                |writer, group| {
+                |conn, group| Box::pin(mark_pending_together(conn, group)),
+                |conn, group| {
                     let keys: Vec<_> = group.iter().map(|m| (m.attempt_id, m.key.clone())).collect();
-                    Box::pin(async move { keys_held_elsewhere(writer, &keys).await })
+                    Box::pin(async move { keys_held_elsewhere(conn, &keys).await })
                 },
             )
             .await
@@ -888,7 +867,7 @@ macro_rules! impl_payments {
         /// Marks every attempt of `group` that is still REQUESTED; the others are answered
         /// with where they stand.
         async fn mark_pending_together(
-            writer: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             group: &[$crate::store::MarkPending],
         ) -> Result<Vec<$crate::store::Transition>, $crate::store::StoreError> {
             use $crate::domain::PaymentStatus;
@@ -908,8 +887,7 @@ macro_rules! impl_payments {
             update.push(concat!(") AS v WHERE payment_attempts.id = v.column1 AND payment_attempts.status ", one_of_open!()));
             update.push_bind(statuses(PaymentStatus::allowed_sources(PaymentStatus::Pending)));
             update.push(concat!(one_of_close!(), " RETURNING payment_attempts.id"));
-            let mut conn = writer.acquire().await?;
-            let mut tx = begin_write(&mut conn).await?;
+            let mut tx = begin_group(conn).await?;
             let attempts = group.iter().map(|m| m.attempt_id.0);
             lock_in_order(&mut tx, "SELECT id FROM payment_attempts WHERE id IN (", attempts, ")").await?;
             let marked: Vec<i64> = update.build_query_scalar().fetch_all(&mut *tx).await.map_err(|e| match group {
@@ -933,49 +911,37 @@ macro_rules! impl_payments {
         /// rest together again. Two settlements of one attempt, or a state machine whose
         /// final statuses start from different sets, are settled one by one from the start.
         async fn settle_all(
-            writer: sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             group: Vec<$crate::store::Settle>,
         ) -> Vec<Result<$crate::store::Transition, $crate::store::StoreError>> {
             use $crate::domain::PaymentStatus;
             let sources = |s: &$crate::store::Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
             let attempts: std::collections::HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
             let may_share = attempts.len() == group.len() && group.iter().all(|s| sources(s) == sources(&group[0]));
-            write_on(
-                writer,
+            $crate::store::batch::write_group(
+                conn,
                 group,
                 may_share,
-                |writer, group| Box::pin(settle_together(writer, group)),
-                |writer, group| {
+                |conn, group| Box::pin(settle_together(conn, group)),
+                |conn, group| {
                     let keys: Vec<_> = group.iter().map(|s| (s.attempt_id, s.settlement.transaction_key.clone())).collect();
-                    Box::pin(async move { keys_held_elsewhere(writer, &keys).await })
+                    Box::pin(async move { keys_held_elsewhere(conn, &keys).await })
                 },
             )
             .await
-        }
-
-        /// The group-commit tasks of the store, writing on `writer`.
-        fn batchers(writer: &sqlx::Pool<$db>, timeout: std::time::Duration) -> $crate::store::batch::Batchers {
-            use $crate::store::batch::{Batcher, Batchers};
-            let (for_orders, for_pending, for_settlements) = (writer.clone(), writer.clone(), writer.clone());
-            Batchers {
-                orders: Batcher::start(timeout, move |group| create_orders(for_orders.clone(), group)),
-                pending: Batcher::start(timeout, move |group| mark_all_pending(for_pending.clone(), group)),
-                settlements: Batcher::start(timeout, move |group| settle_all(for_settlements.clone(), group)),
-            }
         }
 
         /// Settles every attempt of `group` that may still be settled, releasing its
         /// order's stock (sold on SUCCESS, for sale again on FAILED), or none. The others
         /// are answered with where they stand.
         async fn settle_together(
-            writer: &sqlx::Pool<$db>,
+            conn: &mut <$db as sqlx::Database>::Connection,
             group: &[$crate::store::Settle],
         ) -> Result<Vec<$crate::store::Transition>, $crate::store::StoreError> {
             use $crate::domain::{Final, PaymentStatus};
             use $crate::store::{key_taken, Transition};
 
-            let mut conn = writer.acquire().await?;
-            let mut tx = begin_write(&mut conn).await?;
+            let mut tx = begin_group(conn).await?;
             let attempts = group.iter().map(|s| s.attempt_id.0);
             lock_in_order(&mut tx, "SELECT id FROM payment_attempts WHERE id IN (", attempts, ")").await?;
             let mut update = sqlx::QueryBuilder::<$db>::new(
@@ -1029,7 +995,7 @@ macro_rules! impl_payments {
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
                     let mark = $crate::store::MarkPending { attempt_id, key: key.map(str::to_string), now_ms };
-                    self.batchers.pending.write(mark).await
+                    self.rounds.mark_pending(mark).await
                 }
 
                 async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError> {
@@ -1057,7 +1023,7 @@ macro_rules! impl_payments {
                     now_ms: i64,
                 ) -> Result<Transition, StoreError> {
                     let settle = $crate::store::Settle { attempt_id, settlement: settlement.clone(), source, now_ms };
-                    self.batchers.settlements.write(settle).await
+                    self.rounds.settle(settle).await
                 }
 
                 async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {

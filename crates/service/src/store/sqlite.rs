@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
-use super::batch::Batchers;
+use super::batch::{Answers, Round, Writer};
 use super::{Background, STARTUP_TIMEOUT, StoreError, at_startup, status_json};
 use crate::domain::PaymentStatus;
 
@@ -68,9 +68,9 @@ pub struct SqliteStore {
     /// handler), which under load cost more than the writes (docs/benchmarks.md). A pool
     /// of one rather than a connection of our own: the pool replaces it if it breaks.
     writer: SqlitePool,
-    /// Orders, PENDING marks and settlements written in groups (store/batch.rs), on the
-    /// writing connection.
-    batchers: Batchers,
+    /// Orders, PENDING marks and settlements written in rounds (store/batch.rs), on the
+    /// writing connection, one transaction a round.
+    rounds: Writer,
     /// The checkpointing task.
     _checkpoints: Option<Arc<Background>>,
 }
@@ -128,6 +128,37 @@ async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqli
     Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
 }
 
+/// Writes a round of the writer (store/batch.rs) in one transaction, so that the round
+/// costs one sync to disk rather than one per kind of write (docs/benchmarks.md, "Sixth
+/// round"). Each kind's group takes a savepoint of its own, so that a write refused (sold
+/// out, a key another attempt holds) costs only its own group's statements. A write that
+/// finds the database unavailable ends the round, and nothing of it is committed: SQLite
+/// may already have rolled the transaction back (a full disk, an I/O error), and whatever
+/// came after would then commit on its own.
+async fn write_round(writer: SqlitePool, round: Round) -> Result<Answers, StoreError> {
+    let mut conn = writer.acquire().await?;
+    let mut tx = begin_write(&mut conn).await?;
+    let mut answers =
+        Answers { orders: create_orders(&mut tx, round.orders).await, pending: Vec::new(), settlements: Vec::new() };
+    if answers.unavailable().is_none() {
+        answers.pending = mark_all_pending(&mut tx, round.pending).await;
+    }
+    if answers.unavailable().is_none() {
+        answers.settlements = settle_all(&mut tx, round.settlements).await;
+    }
+    if let Some(error) = answers.unavailable() {
+        return Err(error);
+    }
+    tx.commit().await?;
+    Ok(answers)
+}
+
+/// The task that writes the rounds, on `writer`.
+fn rounds(writer: &SqlitePool, timeout: Duration) -> Writer {
+    let writer = writer.clone();
+    Writer::start(timeout, move |round| write_round(writer.clone(), round))
+}
+
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the database at `url`, e.g.
     /// `sqlite://payguard-dev.db` or `sqlite::memory:`. A statement waits at most
@@ -145,7 +176,7 @@ impl SqliteStore {
             // A commit is on disk before it is answered: with NORMAL a WAL commit waits
             // for the next checkpoint's sync, and a power cut before it loses orders whose
             // payments the PG already has (a process crash loses nothing either way, the
-            // OS keeps what was written). Group commit makes it one sync per group.
+            // OS keeps what was written). Group commit makes it one sync per round.
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             // A group's statements change more pages than SQLite keeps in memory for a
@@ -159,8 +190,8 @@ impl SqliteStore {
         if url.contains(":memory:") {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            let batchers = batchers(&pool, timeout);
-            return Ok(SqliteStore { writer: pool.clone(), pool, batchers, _checkpoints: None });
+            let rounds = rounds(&pool, timeout);
+            return Ok(SqliteStore { writer: pool.clone(), pool, rounds, _checkpoints: None });
         }
         // Creating the file, switching it to WAL and migrating wait on the disk, which a
         // busy machine can make take longer than a request may wait for a connection (a
@@ -178,8 +209,8 @@ impl SqliteStore {
         );
         let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(checkpoints(pool.clone(), writer.clone(), checkpoint_every)));
-        let batchers = batchers(&writer, timeout);
-        Ok(SqliteStore { pool, writer, batchers, _checkpoints: checkpoints })
+        let rounds = rounds(&writer, timeout);
+        Ok(SqliteStore { pool, writer, rounds, _checkpoints: checkpoints })
     }
 
     /// The writing connection, once the writer before has finished.
@@ -206,6 +237,8 @@ super::shared::impl_inspect!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     use sqlx::Connection;
@@ -215,7 +248,10 @@ mod tests {
         BuyerId, CardType, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
         price,
     };
-    use crate::store::{CatalogStore, MarkPending, NewOrder, OrderStore, PaymentStore, Settle, StoreError, Transition};
+    use crate::store::batch::{Answers, Round};
+    use crate::store::{
+        CatalogStore, CreatedOrder, MarkPending, NewOrder, OrderStore, PaymentStore, Settle, StoreError, Transition,
+    };
 
     #[tokio::test]
     async fn creating_and_migrating_the_database_is_not_bound_by_the_requests_wait_for_a_connection() {
@@ -253,9 +289,26 @@ mod tests {
         (store, listing)
     }
 
+    /// `round` written as the writer writes a round.
+    async fn written(store: &SqliteStore, round: Round) -> Answers {
+        super::write_round(store.writer.clone(), round).await.expect("the round commits")
+    }
+
+    async fn create_orders(store: &SqliteStore, orders: Vec<NewOrder>) -> Vec<Result<CreatedOrder, StoreError>> {
+        written(store, Round { orders, ..Round::default() }).await.orders
+    }
+
+    async fn mark_all_pending(store: &SqliteStore, pending: Vec<MarkPending>) -> Vec<Result<Transition, StoreError>> {
+        written(store, Round { pending, ..Round::default() }).await.pending
+    }
+
+    async fn settle_all(store: &SqliteStore, settlements: Vec<Settle>) -> Vec<Result<Transition, StoreError>> {
+        written(store, Round { settlements, ..Round::default() }).await.settlements
+    }
+
     /// `group` written as one group, every order created.
-    async fn created(store: &SqliteStore, group: Vec<NewOrder>) -> Vec<crate::store::CreatedOrder> {
-        super::create_orders(store.writer.clone(), group).await.into_iter().map(Result::unwrap).collect()
+    async fn created(store: &SqliteStore, group: Vec<NewOrder>) -> Vec<CreatedOrder> {
+        create_orders(store, group).await.into_iter().map(Result::unwrap).collect()
     }
 
     fn order(buyer: &str, listing: &Listing, quantity: i64) -> NewOrder {
@@ -278,7 +331,7 @@ mod tests {
             || async { store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available };
         assert_eq!(stock().await, 500);
         let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
-        let created = super::create_orders(store.writer.clone(), group).await;
+        let created = create_orders(&store, group).await;
         let created: Vec<_> = created.into_iter().map(Result::unwrap).collect();
         for (c, buyer) in created.iter().zip(["a", "b", "c"]) {
             let record = store.order(c.order_id).await.unwrap().unwrap();
@@ -291,14 +344,16 @@ mod tests {
         // orders before it is set apart, the other two are written together, and the one
         // set apart, tried alone after them, finds what they left.
         let group = vec![order("d", &listing, 100), order("e", &listing, 150), order("f", &listing, 100)];
-        let results = super::create_orders(store.writer.clone(), group).await;
+        let results = create_orders(&store, group).await;
         assert!(
             matches!(results[..], [Ok(_), Err(StoreError::OutOfStock { product: 3, available: 0 }), Ok(_)]),
             "{results:?}"
         );
         assert_eq!(stock().await, 0);
         assert_eq!(
-            super::orders_the_catalog_refuses(&store.writer, &[order("g", &listing, 1)]).await.unwrap(),
+            super::orders_the_catalog_refuses(&mut store.writer.acquire().await.unwrap(), &[order("g", &listing, 1)])
+                .await
+                .unwrap(),
             [0],
             "sold out"
         );
@@ -329,7 +384,7 @@ mod tests {
         let marks = [(1, "K0"), (2, "K2"), (3, "K3")]
             .map(|(i, k)| MarkPending { attempt_id: attempt(i), key: key(k), now_ms: 3 })
             .to_vec();
-        let marked = super::mark_all_pending(store.writer.clone(), marks).await;
+        let marked = mark_all_pending(&store, marks).await;
         assert!(
             matches!(&marked[..], [Err(StoreError::KeyTaken(k)), Ok(Transition::Applied), Ok(Transition::Applied)] if k == "K0"),
             "{marked:?}"
@@ -349,7 +404,7 @@ mod tests {
         let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
         let created = created(&store, group).await;
         let marks = (0..3).map(|i| MarkPending { attempt_id: created[i].attempt_id, key: None, now_ms: 2 }).collect();
-        let marked = super::mark_all_pending(store.writer.clone(), marks).await;
+        let marked = mark_all_pending(&store, marks).await;
         assert!(marked.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{marked:?}");
         let settle = |i: usize, status: Final| Settle {
             attempt_id: created[i].attempt_id,
@@ -358,7 +413,7 @@ mod tests {
             now_ms: 2,
         };
         let group = vec![settle(0, Final::Success), settle(1, Final::Failed), settle(2, Final::Success)];
-        let results = super::settle_all(store.writer.clone(), group).await;
+        let results = settle_all(&store, group).await;
         assert!(results.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{results:?}");
         let available = store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available;
         assert_eq!(available, 300, "the failed order's 100 are for sale again, the others' sold");
@@ -370,8 +425,7 @@ mod tests {
         .await;
         assert_eq!(statuses, [PaymentStatus::Success, PaymentStatus::Failed, PaymentStatus::Success]);
         // Settled again: each answered with where it stands, nothing moved twice.
-        let again =
-            super::settle_all(store.writer.clone(), vec![settle(0, Final::Failed), settle(1, Final::Success)]).await;
+        let again = settle_all(&store, vec![settle(0, Final::Failed), settle(1, Final::Success)]).await;
         assert!(
             matches!(
                 again[..],
@@ -384,6 +438,104 @@ mod tests {
         );
         let available = store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available;
         assert_eq!(available, 300);
+    }
+
+    /// Counts the commits of the writing connection from now on; each is let through
+    /// while `allow` says so, and turned into a rollback otherwise.
+    async fn count_commits(store: &SqliteStore, allow: bool) -> Arc<AtomicUsize> {
+        let commits = Arc::new(AtomicUsize::new(0));
+        let counted = commits.clone();
+        let mut writer = store.writer().await.unwrap();
+        writer.lock_handle().await.unwrap().set_commit_hook(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            allow
+        });
+        commits
+    }
+
+    fn settle(created: &CreatedOrder, status: Final, key: &str) -> Settle {
+        Settle {
+            attempt_id: created.attempt_id,
+            settlement: Settlement { status, transaction_key: Some(key.into()), reason: None },
+            source: Source::Callback,
+            now_ms: 3,
+        }
+    }
+
+    async fn available(store: &SqliteStore) -> i64 {
+        store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available
+    }
+
+    async fn status(store: &SqliteStore, created: &CreatedOrder) -> PaymentStatus {
+        store.attempt_by_pg_order_id(&created.pg_order_id).await.unwrap().unwrap().status
+    }
+
+    #[tokio::test]
+    async fn a_round_of_every_kind_of_write_is_one_commit_in_which_a_refused_write_undoes_only_its_own() {
+        let (store, listing) = store_selling_product_3().await;
+        let created =
+            created(&store, vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)])
+                .await;
+        let mark =
+            |i: usize, key: &str| MarkPending { attempt_id: created[i].attempt_id, key: Some(key.into()), now_ms: 2 };
+        mark_all_pending(&store, vec![mark(0, "K-a"), mark(1, "K-b")]).await;
+        assert_eq!(available(&store).await, 200);
+
+        let commits = count_commits(&store, true).await;
+        let answers = written(
+            &store,
+            Round {
+                // 100 left after d: e's 300 do not fit.
+                orders: vec![order("d", &listing, 100), order("e", &listing, 300), order("f", &listing, 50)],
+                // a's key, for c.
+                pending: vec![mark(2, "K-a")],
+                settlements: vec![
+                    settle(&created[0], Final::Success, "K-a"),
+                    settle(&created[1], Final::Failed, "K-b"),
+                ],
+            },
+        )
+        .await;
+        assert_eq!(commits.load(Ordering::SeqCst), 1, "one commit for the round");
+        assert!(
+            matches!(answers.orders[..], [Ok(_), Err(StoreError::OutOfStock { product: 3, .. }), Ok(_)]),
+            "{:?}",
+            answers.orders
+        );
+        assert!(matches!(&answers.pending[..], [Err(StoreError::KeyTaken(k))] if k == "K-a"), "{:?}", answers.pending);
+        assert!(
+            matches!(answers.settlements[..], [Ok(Transition::Applied), Ok(Transition::Applied)]),
+            "{:?}",
+            answers.settlements
+        );
+        // d's 100 and f's 50 reserved, b's 100 for sale again; e and c's mark wrote nothing.
+        assert_eq!(available(&store).await, 150);
+        assert_eq!(status(&store, &created[2]).await, PaymentStatus::Requested);
+        for (answer, buyer) in answers.orders.iter().zip(["d", "e", "f"]) {
+            if let Ok(order) = answer {
+                assert_eq!(store.order(order.order_id).await.unwrap().unwrap().buyer_id.as_str(), buyer);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_whose_commit_fails_is_refused_whole_and_writes_nothing() {
+        let (store, listing) = store_selling_product_3().await;
+        let created = created(&store, vec![order("a", &listing, 100), order("b", &listing, 100)]).await;
+        let commits = count_commits(&store, false).await;
+        let round = Round {
+            orders: vec![order("c", &listing, 100)],
+            pending: vec![MarkPending { attempt_id: created[0].attempt_id, key: Some("K-a".into()), now_ms: 2 }],
+            settlements: vec![settle(&created[1], Final::Failed, "K-b")],
+        };
+        let refused = super::write_round(store.writer.clone(), round).await;
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(commits.load(Ordering::SeqCst), 1, "the one commit, refused");
+        assert_eq!(available(&store).await, 300, "no stock reserved or released");
+        assert_eq!(status(&store, &created[0]).await, PaymentStatus::Requested);
+        assert_eq!(status(&store, &created[1]).await, PaymentStatus::Requested);
+        let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(orders, 2, "c's order was not created");
     }
 
     #[tokio::test]
