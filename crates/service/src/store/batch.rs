@@ -213,6 +213,39 @@ impl Writer {
     }
 }
 
+/// Where each kind of write queues: on one writer, so that the three kinds share a round
+/// (SQLite: one transaction, one sync), or each kind on a writer of its own, so that no
+/// kind waits for another's group (PostgreSQL, where each kind commits apart anyway:
+/// sharing rounds cost 25-28% of the checkouts per second there, docs/benchmarks.md).
+#[derive(Clone)]
+pub(crate) struct Writers {
+    orders: Writer,
+    pending: Writer,
+    settlements: Writer,
+}
+
+impl Writers {
+    pub(crate) fn shared(writer: Writer) -> Writers {
+        Writers { orders: writer.clone(), pending: writer.clone(), settlements: writer }
+    }
+
+    pub(crate) fn one_per_kind(start: impl Fn() -> Writer) -> Writers {
+        Writers { orders: start(), pending: start(), settlements: start() }
+    }
+
+    pub(crate) async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
+        self.orders.create_order(order).await
+    }
+
+    pub(crate) async fn mark_pending(&self, mark: MarkPending) -> Result<Transition, StoreError> {
+        self.pending.mark_pending(mark).await
+    }
+
+    pub(crate) async fn settle(&self, settle: Settle) -> Result<Transition, StoreError> {
+        self.settlements.settle(settle).await
+    }
+}
+
 /// Writes `group` on `conn` in one go with `together` when `may_share` says its writes
 /// may share a transaction; when they may not, each alone. When the group fails,
 /// `culprits` may name the writes that failed it (found by a query: an order for a
@@ -308,8 +341,8 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::{Answers, Round, Writer, each_alone, one_by_one};
-    use crate::domain::{AttemptId, PaymentStatus};
-    use crate::store::{MarkPending, StoreError, Transition};
+    use crate::domain::{AttemptId, Final, PaymentStatus, Settlement, Source};
+    use crate::store::{MarkPending, Settle, StoreError, Transition};
 
     fn mark(i: i64) -> MarkPending {
         MarkPending { attempt_id: AttemptId(i), key: None, now_ms: 0 }
@@ -411,6 +444,70 @@ mod tests {
         let refused = writer.mark_pending(mark(7)).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(sqlx::Error::PoolClosed))), "{refused:?}");
         assert_eq!(number(writer.mark_pending(mark(8)).await), 8, "the task still writes");
+    }
+
+    /// Writers whose every round of settlements is held until `release` says go; the
+    /// PENDING marks they answer at once.
+    fn holding_settlements(
+        one_per_kind: bool,
+    ) -> (super::Writers, tokio::sync::watch::Sender<bool>, Arc<Mutex<usize>>) {
+        let (release, held) = tokio::sync::watch::channel(false);
+        let settling = Arc::new(Mutex::new(0));
+        let start = {
+            let settling = settling.clone();
+            move || {
+                let (held, settling) = (held.clone(), settling.clone());
+                Writer::start(Duration::from_secs(60), move |round: Round| {
+                    let (mut held, settling) = (held.clone(), settling.clone());
+                    async move {
+                        let settlements: Vec<_> = round.settlements.iter().map(|_| Ok(Transition::Applied)).collect();
+                        if !settlements.is_empty() {
+                            *settling.lock().unwrap() += 1;
+                            let _ = held.wait_for(|go| *go).await;
+                        }
+                        Ok(Answers { settlements, ..answered(&round) })
+                    }
+                })
+            }
+        };
+        let writers = if one_per_kind { super::Writers::one_per_kind(start) } else { super::Writers::shared(start()) };
+        (writers, release, settling)
+    }
+
+    fn settle(i: i64) -> Settle {
+        Settle {
+            attempt_id: AttemptId(i),
+            settlement: Settlement { status: Final::Success, transaction_key: None, reason: None },
+            source: Source::Callback,
+            now_ms: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kind_on_a_writer_of_its_own_never_waits_for_another_kinds_round() {
+        for one_per_kind in [true, false] {
+            let (writers, release, settling) = holding_settlements(one_per_kind);
+            let settled = tokio::spawn({
+                let w = writers.clone();
+                async move { w.settle(settle(1)).await }
+            });
+            while *settling.lock().unwrap() == 0 {
+                tokio::task::yield_now().await;
+            }
+            // The settlement's round is held. (Paused time: the timeout fires only once
+            // every task is idle, i.e. once the mark is stuck behind it.)
+            let mut marked = Box::pin(writers.mark_pending(mark(2)));
+            let alongside = tokio::time::timeout(Duration::from_secs(5), &mut marked).await;
+            if one_per_kind {
+                assert_eq!(number(alongside.expect("answered beside the held settlement")), 2);
+            } else {
+                assert!(alongside.is_err(), "a shared writer writes the mark in the round after");
+                release.send(true).unwrap();
+                assert_eq!(number(marked.await), 2);
+            }
+            release.send(true).unwrap();
+            assert!(matches!(settled.await.unwrap(), Ok(Transition::Applied)));
+        }
     }
 
     /// `write_group` over writes of which 2 fails any transaction it is in, as a taken

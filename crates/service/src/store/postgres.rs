@@ -12,7 +12,7 @@ use sqlx::{Connection, Postgres, Row, Transaction};
 
 use futures_util::future::BoxFuture;
 
-use super::batch::{Answers, Round, Writer, copies};
+use super::batch::{Answers, Round, Writer, Writers, copies};
 use super::{StoreError, at_startup, status_names};
 use crate::domain::PaymentStatus;
 
@@ -68,17 +68,17 @@ fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
-    /// Orders, PENDING marks and settlements written in rounds (store/batch.rs): one
-    /// transaction and a few round trips for a group of each kind instead of a few for
-    /// each write.
-    rounds: Writer,
+    /// Orders, PENDING marks and settlements written in rounds (store/batch.rs), each kind
+    /// by a task of its own: one transaction and a few round trips for a group instead
+    /// of a few for each write.
+    rounds: Writers,
 }
 
-/// Writes a round of the writer (store/batch.rs): each kind of write in a transaction of
-/// its own, on a connection of its own, the three at once. Not the whole round in one
-/// transaction, as on SQLite: it would lock products for the orders and then attempts
-/// for the settlements, while a rollback beside it locks an attempt and then its
-/// products, and the two would wait for each other.
+/// Writes a round of a writer (store/batch.rs): each kind of write in a transaction of
+/// its own, on a connection of its own. Not the kinds in one transaction, as on SQLite:
+/// it would lock products for the orders and then attempts for the settlements, while a
+/// rollback beside it locks an attempt and then its products, and the two would wait for
+/// each other. Each kind has a writer of its own (`rounds`), so a round holds one kind.
 async fn write_round(pool: PgPool, round: Round) -> Result<Answers, StoreError> {
     let (orders, pending, settlements) = tokio::join!(
         on_a_connection(&pool, round.orders, |conn, group| Box::pin(create_orders(conn, group))),
@@ -88,10 +88,12 @@ async fn write_round(pool: PgPool, round: Round) -> Result<Answers, StoreError> 
     Ok(Answers { orders, pending, settlements })
 }
 
-/// The task that writes the rounds, on `pool`.
-fn rounds(pool: &PgPool, timeout: Duration) -> Writer {
-    let pool = pool.clone();
-    Writer::start(timeout, move |round| write_round(pool.clone(), round))
+/// The tasks that write the rounds, on `pool`: one for each kind of write.
+fn rounds(pool: &PgPool, timeout: Duration) -> Writers {
+    Writers::one_per_kind(|| {
+        let pool = pool.clone();
+        Writer::start(timeout, move |round| write_round(pool.clone(), round))
+    })
 }
 
 /// `write` of `group` on a connection of the pool; each write answered unavailable when

@@ -13,7 +13,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Connection, Row, Sqlite, Transaction};
 
-use super::batch::{Answers, Round, Writer};
+use super::batch::{Answers, Round, Writer, Writers};
 use super::{Background, STARTUP_TIMEOUT, StoreError, at_startup, status_json};
 use crate::domain::PaymentStatus;
 
@@ -70,7 +70,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Orders, PENDING marks and settlements written in rounds (store/batch.rs), on the
     /// writing connection, one transaction a round.
-    rounds: Writer,
+    rounds: Writers,
     /// The checkpointing task.
     _checkpoints: Option<Arc<Background>>,
 }
@@ -153,10 +153,10 @@ async fn write_round(writer: SqlitePool, round: Round) -> Result<Answers, StoreE
     Ok(answers)
 }
 
-/// The task that writes the rounds, on `writer`.
-fn rounds(writer: &SqlitePool, timeout: Duration) -> Writer {
+/// The task that writes the rounds, on `writer`: one for every kind of write.
+fn rounds(writer: &SqlitePool, timeout: Duration) -> Writers {
     let writer = writer.clone();
-    Writer::start(timeout, move |round| write_round(writer.clone(), round))
+    Writers::shared(Writer::start(timeout, move |round| write_round(writer.clone(), round)))
 }
 
 impl SqliteStore {
