@@ -1113,6 +1113,23 @@ pub(crate) use impl_payments;
 /// backend has row locks (`skip_locked!()`); SQLite's single writer needs none.
 macro_rules! impl_reconciliation {
     ($store:ty) => {
+        /// The reconciler's claim: the due attempts of a gateway, oldest check first, leased
+        /// to `$1` until `$2`. `finalized_at IS NULL` is what lets it read them by
+        /// `attempts_due` (migration 0006) instead of every attempt of the gateway.
+        const CLAIM_DUE: &str = concat!(
+            "UPDATE payment_attempts SET lease_owner = $1, lease_until = $2
+             WHERE id IN (
+               SELECT id FROM payment_attempts
+               WHERE gateway = $6 AND finalized_at IS NULL AND status ",
+            one_of!("$7"),
+            " AND created_at <= $3
+                 AND next_check_at <= $4 AND (lease_until IS NULL OR lease_until < $4)
+               ORDER BY next_check_at LIMIT $5",
+            skip_locked!(),
+            ")
+             RETURNING id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks",
+        );
+
         const _: () = {
             use $crate::domain::PaymentStatus;
             use $crate::store::{Attempt, CHECKS_PER_TRANSACTION, Check, ReconciliationStore, StoreError};
@@ -1130,19 +1147,7 @@ macro_rules! impl_reconciliation {
                 ) -> Result<Vec<Attempt>, StoreError> {
                     let mut conn = self.writer().await?;
                     let mut tx = begin_write(&mut conn).await?;
-                    let rows = sqlx::query(concat!(
-                        "UPDATE payment_attempts SET lease_owner = $1, lease_until = $2
-                         WHERE id IN (
-                           SELECT id FROM payment_attempts
-                           WHERE gateway = $6 AND status ",
-                        one_of!("$7"),
-                        " AND created_at <= $3
-                             AND next_check_at <= $4 AND (lease_until IS NULL OR lease_until < $4)
-                           ORDER BY next_check_at LIMIT $5",
-                        skip_locked!(),
-                        ")
-                         RETURNING id, order_id, pg_order_id, gateway, amount, status, transaction_key, reason, created_at, checks",
-                    ))
+                    let rows = sqlx::query(CLAIM_DUE)
                     .bind(owner)
                     .bind(lease_until_ms)
                     .bind(created_before_ms)
@@ -1159,7 +1164,7 @@ macro_rules! impl_reconciliation {
                 async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {
                     let renewed = sqlx::query(concat!(
                         "UPDATE payment_attempts SET lease_until = $1
-                         WHERE lease_owner = $2 AND status ",
+                         WHERE lease_owner = $2 AND finalized_at IS NULL AND status ",
                         one_of!("$3")
                     ))
                     .bind(lease_until_ms)
@@ -1172,7 +1177,8 @@ macro_rules! impl_reconciliation {
 
                 async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
                     let done = sqlx::query(
-                        "UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+                        "UPDATE payment_attempts SET lease_owner = NULL, lease_until = NULL
+                         WHERE lease_owner = $1 AND finalized_at IS NULL",
                     )
                     .bind(owner)
                     .execute(&mut *self.writer().await?)
@@ -1212,7 +1218,7 @@ macro_rules! impl_reconciliation {
                 async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
                     let row = sqlx::query(concat!(
                         "SELECT COUNT(*) AS n, MIN(created_at) AS oldest
-                         FROM payment_attempts WHERE status ",
+                         FROM payment_attempts WHERE finalized_at IS NULL AND status ",
                         one_of!("$1")
                     ))
                     .bind(statuses(PaymentStatus::UNSETTLED))
@@ -1223,7 +1229,7 @@ macro_rules! impl_reconciliation {
 
                 async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError> {
                     let sql = concat!(
-                        "SELECT gateway, COUNT(*) FROM payment_attempts WHERE status ",
+                        "SELECT gateway, COUNT(*) FROM payment_attempts WHERE finalized_at IS NULL AND status ",
                         one_of!("$1"),
                         "
                                GROUP BY gateway ORDER BY gateway"

@@ -539,6 +539,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_reconcilers_claim_reads_the_unsettled_attempts_by_their_index_not_every_attempt() {
+        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", super::CLAIM_DUE)))
+            .bind("owner")
+            .bind(2_i64)
+            .bind(1_i64)
+            .bind(1_i64)
+            .bind(10_i64)
+            .bind("pg")
+            .bind(crate::store::status_json(PaymentStatus::UNSETTLED))
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| sqlx::Row::get(row, "detail"))
+            .collect();
+        assert!(
+            plan.iter().any(|step| step.contains("USING INDEX attempts_due (gateway=? AND next_check_at<?)")),
+            "{plan:#?}"
+        );
+        assert!(!plan.iter().any(|step| step.contains("TEMP B-TREE")), "read in order, not sorted: {plan:#?}");
+    }
+
+    #[tokio::test]
     async fn the_log_starts_over_while_writes_never_pause() {
         const COMMITS: u64 = 5000;
         let dir = tempfile::tempdir().unwrap();
