@@ -5,4 +5,4 @@
 -- it held the write lock (30-60 ms at 45,000 attempts, the checkouts' p99 doubled; it
 -- grows with every payment ever made). A literal `finalized_at IS NULL` matches this one.
 DROP INDEX attempts_unsettled;
-CREATE INDEX attempts_due ON payment_attempts (gateway, next_check_at) WHERE finalized_at IS NULL;
+CREATE INDEX IF NOT EXISTS attempts_due ON payment_attempts (gateway, next_check_at) WHERE finalized_at IS NULL;

@@ -145,3 +145,40 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
     the_old_payment_is_intact_and_keys_are_per_gateway(Arc::new(store)).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL in PAYGUARD_TEST_DATABASE_URL: cargo nextest run --run-ignored all (bash .ci/run does)"]
+async fn a_postgres_database_whose_due_index_was_built_beforehand_upgrades() {
+    let url = std::env::var("PAYGUARD_TEST_DATABASE_URL").expect(
+        "PAYGUARD_TEST_DATABASE_URL must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/test",
+    );
+    let schema = format!("payguard_migrate_{}_{:x}", std::process::id(), rand::random::<u32>());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
+    let old = migrations_before("postgres", "0006");
+    sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
+    // What docs/operations.md ("Upgrading") tells the operator of a large table to run first.
+    sqlx::raw_sql(
+        "CREATE INDEX CONCURRENTLY IF NOT EXISTS attempts_due ON payment_attempts (gateway, next_check_at)
+           WHERE finalized_at IS NULL",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let settings = PoolSettings { max_connections: 4, acquire_timeout: std::time::Duration::from_secs(10) };
+    PgStore::connect_with(options, settings).await.expect("migration 0006 applies over the index built beforehand");
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = $1 AND tablename = 'payment_attempts'",
+    )
+    .bind(&schema)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(indexes.iter().any(|i| i == "attempts_due"), "{indexes:?}");
+    assert!(!indexes.iter().any(|i| i == "attempts_unsettled"), "the old index is dropped: {indexes:?}");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
+}
