@@ -22,6 +22,19 @@ fn migrations_before(backend: &str, first_new: &str) -> tempfile::TempDir {
     dir
 }
 
+/// A schema of its own on the PostgreSQL server of PAYGUARD_TEST_DATABASE_URL: a pool
+/// on the server, the schema's name, and options that connect into it.
+async fn postgres_schema() -> (sqlx::PgPool, String, sqlx::postgres::PgConnectOptions) {
+    let url = std::env::var("PAYGUARD_TEST_DATABASE_URL").expect(
+        "PAYGUARD_TEST_DATABASE_URL must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/test",
+    );
+    let schema = format!("payguard_migrate_{}_{:x}", std::process::id(), rand::random::<u32>());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
+    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    (admin, schema, options)
+}
+
 /// What every backend must show after the upgrade.
 async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Inspect>) {
     let attempt = store.attempt_by_pg_order_id("ORD000001-1").await.unwrap().expect("the old attempt survived");
@@ -108,13 +121,7 @@ async fn a_sqlite_database_with_payments_upgrades_in_place() {
 #[tokio::test]
 #[ignore = "needs PostgreSQL in PAYGUARD_TEST_DATABASE_URL: cargo nextest run --run-ignored all (bash .ci/run does)"]
 async fn a_postgres_database_with_payments_upgrades_in_place() {
-    let url = std::env::var("PAYGUARD_TEST_DATABASE_URL").expect(
-        "PAYGUARD_TEST_DATABASE_URL must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/test",
-    );
-    let schema = format!("payguard_migrate_{}_{:x}", std::process::id(), rand::random::<u32>());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
-    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    let (admin, schema, options) = postgres_schema().await;
     let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
     let old = migrations_before("postgres", "0002");
     sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
@@ -149,13 +156,7 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
 #[tokio::test]
 #[ignore = "needs PostgreSQL in PAYGUARD_TEST_DATABASE_URL: cargo nextest run --run-ignored all (bash .ci/run does)"]
 async fn a_postgres_database_whose_due_index_was_built_beforehand_upgrades() {
-    let url = std::env::var("PAYGUARD_TEST_DATABASE_URL").expect(
-        "PAYGUARD_TEST_DATABASE_URL must name a PostgreSQL server, e.g. postgres://postgres@127.0.0.1:5432/test",
-    );
-    let schema = format!("payguard_migrate_{}_{:x}", std::process::id(), rand::random::<u32>());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.unwrap();
-    let options = sqlx::postgres::PgConnectOptions::from_str(&url).unwrap().options([("search_path", schema.as_str())]);
+    let (admin, schema, options) = postgres_schema().await;
     let pool = sqlx::PgPool::connect_with(options.clone()).await.unwrap();
     let old = migrations_before("postgres", "0006");
     sqlx::migrate::Migrator::new(old.path()).await.unwrap().run(&pool).await.unwrap();
