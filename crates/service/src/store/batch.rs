@@ -189,21 +189,7 @@ impl Writer {
         Writer { queue, _task: std::sync::Arc::new(Background(task)) }
     }
 
-    /// Creates `order` (with its first attempt and its stock reserved) in the next round.
-    pub(crate) async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-        self.queue(|reply| Queued::Order(order, reply)).await
-    }
-
-    /// Marks an attempt PENDING in the next round.
-    pub(crate) async fn mark_pending(&self, mark: MarkPending) -> Result<Transition, StoreError> {
-        self.queue(|reply| Queued::Pending(mark, reply)).await
-    }
-
-    /// Settles an attempt in the next round.
-    pub(crate) async fn settle(&self, settle: Settle) -> Result<Transition, StoreError> {
-        self.queue(|reply| Queued::Settle(settle, reply)).await
-    }
-
+    /// Queues a write for the next round and waits for its answer.
     async fn queue<O>(&self, write: impl FnOnce(Reply<O>) -> Queued) -> Result<O, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -233,16 +219,19 @@ impl Writers {
         Writers { orders: start(), pending: start(), settlements: start() }
     }
 
+    /// Creates `order` (with its first attempt and its stock reserved) in its writer's next round.
     pub(crate) async fn create_order(&self, order: NewOrder) -> Result<CreatedOrder, StoreError> {
-        self.orders.create_order(order).await
+        self.orders.queue(|reply| Queued::Order(order, reply)).await
     }
 
+    /// Marks an attempt PENDING in its writer's next round.
     pub(crate) async fn mark_pending(&self, mark: MarkPending) -> Result<Transition, StoreError> {
-        self.pending.mark_pending(mark).await
+        self.pending.queue(|reply| Queued::Pending(mark, reply)).await
     }
 
+    /// Settles an attempt in its writer's next round.
     pub(crate) async fn settle(&self, settle: Settle) -> Result<Transition, StoreError> {
-        self.settlements.settle(settle).await
+        self.settlements.queue(|reply| Queued::Settle(settle, reply)).await
     }
 }
 
@@ -340,7 +329,7 @@ mod tests {
 
     use futures_util::FutureExt;
 
-    use super::{Answers, Round, Writer, each_alone, one_by_one};
+    use super::{Answers, Round, Writer, Writers, each_alone, one_by_one};
     use crate::domain::{AttemptId, Final, PaymentStatus, Settlement, Source};
     use crate::store::{MarkPending, Settle, StoreError, Transition};
 
@@ -375,7 +364,7 @@ mod tests {
         let rounds = Arc::new(Mutex::new(Vec::new()));
         let (release, held) = tokio::sync::watch::channel(false);
         let seen = rounds.clone();
-        let writer = Writer::start(Duration::from_secs(60), move |round: Round| {
+        let writer = Writers::shared(Writer::start(Duration::from_secs(60), move |round: Round| {
             seen.lock().unwrap().push(attempts(&round));
             let mut held = held.clone();
             async move {
@@ -383,7 +372,7 @@ mod tests {
                 let _ = held.wait_for(|go| *go).await;
                 Ok(answered(&round))
             }
-        });
+        }));
         let first = tokio::spawn({
             let w = writer.clone();
             async move { w.mark_pending(mark(1)).await }
@@ -408,7 +397,7 @@ mod tests {
     async fn a_write_that_waited_past_the_timeout_is_answered_unavailable_and_not_written() {
         let written = Arc::new(Mutex::new(Vec::new()));
         let seen = written.clone();
-        let writer = Writer::start(Duration::from_secs(1), move |round: Round| {
+        let writer = Writers::shared(Writer::start(Duration::from_secs(1), move |round: Round| {
             let seen = seen.clone();
             async move {
                 // The first round takes 2 s: the write queued behind it waits too long.
@@ -418,7 +407,7 @@ mod tests {
                 seen.lock().unwrap().extend(attempts(&round));
                 Ok(answered(&round))
             }
-        });
+        }));
         let first = tokio::spawn({
             let w = writer.clone();
             async move { w.mark_pending(mark(1)).await }
@@ -432,13 +421,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_round_that_panics_or_fails_is_refused_whole_and_the_next_round_is_written() {
-        let writer = Writer::start(Duration::from_secs(60), |round: Round| async move {
+        let writer = Writers::shared(Writer::start(Duration::from_secs(60), |round: Round| async move {
             assert!(!attempts(&round).contains(&13), "a bug");
             if attempts(&round).contains(&7) {
                 return Err(StoreError::Unavailable(sqlx::Error::PoolClosed));
             }
             Ok(answered(&round))
-        });
+        }));
         let refused = writer.mark_pending(mark(13)).await;
         assert!(matches!(refused, Err(StoreError::Unavailable(sqlx::Error::WorkerCrashed))), "{refused:?}");
         let refused = writer.mark_pending(mark(7)).await;
@@ -448,9 +437,7 @@ mod tests {
 
     /// Writers whose every round of settlements is held until `release` says go; the
     /// PENDING marks they answer at once.
-    fn holding_settlements(
-        one_per_kind: bool,
-    ) -> (super::Writers, tokio::sync::watch::Sender<bool>, Arc<Mutex<usize>>) {
+    fn holding_settlements(one_per_kind: bool) -> (Writers, tokio::sync::watch::Sender<bool>, Arc<Mutex<usize>>) {
         let (release, held) = tokio::sync::watch::channel(false);
         let settling = Arc::new(Mutex::new(0));
         let start = {
@@ -470,7 +457,7 @@ mod tests {
                 })
             }
         };
-        let writers = if one_per_kind { super::Writers::one_per_kind(start) } else { super::Writers::shared(start()) };
+        let writers = if one_per_kind { Writers::one_per_kind(start) } else { Writers::shared(start()) };
         (writers, release, settling)
     }
 
@@ -568,13 +555,13 @@ mod tests {
         assert!(matches!(answers[..], [Ok(1), Err(StoreError::PriceChanged(2)), Ok(4)]), "{answers:?}");
 
         let down = StoreError::Unavailable(sqlx::Error::PoolTimedOut);
-        let answers = one_by_one(&mut (), vec![1, 2, 4], down, &|_,
-                                                                 _: &[u32]|
-         -> futures_util::future::BoxFuture<
-            '_,
-            Result<Vec<u32>, StoreError>,
-        > { unreachable!("not tried one by one") })
+        let tried = Mutex::new(Vec::new());
+        let answers = one_by_one(&mut (), vec![1, 2, 4], down, &|_, group: &[u32]| {
+            let answer = alone(&tried, group[0]);
+            Box::pin(async move { answer })
+        })
         .await;
+        assert!(tried.lock().unwrap().is_empty(), "not tried one by one");
         assert_eq!(answers.len(), 3);
         assert!(answers.iter().all(|a| a.as_ref().is_err_and(StoreError::is_unavailable)));
     }

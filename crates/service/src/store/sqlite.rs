@@ -324,12 +324,27 @@ mod tests {
         }
     }
 
+    fn settle(created: &CreatedOrder, status: Final, key: &str) -> Settle {
+        Settle {
+            attempt_id: created.attempt_id,
+            settlement: Settlement { status, transaction_key: Some(key.into()), reason: None },
+            source: Source::Callback,
+            now_ms: 3,
+        }
+    }
+
+    async fn available(store: &SqliteStore) -> i64 {
+        store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available
+    }
+
+    async fn status(store: &SqliteStore, created: &CreatedOrder) -> PaymentStatus {
+        store.attempt_by_pg_order_id(&created.pg_order_id).await.unwrap().unwrap().status
+    }
+
     #[tokio::test]
     async fn a_group_of_orders_is_written_together_or_else_without_those_the_stock_refuses() {
         let (store, listing) = store_selling_product_3().await;
-        let stock =
-            || async { store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available };
-        assert_eq!(stock().await, 500);
+        assert_eq!(available(&store).await, 500);
         let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
         let created = create_orders(&store, group).await;
         let created: Vec<_> = created.into_iter().map(Result::unwrap).collect();
@@ -339,7 +354,7 @@ mod tests {
             let attempt = store.attempt_by_pg_order_id(&c.pg_order_id).await.unwrap().unwrap();
             assert_eq!((attempt.id, attempt.order_id), (c.attempt_id, c.order_id));
         }
-        assert_eq!(stock().await, 200);
+        assert_eq!(available(&store).await, 200);
         // 350 wanted, 200 left: not together. The one the stock cannot take after the
         // orders before it is set apart, the other two are written together, and the one
         // set apart, tried alone after them, finds what they left.
@@ -349,7 +364,7 @@ mod tests {
             matches!(results[..], [Ok(_), Err(StoreError::OutOfStock { product: 3, available: 0 }), Ok(_)]),
             "{results:?}"
         );
-        assert_eq!(stock().await, 0);
+        assert_eq!(available(&store).await, 0);
         assert_eq!(
             super::orders_the_catalog_refuses(&mut store.writer.acquire().await.unwrap(), &[order("g", &listing, 1)])
                 .await
@@ -389,13 +404,11 @@ mod tests {
             matches!(&marked[..], [Err(StoreError::KeyTaken(k)), Ok(Transition::Applied), Ok(Transition::Applied)] if k == "K0"),
             "{marked:?}"
         );
-        let status = |i: usize| {
-            let pg_order_id = created[i].pg_order_id.clone();
-            let store = store.clone();
-            async move { store.attempt_by_pg_order_id(&pg_order_id).await.unwrap().unwrap().status }
-        };
-        assert_eq!(status(1).await, PaymentStatus::Requested, "the refused mark wrote nothing");
-        assert_eq!((status(2).await, status(3).await), (PaymentStatus::Pending, PaymentStatus::Pending));
+        assert_eq!(status(&store, &created[1]).await, PaymentStatus::Requested, "the refused mark wrote nothing");
+        assert_eq!(
+            (status(&store, &created[2]).await, status(&store, &created[3]).await),
+            (PaymentStatus::Pending, PaymentStatus::Pending)
+        );
     }
 
     #[tokio::test]
@@ -406,23 +419,12 @@ mod tests {
         let marks = (0..3).map(|i| MarkPending { attempt_id: created[i].attempt_id, key: None, now_ms: 2 }).collect();
         let marked = mark_all_pending(&store, marks).await;
         assert!(marked.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{marked:?}");
-        let settle = |i: usize, status: Final| Settle {
-            attempt_id: created[i].attempt_id,
-            settlement: Settlement { status, transaction_key: Some(format!("key-{i}")), reason: None },
-            source: Source::Callback,
-            now_ms: 2,
-        };
+        let settle = |i: usize, status: Final| settle(&created[i], status, &format!("key-{i}"));
         let group = vec![settle(0, Final::Success), settle(1, Final::Failed), settle(2, Final::Success)];
         let results = settle_all(&store, group).await;
         assert!(results.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{results:?}");
-        let available = store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available;
-        assert_eq!(available, 300, "the failed order's 100 are for sale again, the others' sold");
-        let statuses: Vec<_> = futures_util::future::join_all(
-            created
-                .iter()
-                .map(|c| async { store.attempt_by_pg_order_id(&c.pg_order_id).await.unwrap().unwrap().status }),
-        )
-        .await;
+        assert_eq!(available(&store).await, 300, "the failed order's 100 are for sale again, the others' sold");
+        let statuses: Vec<_> = futures_util::future::join_all(created.iter().map(|c| status(&store, c))).await;
         assert_eq!(statuses, [PaymentStatus::Success, PaymentStatus::Failed, PaymentStatus::Success]);
         // Settled again: each answered with where it stands, nothing moved twice.
         let again = settle_all(&store, vec![settle(0, Final::Failed), settle(1, Final::Success)]).await;
@@ -436,8 +438,7 @@ mod tests {
             ),
             "{again:?}"
         );
-        let available = store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available;
-        assert_eq!(available, 300);
+        assert_eq!(available(&store).await, 300);
     }
 
     /// Counts the commits of the writing connection from now on; each is let through
@@ -451,23 +452,6 @@ mod tests {
             allow
         });
         commits
-    }
-
-    fn settle(created: &CreatedOrder, status: Final, key: &str) -> Settle {
-        Settle {
-            attempt_id: created.attempt_id,
-            settlement: Settlement { status, transaction_key: Some(key.into()), reason: None },
-            source: Source::Callback,
-            now_ms: 3,
-        }
-    }
-
-    async fn available(store: &SqliteStore) -> i64 {
-        store.catalog().await.unwrap().into_iter().find(|p| p.product_id == 3).unwrap().available
-    }
-
-    async fn status(store: &SqliteStore, created: &CreatedOrder) -> PaymentStatus {
-        store.attempt_by_pg_order_id(&created.pg_order_id).await.unwrap().unwrap().status
     }
 
     #[tokio::test]
