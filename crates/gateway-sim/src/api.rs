@@ -56,7 +56,12 @@ pub(crate) async fn outage(State(sim): State<Arc<Sim>>, request: Request, next: 
     }
     let faults = sim.faults();
     // A request on a connection opened before a `refuse` outage still gets a fast refusal.
-    if faults.down.is_some() {
+    let refused = match faults.down {
+        Some(DownMode::Refuse | DownMode::Unavailable) => true,
+        Some(DownMode::PaymentsUnavailable) => request.method() == Method::POST,
+        None => false,
+    };
+    if refused {
         return fail(StatusCode::SERVICE_UNAVAILABLE, message::UNSTABLE);
     }
     if faults.hang {

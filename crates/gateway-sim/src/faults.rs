@@ -57,6 +57,9 @@ pub enum DownMode {
     Refuse,
     /// Every API call is answered 503 at once, nothing stored.
     Unavailable,
+    /// Every payment request is answered 503 at once, nothing stored, while lookups
+    /// answer as usual: a payment back end down behind a healthy API layer.
+    PaymentsUnavailable,
 }
 
 /// What happens to an accepted payment's answer under "store then time out".

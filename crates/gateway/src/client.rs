@@ -11,10 +11,11 @@ use tower::retry::budget::{Budget, TpsBudget};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::breaker::layer::Classifier;
-use crate::breaker::{CallResult, CircuitBreaker, CircuitBreakerLayer};
+use crate::breaker::layer::{ByResult, Classify};
+use crate::breaker::{CircuitBreaker, CircuitBreakerLayer};
 use crate::bulkhead::BulkheadLayer;
 use crate::config::ResilienceConfig;
+use crate::evidence::{PaymentEvidence, by_answer};
 use crate::observer::{GatewayEvent, GatewayObserver, NoopObserver};
 use crate::outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, PgAnswer, Unknown};
 use crate::retry::{Attempted, RetryPolicy};
@@ -94,14 +95,10 @@ impl GatewayClient {
             Arc::new(TpsBudget::new(r.budget_window, r.budget_min_per_second, r.budget_ratio))
         };
         let (payment_budget, status_budget) = (budget(), budget());
-        crate::recovery::watch(
-            &payment_breaker,
-            transport.clone(),
-            config.recovery_probe_interval,
-            config.payment_breaker.wait_in_open,
-        );
-        let payments = stack(&config, transport.clone(), &payment_breaker, &payment_budget, &observer);
-        let status = stack(&config, transport, &status_breaker, &status_budget, &observer);
+        let status = stack(&config, transport.clone(), &status_breaker, &status_budget, &observer);
+        // A payment without an answer counts once the status API says what the PG did with it.
+        let evidence = PaymentEvidence::new(status.clone(), status_budget.clone(), config.deadline);
+        let payments = build(&config, transport, &payment_breaker, &payment_budget, &observer, evidence);
         Ok(GatewayClient {
             name: settings.name,
             payments,
@@ -194,20 +191,9 @@ impl GatewayClient {
     }
 }
 
-/// What the breaker counts: any PG answer is a success (declines come by callback, and
-/// a 4xx is our fault, not the PG's health); our own refusals are ignored.
-fn breaker_classifier() -> Classifier<PgAnswer, CallError> {
-    Arc::new(|result| match result {
-        Ok(_) => CallResult::Success,
-        Err(CallError::NotDelivered(NotDelivered::BulkheadFull | NotDelivered::CircuitOpen { .. })) => {
-            CallResult::Ignored
-        }
-        Err(_) => CallResult::Failure,
-    })
-}
-
 /// Builds retry -> bulkhead -> breaker over `inner` (the HTTP transport in production;
-/// anything in benchmarks). The deadline is applied per call by `GatewayClient`.
+/// anything in benchmarks), its breaker counting every answer as a success (the status
+/// stack's rule). The deadline is applied per call by `GatewayClient`.
 pub fn stack<S>(
     config: &ResilienceConfig,
     inner: S,
@@ -218,6 +204,22 @@ pub fn stack<S>(
 where
     S: tower::Service<PgCall, Response = PgAnswer, Error = CallError> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
+{
+    build(config, inner, breaker, budget, observer, ByResult(by_answer))
+}
+
+fn build<S, C>(
+    config: &ResilienceConfig,
+    inner: S,
+    breaker: &CircuitBreaker,
+    budget: &Arc<TpsBudget>,
+    observer: &Arc<dyn GatewayObserver>,
+    classify: C,
+) -> Stack
+where
+    S: tower::Service<PgCall, Response = PgAnswer, Error = CallError> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    C: Classify<Attempted, PgAnswer, CallError>,
 {
     let attempt_timeout = config.response_timeout;
     let policy =
@@ -234,7 +236,7 @@ where
             attempt_timeout,
             breaker.clone(),
         ))
-        .layer(CircuitBreakerLayer::new(breaker.clone(), breaker_classifier()))
+        .layer(CircuitBreakerLayer::new(breaker.clone(), classify))
         .map_request(|attempted: Attempted| attempted.call)
         .service(inner);
     BoxCloneSyncService::new(service)

@@ -24,12 +24,6 @@ pub struct ResilienceConfig {
     pub bulkhead: BulkheadConfig,
     pub payment_breaker: BreakerConfig,
     pub status_breaker: BreakerConfig,
-    /// While the payment breaker is OPEN, the PG is asked this often whether it is back
-    /// (a status lookup that any live PG answers, if only with 404); when it is, the
-    /// breaker goes HALF_OPEN at once instead of waiting out `wait_in_open`. Doubles
-    /// after each half-open that fails, up to `wait_in_open`. Zero: off.
-    #[serde(with = "crate::duration_ms")]
-    pub recovery_probe_interval: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,14 +71,23 @@ impl Default for ResilienceConfig {
                 // failed. A PG that still takes some payments (a brownout) gets them,
                 // with retries capped by the budget; opening at 65% refused the 30% a
                 // 70%-failing PG would have taken (docs/resilience.md, "Keep selling").
+                // A timed-out payment counts by what the PG did with it (evidence.rs).
                 failure_rate_threshold: 100.0,
-                slow_call_rate_threshold: 80.0,
-                slow_call_duration: Duration::from_millis(800),
+                // Slowness alone never opens it: a PG that takes payments late is
+                // limited by the bulkhead; one that takes nothing is found by evidence.
+                // (Resilience4j's default: no attempt lasts a minute.)
+                slow_call_rate_threshold: 100.0,
+                slow_call_duration: Duration::from_secs(60),
                 sliding_window: SlidingWindow::Count(100),
                 minimum_calls: 100,
-                // One success among 5 probes closes it: recovery in one round trip.
-                permitted_calls_in_half_open: 5,
-                wait_in_open: Duration::from_secs(5),
+                // A hung PG: 10 payments in a row without an answer or a trace.
+                open_after_unanswered: 10,
+                // Recovery is tried with real payments, one at a time: one refused
+                // checkout in 20 (at most 5 a second), and at least one a second.
+                permitted_calls_in_half_open: 1,
+                half_open_after_refusals: 20,
+                min_wait_in_open: Duration::from_millis(200),
+                wait_in_open: Duration::from_secs(1),
                 automatic_transition: true,
                 max_wait_in_half_open: Duration::ZERO,
                 half_open_timeout_target: HalfOpenTimeoutTarget::Open,
@@ -103,8 +106,8 @@ impl Default for ResilienceConfig {
                 max_wait_in_half_open: Duration::ZERO,
                 half_open_timeout_target: HalfOpenTimeoutTarget::Open,
                 initial_state: InitialState::Closed,
+                ..BreakerConfig::default()
             },
-            recovery_probe_interval: Duration::from_millis(200),
         }
     }
 }

@@ -93,6 +93,20 @@ async fn down_unavailable_answers_503_at_once_and_stores_nothing() {
 }
 
 #[tokio::test]
+async fn payments_unavailable_answers_payments_503_while_lookups_answer() {
+    let sim = spawn_sim(reliable()).await;
+    let accepted = try_post(&sim, &short_client(1_000)).await.unwrap();
+    assert_eq!(accepted.status(), StatusCode::OK);
+    sim.sim().set_faults(Faults { down: Some(DownMode::PaymentsUnavailable), ..reliable() }).unwrap();
+    let refused = try_post(&sim, &short_client(1_000)).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let lookup = get_json(&format!("{}/api/v1/payments?orderId=ORD000123-1", sim.base_url()), Some("merchant")).await;
+    assert_eq!(lookup.0, StatusCode::OK, "the status API answers");
+    assert_eq!(lookup.1["data"]["transactions"].as_array().unwrap().len(), 1, "only the payment taken before");
+    assert_eq!(sim.sim().ledger().counts.payment_requests, 2);
+}
+
+#[tokio::test]
 async fn hang_accepts_and_never_answers() {
     let sim = spawn_sim(Faults { hang: true, ..reliable() }).await;
     let error = try_post(&sim, &short_client(200)).await.unwrap_err();

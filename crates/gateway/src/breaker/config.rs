@@ -44,8 +44,18 @@ pub struct BreakerConfig {
     /// No rate is judged before this many outcomes are in the window.
     pub minimum_calls: u32,
     pub permitted_calls_in_half_open: u32,
+    /// The longest OPEN lasts before HALF_OPEN lets a trial call through.
     #[serde(with = "crate::duration_ms")]
     pub wait_in_open: Duration,
+    /// OPEN also goes HALF_OPEN, with the call asking, once it has refused this many
+    /// calls, but never before `min_wait_in_open`: trials follow the callers' pace, a
+    /// fixed share of what is refused. Zero: off (only `wait_in_open`).
+    pub half_open_after_refusals: u32,
+    #[serde(with = "crate::duration_ms")]
+    pub min_wait_in_open: Duration,
+    /// OPEN once this many calls in a row ended `Unanswered` (no answer, and no trace of
+    /// the call at the other side), whatever the window holds. Zero: off.
+    pub open_after_unanswered: u32,
     /// Move OPEN -> HALF_OPEN by a timer, not only when the next call asks.
     pub automatic_transition: bool,
     /// Zero: wait for the probes without limit.
@@ -56,7 +66,7 @@ pub struct BreakerConfig {
 }
 
 impl Default for BreakerConfig {
-    /// Resilience4j's defaults. The gateway client's chosen values are in
+    /// Resilience4j's defaults, and the three knobs it lacks off. The gateway client's chosen values are in
     /// `crate::config` with the measurements behind them.
     fn default() -> Self {
         BreakerConfig {
@@ -67,6 +77,9 @@ impl Default for BreakerConfig {
             minimum_calls: 100,
             permitted_calls_in_half_open: 10,
             wait_in_open: Duration::from_secs(60),
+            half_open_after_refusals: 0,
+            min_wait_in_open: Duration::ZERO,
+            open_after_unanswered: 0,
             automatic_transition: false,
             max_wait_in_half_open: Duration::ZERO,
             half_open_timeout_target: HalfOpenTimeoutTarget::Open,
@@ -87,6 +100,9 @@ impl BreakerConfig {
         };
         if window == 0 || self.minimum_calls == 0 || self.permitted_calls_in_half_open == 0 {
             return Err("window size, minimum_calls and permitted_calls_in_half_open must be at least 1".into());
+        }
+        if self.min_wait_in_open > self.wait_in_open {
+            return Err("min_wait_in_open must not exceed wait_in_open".into());
         }
         Ok(())
     }

@@ -51,6 +51,10 @@ impl fmt::Display for State {
 pub enum CallResult {
     Success,
     Failure,
+    /// A failure that also says the other side is silent: no answer, and no trace of the
+    /// call there. Counts as a failure, and a run of them opens the breaker on its own
+    /// (`open_after_unanswered`).
+    Unanswered,
     /// Neither: not buffered, and a half-open permit is handed back.
     Ignored,
 }
@@ -152,6 +156,8 @@ pub struct Core {
     not_permitted: u64,
     /// Normal opens since the last CLOSED.
     attempts: u32,
+    /// `Unanswered` results in a row since the state was entered.
+    unanswered_run: u32,
     generation: u64,
     entered_at: Instant,
 }
@@ -171,6 +177,7 @@ impl Core {
             phase,
             not_permitted: 0,
             attempts: 0,
+            unanswered_run: 0,
             generation: 0,
             entered_at: now,
         }
@@ -232,18 +239,30 @@ impl Core {
         match &self.phase {
             Phase::Closed { .. } | Phase::Disabled => true,
             Phase::HalfOpen { permits_left, .. } => *permits_left > 0,
-            Phase::Open { retry_at, .. } => now > *retry_at,
+            Phase::Open { retry_at, .. } => now > *retry_at || self.trial_is_due(now),
             Phase::ForcedOpen => false,
         }
     }
 
+    /// OPEN has refused `half_open_after_refusals` calls and waited `min_wait_in_open`.
+    fn trial_is_due(&self, now: Instant) -> bool {
+        let c = &self.config;
+        c.half_open_after_refusals > 0
+            && self.not_permitted >= u64::from(c.half_open_after_refusals)
+            && now.saturating_duration_since(self.entered_at) >= c.min_wait_in_open
+    }
+
     pub fn try_acquire(&mut self, now: Instant) -> (Result<Grant, ()>, Effects) {
         let mut fx = Effects::default();
-        if let Phase::Open { retry_at, .. } = self.phase
-            && now > retry_at
-        {
-            let reason = format!("waited {} in open", secs(self.config.wait_in_open));
-            self.enter(State::HalfOpen, reason, now, &mut fx);
+        if let Phase::Open { retry_at, .. } = self.phase {
+            if now > retry_at {
+                let reason = format!("waited {} in open", secs(self.config.wait_in_open));
+                self.enter(State::HalfOpen, reason, now, &mut fx);
+            } else if self.trial_is_due(now) {
+                let waited = now.saturating_duration_since(self.entered_at);
+                let reason = format!("refused {} calls in {} in open", self.not_permitted, secs_ms(waited));
+                self.enter(State::HalfOpen, reason, now, &mut fx);
+            }
         }
         let granted = match &mut self.phase {
             Phase::Closed { .. } | Phase::Disabled => Some(false),
@@ -281,7 +300,7 @@ impl Core {
         if matches!(state, State::Disabled | State::ForcedOpen) {
             return fx;
         }
-        let failed = match result {
+        let (failed, unanswered) = match result {
             CallResult::Ignored => {
                 fx.events.push(Event::IgnoredError);
                 self.release(grant);
@@ -289,13 +308,22 @@ impl Core {
             }
             CallResult::Success => {
                 fx.events.push(Event::Success { elapsed });
-                false
+                (false, false)
             }
             CallResult::Failure => {
                 fx.events.push(Event::Error { elapsed });
-                true
+                (true, false)
+            }
+            CallResult::Unanswered => {
+                fx.events.push(Event::Error { elapsed });
+                (true, true)
             }
         };
+        // Only calls granted in this state count: after a recovery, the verdicts on calls
+        // sent during the outage must not open the breaker again.
+        if grant.generation == self.generation {
+            self.unanswered_run = if unanswered { self.unanswered_run + 1 } else { 0 };
+        }
         // A call granted in an earlier state must not pass for one of this half-open's probes.
         if state == State::HalfOpen && grant.generation != self.generation {
             return fx;
@@ -310,6 +338,11 @@ impl Core {
             }
             Phase::ForcedOpen | Phase::Disabled => unreachable!("returned above"),
         };
+        let run = self.config.open_after_unanswered;
+        if state == State::Closed && run > 0 && self.unanswered_run >= run {
+            self.enter(State::Open, format!("{run} calls in a row unanswered"), now, &mut fx);
+            return fx;
+        }
         if totals.calls < effective_minimum {
             return fx;
         }
@@ -434,6 +467,7 @@ impl Core {
         }
         self.generation += 1;
         self.not_permitted = 0;
+        self.unanswered_run = 0;
         self.entered_at = now;
         fx.state_entered = true;
     }
@@ -493,6 +527,11 @@ fn rates(t: Totals, effective_minimum: u32) -> (f64, f64) {
 fn pct(v: f64) -> String {
     let s = format!("{v:.1}");
     s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
+}
+
+/// A measured duration, to the millisecond.
+fn secs_ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
 }
 
 fn secs(d: Duration) -> String {

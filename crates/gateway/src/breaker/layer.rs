@@ -1,49 +1,84 @@
 //! The breaker as a tower `Layer`: a denied call returns at once without touching the
-//! inner service; a granted one is timed and classified into success, failure or ignored.
+//! inner service; a granted one is timed and classified into success, failure or ignored,
+//! either at once or, when the result alone cannot tell, once the evidence is in. The
+//! caller never waits for that evidence: it has its result as soon as the call ends.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use super::{CallNotPermitted, CallResult, CircuitBreaker};
 
-/// Decides how a finished call counts for the breaker.
-pub type Classifier<R, E> = Arc<dyn Fn(&Result<R, E>) -> CallResult + Send + Sync>;
+/// A judgement to be made later, off the caller's path.
+pub type Pending = Pin<Box<dyn Future<Output = CallResult> + Send>>;
 
-pub struct CircuitBreakerLayer<R, E> {
-    breaker: CircuitBreaker,
-    classify: Classifier<R, E>,
+/// How a finished call counts for the breaker.
+pub enum Judgement {
+    Now(CallResult),
+    /// Recorded when the future ends, with the call's own duration. The permit is held
+    /// meanwhile: a half-open trial stays the only one until it is judged.
+    Later(Pending),
 }
 
-impl<R, E> CircuitBreakerLayer<R, E> {
-    pub fn new(breaker: CircuitBreaker, classify: Classifier<R, E>) -> Self {
-        CircuitBreakerLayer { breaker, classify }
+/// Decides how a finished call counts. `note` keeps what the judgement needs of the
+/// request, which the inner service consumes.
+pub trait Classify<Req, R, E>: Send + Sync + 'static {
+    type Note: Send + 'static;
+    fn note(&self, request: &Req) -> Self::Note;
+    fn classify(&self, note: Self::Note, result: &Result<R, E>) -> Judgement;
+}
+
+/// A classifier that decides on the result alone, at once.
+pub struct ByResult<F>(pub F);
+
+impl<F, Req, R, E> Classify<Req, R, E> for ByResult<F>
+where
+    F: Fn(&Result<R, E>) -> CallResult + Send + Sync + 'static,
+{
+    type Note = ();
+
+    fn note(&self, _: &Req) {}
+
+    fn classify(&self, (): (), result: &Result<R, E>) -> Judgement {
+        Judgement::Now((self.0)(result))
     }
 }
 
-impl<R, E> Clone for CircuitBreakerLayer<R, E> {
+pub struct CircuitBreakerLayer<C> {
+    breaker: CircuitBreaker,
+    classify: Arc<C>,
+}
+
+impl<C> CircuitBreakerLayer<C> {
+    pub fn new(breaker: CircuitBreaker, classify: C) -> Self {
+        CircuitBreakerLayer { breaker, classify: Arc::new(classify) }
+    }
+}
+
+impl<C> Clone for CircuitBreakerLayer<C> {
     fn clone(&self) -> Self {
         CircuitBreakerLayer { breaker: self.breaker.clone(), classify: self.classify.clone() }
     }
 }
 
-impl<S, R, E> Layer<S> for CircuitBreakerLayer<R, E> {
-    type Service = CircuitBreakerService<S, R, E>;
+impl<S, C> Layer<S> for CircuitBreakerLayer<C> {
+    type Service = CircuitBreakerService<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
         CircuitBreakerService { inner, breaker: self.breaker.clone(), classify: self.classify.clone() }
     }
 }
 
-pub struct CircuitBreakerService<S, R, E> {
+pub struct CircuitBreakerService<S, C> {
     inner: S,
     breaker: CircuitBreaker,
-    classify: Classifier<R, E>,
+    classify: Arc<C>,
 }
 
-impl<S: Clone, R, E> Clone for CircuitBreakerService<S, R, E> {
+impl<S: Clone, C> Clone for CircuitBreakerService<S, C> {
     fn clone(&self) -> Self {
         CircuitBreakerService {
             inner: self.inner.clone(),
@@ -53,10 +88,11 @@ impl<S: Clone, R, E> Clone for CircuitBreakerService<S, R, E> {
     }
 }
 
-impl<S, Req, R, E> Service<Req> for CircuitBreakerService<S, R, E>
+impl<S, C, Req, R, E> Service<Req> for CircuitBreakerService<S, C>
 where
     S: Service<Req, Response = R, Error = E>,
     S::Future: Send + 'static,
+    C: Classify<Req, R, E>,
     E: From<CallNotPermitted> + Send + 'static,
     R: Send + 'static,
 {
@@ -73,11 +109,18 @@ where
             Ok(permit) => permit,
             Err(denied) => return Box::pin(std::future::ready(Err(E::from(denied)))),
         };
+        let note = self.classify.note(&request);
         let call = self.inner.call(request);
         let classify = self.classify.clone();
         Box::pin(async move {
             let result = call.await;
-            permit.record(classify(&result));
+            match classify.classify(note, &result) {
+                Judgement::Now(judged) => permit.record(judged),
+                Judgement::Later(pending) => {
+                    let elapsed = Instant::now().saturating_duration_since(permit.started);
+                    tokio::spawn(async move { permit.record_with(pending.await, elapsed) });
+                }
+            }
             result
         })
     }

@@ -29,6 +29,7 @@ fn base() -> BreakerConfig {
         max_wait_in_half_open: Duration::from_secs(1),
         half_open_timeout_target: HalfOpenTimeoutTarget::Open,
         initial_state: InitialState::Closed,
+        ..BreakerConfig::default()
     }
 }
 
@@ -251,7 +252,7 @@ fn c09_slow_errors_and_slow_successes_count_both_ways() {
 async fn c10_the_wrapped_call_is_timed_on_the_injected_clock() {
     use tower::{Service, ServiceExt};
     let breaker = CircuitBreaker::new("timed", base()).unwrap();
-    let classify: gateway::breaker::layer::Classifier<(), CallNotPermittedError> = std::sync::Arc::new(|_| S);
+    let classify = gateway::breaker::layer::ByResult(|_: &Result<(), CallNotPermittedError>| S);
     let mut svc = tower::ServiceBuilder::new()
         .layer(gateway::breaker::CircuitBreakerLayer::new(breaker.clone(), classify))
         .service_fn(|secs: u64| async move {
@@ -860,4 +861,108 @@ fn l50_an_error_the_record_predicate_rejects_counts_as_success() {
     assert_eq!(h.events.iter().map(kind).collect::<Vec<_>>(), ["success"]);
     assert_eq!(h.m(), (-1.0, 1, 1, 0, 0));
     assert_eq!(classify_error(&Err::Other, |_| false, |_| true), E, "by default every error is recorded");
+}
+
+// Beyond Resilience4j: the three knobs payguard's payment breaker adds (off in `base()`).
+
+const U: CallResult = CallResult::Unanswered;
+
+fn counting_silence(run: u32) -> BreakerConfig {
+    BreakerConfig {
+        sliding_window: SlidingWindow::Count(100),
+        minimum_calls: 100,
+        open_after_unanswered: run,
+        ..base()
+    }
+}
+
+#[test]
+fn m1_a_run_of_unanswered_calls_opens_before_the_window_is_judged() {
+    let mut h = Harness::new(counting_silence(3));
+    h.calls(&[U, U]);
+    assert_eq!(h.state(), State::Closed);
+    h.call(U);
+    assert_eq!(h.state(), State::Open);
+    assert_eq!(h.m(), (-1.0, 0, 3, 3, 0), "unanswered calls are failures in the window, which is not judged yet");
+    let reason = h.events.iter().find_map(|e| match e {
+        Event::StateTransition { reason, .. } => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(reason.as_deref(), Some("3 calls in a row unanswered"));
+}
+
+#[test]
+fn m2_any_answer_breaks_the_run_and_failures_alone_never_make_one() {
+    let mut h = Harness::new(counting_silence(3));
+    h.calls(&[U, U, E, U, U, S, U, U, E, E, E, E, E]);
+    assert_eq!(h.state(), State::Closed, "answered failures (a brownout) are the window's to judge");
+    h.call(U);
+    assert_eq!(h.state(), State::Closed);
+}
+
+#[test]
+fn m3_unanswered_calls_granted_before_a_recovery_do_not_open_again() {
+    let mut h = Harness::new(counting_silence(2));
+    let stale: Vec<Grant> = (0..3).map(|_| h.acquire().unwrap()).collect();
+    h.calls(&[U, U]);
+    assert_eq!(h.state(), State::Open);
+    h.to(State::Closed);
+    for grant in stale {
+        h.finish(grant, U, Duration::from_secs(1));
+    }
+    assert_eq!(h.state(), State::Closed, "verdicts on calls of the outage are not news of now");
+}
+
+#[test]
+fn m4_unanswered_is_a_failure_for_the_half_open_trial() {
+    let mut h = Harness::half_open(BreakerConfig { permitted_calls_in_half_open: 1, ..counting_silence(10) });
+    h.call(U);
+    assert_eq!(h.state(), State::Open);
+}
+
+fn trials(after: u32, min_ms: u64) -> BreakerConfig {
+    BreakerConfig { half_open_after_refusals: after, min_wait_in_open: Duration::from_millis(min_ms), ..base() }
+}
+
+#[test]
+fn m5_open_lets_a_trial_through_after_so_many_refusals_once_the_minimum_wait_is_over() {
+    let mut h = Harness::opened(trials(3, 200));
+    h.at(0.1);
+    for _ in 0..5 {
+        assert!(h.acquire().is_none(), "before the minimum wait, refusals only count");
+    }
+    h.at(0.2);
+    assert!(h.acquire().is_some(), "5 refused and 200 ms waited: the next call is a trial");
+    assert_eq!(h.state(), State::HalfOpen);
+}
+
+#[test]
+fn m6_after_the_minimum_wait_the_refusals_set_the_pace() {
+    let mut h = Harness::opened(trials(3, 200));
+    h.at(1.0);
+    for _ in 0..3 {
+        assert!(h.acquire().is_none());
+    }
+    assert_eq!(h.state(), State::Open);
+    assert!(h.core.would_admit(h.now), "the next call would be the trial");
+    assert!(h.acquire().is_some());
+    assert_eq!(h.state(), State::HalfOpen);
+    h.call_taking(E, Duration::from_millis(1));
+    assert_eq!(h.state(), State::HalfOpen, "three permits left in base()");
+}
+
+#[test]
+fn m7_without_callers_the_wait_in_open_still_ends_open() {
+    let mut h = Harness::opened(trials(1_000, 200));
+    h.at(4.0);
+    assert!(h.acquire().is_none());
+    h.at(5.1);
+    assert!(h.acquire().is_some(), "the wait is the fallback");
+    assert_eq!(h.state(), State::HalfOpen);
+}
+
+#[test]
+fn m8_the_minimum_wait_cannot_exceed_the_wait() {
+    let config = BreakerConfig { min_wait_in_open: Duration::from_secs(6), ..trials(20, 0) };
+    assert!(config.validate().is_err());
 }

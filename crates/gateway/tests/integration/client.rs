@@ -405,13 +405,12 @@ async fn the_breaker_opens_on_a_real_outage_in_each_mode() {
         let sim = sim(reliable()).await;
         let (client, _) = client_for(&sim.base_url(), config());
         sim.sim().set_faults(down).unwrap();
-        let mut calls = 0;
-        while client.payment_breaker().state() == State::Closed {
-            client.request_payment(payment(&format!("ORD{calls:06}"))).await;
-            calls += 1;
-            assert!(calls <= 10, "opened within the window for {down:?}");
+        for i in 0..10 {
+            client.request_payment(payment(&format!("ORD{i:06}"))).await;
         }
-        assert_eq!(client.payment_breaker().state(), State::Open, "{down:?}");
+        // A timed-out payment counts once the PG was asked about it.
+        let breaker = client.payment_breaker().clone();
+        eventually("opened on its 10-call window", || breaker.state() == State::Open).await;
     }
 }
 
@@ -557,36 +556,105 @@ async fn lookups_find_by_key_and_by_order_newest_first() {
 }
 
 #[tokio::test]
-async fn an_open_breaker_half_opens_as_soon_as_the_pg_answers_again() {
+async fn recovery_is_tried_with_real_payments_whatever_the_status_api_says() {
     let sim = sim(reliable()).await;
-    let long_wait = BreakerConfig { wait_in_open: Duration::from_secs(60), ..small_breaker() };
-    let quick_probe = ResilienceConfig {
-        payment_breaker: long_wait,
-        recovery_probe_interval: Duration::from_millis(50),
+    // Only the refusals can bring a trial on: the wait is far beyond this test.
+    let trials = BreakerConfig {
+        permitted_calls_in_half_open: 1,
+        half_open_after_refusals: 5,
+        min_wait_in_open: Duration::from_millis(20),
+        wait_in_open: Duration::from_secs(60),
+        ..small_breaker()
+    };
+    let config = ResilienceConfig {
+        payment_breaker: trials,
         retry: RetryConfig { max_attempts: 1, ..config().retry },
         ..config()
     };
-    let (client, _) = client_for(&sim.base_url(), quick_probe);
-    sim.sim().set_faults(Faults { down: Some(DownMode::Unavailable), ..reliable() }).unwrap();
+    let (client, _) = client_for(&sim.base_url(), config);
+    // The payment back end is down, its status API answers.
+    sim.sim().set_faults(Faults { down: Some(DownMode::PaymentsUnavailable), ..reliable() }).unwrap();
     for i in 0..10 {
         client.request_payment(payment(&format!("ORD{i:06}"))).await;
     }
     let breaker = client.payment_breaker().clone();
     assert_eq!(breaker.state(), State::Open);
+    let refuse_five = async |prefix: &str| {
+        for i in 0..5 {
+            let outcome = client.request_payment(payment(&format!("{prefix}{i:06}"))).await;
+            assert!(matches!(outcome, PaymentOutcome::NotDelivered(NotDelivered::CircuitOpen { .. })), "{outcome:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     let sent = requests(&sim);
-    // The PG is still down: its probes find it so, and the breaker stays open.
-    eventually("three probes asked the PG", || sim.sim().ledger().counts.status_queries >= 3).await;
-    assert_eq!(breaker.state(), State::Open, "a PG that answers 503 is not back");
-    assert_eq!(requests(&sim), sent, "probes are lookups: no payment was sent");
+    refuse_five("ORR").await;
+    assert_eq!(requests(&sim), sent, "refused: nothing sent");
+    let trial = client.request_payment(payment("ORT000001")).await;
+    assert!(matches!(trial, PaymentOutcome::NotDelivered(NotDelivered::Unavailable { .. })), "{trial:?}");
+    assert_eq!(requests(&sim), sent + 1, "one trial payment, whatever the status API says");
+    assert_eq!(breaker.state(), State::Open, "a failed trial opens it again");
 
     sim.sim().set_faults(reliable()).unwrap();
-    // `eventually` gives up after 5 s, far inside the 60 s wait: only a probe can do it.
-    eventually("half-open once the PG answers", || breaker.state() == State::HalfOpen).await;
-    for i in 0..3 {
-        let outcome = client.request_payment(payment(&format!("ORQ{i:06}"))).await;
-        assert!(matches!(outcome, PaymentOutcome::Accepted { .. }), "{outcome:?}");
+    refuse_five("ORS").await;
+    let trial = client.request_payment(payment("ORT000002")).await;
+    assert!(matches!(trial, PaymentOutcome::Accepted { .. }), "{trial:?}");
+    assert_eq!(breaker.state(), State::Closed, "one accepted trial closes it");
+    assert_eq!(sim.sim().ledger().counts.status_queries, 0, "recovery asked nothing of the status API");
+}
+
+#[tokio::test]
+async fn a_pg_that_answers_late_but_holds_every_payment_keeps_the_breaker_closed() {
+    // Stored, then answered after 500 ms: above this client's 300 ms response timeout.
+    let late = StoreThenTimeout { mode: StoreThenTimeoutMode::Delay, rate: 1.0, delay_ms: 500 };
+    let sim = sim(Faults { store_then_timeout: Some(late), ..reliable() }).await;
+    let config = ResilienceConfig {
+        // As in the defaults: slowness alone never opens the payment breaker.
+        payment_breaker: BreakerConfig {
+            open_after_unanswered: 3,
+            slow_call_rate_threshold: 100.0,
+            slow_call_duration: Duration::from_secs(60),
+            ..small_breaker()
+        },
+        ..config()
+    };
+    let (client, _) = client_for(&sim.base_url(), config);
+    for i in 0..12 {
+        let outcome = client.request_payment(payment(&format!("ORD{i:06}"))).await;
+        assert!(matches!(outcome, PaymentOutcome::Unknown(Unknown::Timeout(_))), "{outcome:?}");
     }
+    let breaker = client.payment_breaker().clone();
+    eventually("every timed-out payment judged", || breaker.metrics().buffered == 10).await;
+    let m = breaker.metrics();
+    assert_eq!((m.successful, m.failed), (10, 0), "the PG holds them: slow successes");
     assert_eq!(breaker.state(), State::Closed);
+    assert_eq!(requests(&sim), 12, "nothing re-sent");
+}
+
+#[tokio::test]
+async fn a_hung_pg_is_cut_off_by_a_run_of_unanswered_payments() {
+    let sim = sim(Faults { hang: true, ..reliable() }).await;
+    let config = ResilienceConfig {
+        payment_breaker: BreakerConfig { open_after_unanswered: 3, minimum_calls: 100, ..small_breaker() },
+        ..config()
+    };
+    let (client, _) = client_for(&sim.base_url(), config);
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let sink = reasons.clone();
+    client.payment_breaker().subscribe(move |_, event| {
+        if let Event::StateTransition { to: State::Open, reason, .. } = event {
+            sink.lock().unwrap().push(reason.clone());
+        }
+    });
+    let calls = (0..3).map(|i| {
+        let client = client.clone();
+        async move { client.request_payment(payment(&format!("ORD{i:06}"))).await }
+    });
+    let outcomes = futures_join_all(calls).await;
+    assert!(outcomes.iter().all(|o| matches!(o, PaymentOutcome::Unknown(Unknown::Timeout(_)))));
+    let breaker = client.payment_breaker().clone();
+    eventually("open once the PG was asked and said nothing", || breaker.state() == State::Open).await;
+    assert_eq!(reasons.lock().unwrap().as_slice(), ["3 calls in a row unanswered"]);
+    assert_eq!(sim.sim().ledger().counts.status_queries, 3, "one question per timed-out payment");
 }
 
 #[tokio::test]
