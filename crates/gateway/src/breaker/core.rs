@@ -69,6 +69,8 @@ pub struct Metrics {
     pub failed: u32,
     pub slow: u32,
     pub not_permitted: u64,
+    /// `Unanswered` results in a row, in this state.
+    pub unanswered_run: u32,
 }
 
 impl Metrics {
@@ -229,6 +231,7 @@ impl Core {
             failed: totals.failed,
             slow: totals.slow,
             not_permitted: self.not_permitted,
+            unanswered_run: self.unanswered_run,
         }
     }
 

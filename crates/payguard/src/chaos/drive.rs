@@ -27,6 +27,8 @@ pub struct Plan {
     pub window: (f64, f64),
     /// The PG's request failure rate outside the window.
     pub baseline_failure_rate: f64,
+    /// How late a `late-answers` PG answers.
+    pub late_ms: u64,
     pub quiet: bool,
 }
 
@@ -111,7 +113,7 @@ async fn one_checkout(client: &reqwest::Client, shop: &str, n: usize, breaker_op
 
 pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Driven, String> {
     let total = plan.total;
-    let schedule = profile.schedule(plan.window, plan.baseline_failure_rate);
+    let schedule = profile.schedule(plan.window, plan.baseline_failure_rate, plan.late_ms);
     stack.set_faults(&schedule[0].1).await?;
     let clock = Instant::now();
     let started = Arc::new(AtomicUsize::new(0));

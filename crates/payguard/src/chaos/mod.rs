@@ -43,6 +43,10 @@ pub struct ChaosArgs {
     /// The PG's request failure rate outside the fault window (the reference PG's: 0.4).
     #[arg(long, default_value_t = 0.4)]
     failure_rate: f64,
+    /// How late the PG answers in the `late-answers` profile, in ms (the service's
+    /// response timeout is 1,000).
+    #[arg(long, default_value_t = 1_500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    late_ms: u64,
     /// Seed of the simulator's draws.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -159,6 +163,7 @@ fn plan(args: &ChaosArgs) -> Result<drive::Plan, String> {
         rate: args.rate,
         window,
         baseline_failure_rate: args.failure_rate,
+        late_ms: args.late_ms,
         quiet: args.quiet,
     })
 }
@@ -232,6 +237,9 @@ fn args_line(args: &ChaosArgs) -> String {
     }
     if args.failure_rate != 0.4 {
         line.push_str(&format!(" --failure-rate {}", args.failure_rate));
+    }
+    if args.late_ms != 1_500 {
+        line.push_str(&format!(" --late-ms {}", args.late_ms));
     }
     if args.reference_timing {
         line.push_str(" --reference-timing");

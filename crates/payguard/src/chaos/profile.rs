@@ -12,10 +12,16 @@ pub enum Profile {
     Normal,
     /// The PG answers 503 to every payment in the fault window, then is healthy at once.
     Outage,
+    /// In the fault window the PG answers 503 to every payment while its status API keeps
+    /// answering (a payment back end down behind a healthy API layer), then is healthy.
+    PaymentsDown,
     /// The PG accepts connections and never answers, in the fault window.
     Hang,
     /// Answers take 600-900 ms (slow calls) in the fault window.
     Slow,
+    /// In the fault window the PG takes every payment but answers `--late-ms` late, above
+    /// the service's response timeout; its callbacks come as usual.
+    LateAnswers,
     /// The request failure rate swings: 10% before the window, 70% in it, 20% after.
     Flaky,
     /// 70% of payment requests fail (the "unstable" 500) in the fault window: a PG that
@@ -38,11 +44,13 @@ pub enum Profile {
 }
 
 impl Profile {
-    pub const EACH: [Profile; 10] = [
+    pub const EACH: [Profile; 12] = [
         Profile::Normal,
         Profile::Outage,
+        Profile::PaymentsDown,
         Profile::Hang,
         Profile::Slow,
+        Profile::LateAnswers,
         Profile::Flaky,
         Profile::Brownout,
         Profile::LostCallbacks,
@@ -55,8 +63,10 @@ impl Profile {
         match self {
             Profile::Normal => "normal",
             Profile::Outage => "outage",
+            Profile::PaymentsDown => "payments-down",
             Profile::Hang => "hang",
             Profile::Slow => "slow",
+            Profile::LateAnswers => "late-answers",
             Profile::Flaky => "flaky",
             Profile::Brownout => "brownout",
             Profile::LostCallbacks => "lost-callbacks",
@@ -69,14 +79,23 @@ impl Profile {
     }
 
     /// (progress, fault patch). The first entry applies from the start. `window` is the
-    /// fault window in progress units; `baseline` the PG's request failure rate outside it.
-    pub fn schedule(self, window: (f64, f64), baseline: f64) -> Vec<(f64, Value)> {
+    /// fault window in progress units; `baseline` the PG's request failure rate outside it;
+    /// `late_ms` how late a `late-answers` PG answers.
+    pub fn schedule(self, window: (f64, f64), baseline: f64, late_ms: u64) -> Vec<(f64, Value)> {
         let (from, to) = window;
-        let healthy = json!({"down": null, "hang": null, "requestLatencyMs": null, "requestFailureRate": baseline});
+        let healthy = json!({"down": null, "hang": null, "requestLatencyMs": null, "storeThenTimeout": null, "requestFailureRate": baseline});
         let start = json!({"requestFailureRate": baseline});
         match self {
             Profile::Normal | Profile::Crash | Profile::All => vec![(0.0, start)],
             Profile::Outage => vec![(0.0, start), (from, json!({"down": "unavailable"})), (to, healthy)],
+            Profile::PaymentsDown => {
+                vec![(0.0, start), (from, json!({"down": "paymentsUnavailable"})), (to, healthy)]
+            }
+            Profile::LateAnswers => vec![
+                (0.0, start),
+                (from, json!({"storeThenTimeout": {"mode": "delay", "rate": 1.0, "delayMs": late_ms}})),
+                (to, healthy),
+            ],
             Profile::Hang => vec![(0.0, start), (from, json!({"hang": true})), (to, healthy)],
             Profile::Slow => {
                 vec![(0.0, start), (from, json!({"requestLatencyMs": {"min": 600, "max": 900}})), (to, healthy)]
@@ -117,13 +136,20 @@ impl Profile {
     pub fn has_window(self) -> bool {
         matches!(
             self,
-            Profile::Outage | Profile::Hang | Profile::Slow | Profile::Flaky | Profile::Brownout | Profile::DbOutage
+            Profile::Outage
+                | Profile::PaymentsDown
+                | Profile::Hang
+                | Profile::Slow
+                | Profile::LateAnswers
+                | Profile::Flaky
+                | Profile::Brownout
+                | Profile::DbOutage
         )
     }
 
     /// Whether the window takes the PG down (for the time to open and the share of
     /// checkouts that still reach it).
     pub fn is_outage(self) -> bool {
-        matches!(self, Profile::Outage | Profile::Hang)
+        matches!(self, Profile::Outage | Profile::PaymentsDown | Profile::Hang)
     }
 }

@@ -90,6 +90,12 @@ struct BreakerView {
     slow_call_threshold: f64,
     buffered_calls: u32,
     window: String,
+    /// Calls in a row with no answer and no trace at the PG, and the run that opens the
+    /// breaker (0: this breaker has no such rule).
+    unanswered_run: u32,
+    unanswered_threshold: u32,
+    /// When an OPEN breaker lets a trial call through.
+    trials: String,
 }
 
 #[derive(Serialize)]
@@ -108,6 +114,18 @@ struct Alert {
     name: &'static str,
     severity: &'static str,
     detail: String,
+}
+
+/// When an OPEN breaker tries the PG again, in words.
+fn trials(c: &gateway::breaker::BreakerConfig) -> String {
+    let wait = c.wait_in_open.as_millis();
+    match c.half_open_after_refusals {
+        0 => format!("a trial after {wait} ms open"),
+        n => format!(
+            "a trial every {n} refused (not within {} ms), at least every {wait} ms",
+            c.min_wait_in_open.as_millis()
+        ),
+    }
 }
 
 /// Thresholds of deploy/prometheus/alerts.yml; a test keeps the two in step.
@@ -148,6 +166,9 @@ pub async fn state(State(app): State<AppState>) -> Result<Response, ApiError> {
                     SlidingWindow::Count(n) => format!("last {n} calls (min {})", s.config.minimum_calls),
                     SlidingWindow::Time(n) => format!("last {n} s (min {} calls)", s.config.minimum_calls),
                 },
+                unanswered_run: s.metrics.unanswered_run,
+                unanswered_threshold: s.config.open_after_unanswered,
+                trials: trials(&s.config),
             }
         })
         .collect();
