@@ -52,6 +52,12 @@ pub struct HttpSettings {
     /// Open connections at most; a new one beyond it is closed at once. Keep it under
     /// the process's open-file limit, with room for the database and PG connections.
     pub max_connections: usize,
+    /// A closing connection is drained (what the client still sends read and thrown
+    /// away) for this long at most, so a client that writes its whole request before
+    /// reading still reads our 413 or 408; 0 closes at once.
+    pub linger_ms: u64,
+    /// ... and for this many bytes at most; past them it is closed at once.
+    pub linger_max_bytes: usize,
 }
 
 impl Default for HttpSettings {
@@ -61,6 +67,8 @@ impl Default for HttpSettings {
             body_read_timeout_ms: 10_000,
             request_timeout_ms: 30_000,
             max_connections: 10_000,
+            linger_ms: 2_000,
+            linger_max_bytes: 4 * 1024 * 1024,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::app::orders::Orders;
 use crate::app::reconciler::Reconciler;
 use crate::configuration::Settings;
 use crate::http::limits::RequestLimits;
+use crate::http::linger::Linger;
 use crate::http::server::{self, ConnectionLimits};
 use crate::http::{AppParts, AppState, router};
 use crate::store::{Inspect, PgStore, PoolSettings, SqliteStore, Store, StoreError};
@@ -165,6 +166,10 @@ impl Application {
         let connection_limits = ConnectionLimits {
             header_read_timeout: Duration::from_millis(settings.http.header_read_timeout_ms),
             max_connections: settings.http.max_connections,
+            linger: Linger {
+                max_bytes: settings.http.linger_max_bytes,
+                max_time: Duration::from_millis(settings.http.linger_ms),
+            },
         };
         let addr = listener.local_addr().map_err(|source| StartupError::Listen { addr: settings.listen, source })?;
         Ok(Application { listener, addr, state, store: inspect, connection_limits })

@@ -247,6 +247,24 @@ impl Core {
         }
     }
 
+    /// `would_admit`, asked for a call that is refused when the answer is no (a router
+    /// skipping this breaker's gateway): the no counts as a denied call.
+    pub fn ask(&mut self, now: Instant) -> (bool, Effects) {
+        let mut fx = Effects::default();
+        if self.would_admit(now) {
+            return (true, fx);
+        }
+        self.refuse(&mut fx);
+        (false, fx)
+    }
+
+    fn refuse(&mut self, fx: &mut Effects) {
+        self.not_permitted += 1;
+        if self.state() != State::ForcedOpen {
+            fx.events.push(Event::NotPermitted);
+        }
+    }
+
     /// OPEN has refused `half_open_after_refusals` calls and waited `min_wait_in_open`.
     fn trial_is_due(&self, now: Instant) -> bool {
         let c = &self.config;
@@ -278,10 +296,7 @@ impl Core {
         match granted {
             Some(half_open_permit) => (Ok(Grant { generation: self.generation, half_open_permit }), fx),
             None => {
-                self.not_permitted += 1;
-                if self.state() != State::ForcedOpen {
-                    fx.events.push(Event::NotPermitted);
-                }
+                self.refuse(&mut fx);
                 (Err(()), fx)
             }
         }

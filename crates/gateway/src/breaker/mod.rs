@@ -86,6 +86,15 @@ impl CircuitBreaker {
         self.core().would_admit(Instant::now())
     }
 
+    /// `admits_calls`, asked for a call that is refused when the answer is no (a router
+    /// skipping this gateway refuses on its behalf): the no counts as a denied call, so
+    /// an OPEN breaker's trials follow the pace of the calls it refuses.
+    pub fn ask(&self) -> bool {
+        let (admitted, fx) = self.core().ask(Instant::now());
+        self.apply(fx);
+        admitted
+    }
+
     /// Reading the metrics also ages a time window.
     pub fn metrics(&self) -> Metrics {
         self.core().metrics(Instant::now())

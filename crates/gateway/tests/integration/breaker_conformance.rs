@@ -952,6 +952,22 @@ fn m6_after_the_minimum_wait_the_refusals_set_the_pace() {
 }
 
 #[test]
+fn m6b_a_router_asking_on_behalf_of_a_call_counts_its_refusal() {
+    let mut h = Harness::opened(trials(3, 200));
+    h.at(1.0);
+    for _ in 0..3 {
+        let (admitted, fx) = h.core.ask(h.now);
+        assert!(!admitted);
+        h.take(fx);
+    }
+    assert_eq!(h.m().4, 3, "each no is a denied call");
+    assert!(h.core.ask(h.now).0, "the trial is due");
+    assert_eq!(h.state(), State::Open, "asking takes no permit: the call itself half-opens it");
+    assert!(h.acquire().is_some());
+    assert_eq!(h.state(), State::HalfOpen);
+}
+
+#[test]
 fn m7_without_callers_the_wait_in_open_still_ends_open() {
     let mut h = Harness::opened(trials(1_000, 200));
     h.at(4.0);

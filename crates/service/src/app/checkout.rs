@@ -122,7 +122,7 @@ impl Checkout {
     /// one skipped is counted as a refusal of its breaker, like the client's own.
     fn route(&self, from: usize) -> Option<usize> {
         let all = self.gateways.all();
-        let chosen = (from..all.len()).find(|&i| all[i].admits_payments());
+        let chosen = (from..all.len()).find(|&i| all[i].offer_payment());
         for skipped in &all[from..chosen.unwrap_or(all.len())] {
             let refused = GatewayEvent::Refused { operation: Operation::RequestPayment, reason: "circuit_open" };
             skipped.client.observer().on_event(&refused);

@@ -27,6 +27,13 @@ impl Gateway {
     pub fn admits_payments(&self) -> bool {
         self.client.payment_breaker().admits_calls()
     }
+
+    /// `admits_payments`, asked for a checkout that is refused here when the answer is
+    /// no: the no counts as a refusal of the breaker, whose trials come one in so many
+    /// refused checkouts.
+    pub fn offer_payment(&self) -> bool {
+        self.client.payment_breaker().ask()
+    }
 }
 
 /// At least one gateway, the primary first. Cheap to clone.

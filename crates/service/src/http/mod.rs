@@ -5,6 +5,7 @@ pub mod buyer;
 pub mod idempotency;
 pub mod json;
 pub mod limits;
+pub mod linger;
 pub mod openapi;
 pub mod ops;
 pub mod orders;

@@ -1,7 +1,8 @@
 //! The accept loop: HTTP/1.1 connections with a bounded time for each request head and
 //! a cap on open connections, so slow or idle clients cannot hold the shop (slowloris).
 //! axum::serve has neither knob; this is the same hyper/hyper-util machinery it runs
-//! on, configured. Body and whole-request timeouts are middleware (`limits.rs`).
+//! on, configured. Body and whole-request timeouts are middleware (`limits.rs`); every
+//! connection closes lingering (`linger.rs`), so a refused body's client reads its answer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::linger::{Linger, Lingering};
+
 /// What bounds a connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
@@ -23,6 +26,8 @@ pub struct ConnectionLimits {
     /// Open connections at most: a new one beyond it is closed at once, before any
     /// byte is read, and connections already open keep being served.
     pub max_connections: usize,
+    /// How a connection is drained when it closes.
+    pub linger: Linger,
 }
 
 /// Serves `router` until `shutdown` completes, then stops accepting and waits for the
@@ -65,12 +70,10 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let stream = Lingering::new(stream, limits.linger, permit);
         let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
+        tokio::spawn(connection);
     }
     drop(listener);
     graceful.shutdown().await;

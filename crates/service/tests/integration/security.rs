@@ -828,3 +828,77 @@ async fn connections_over_the_cap_are_closed_at_once_and_open_ones_still_served(
     }
     assert_eq!(later.as_deref(), Some("HTTP/1.1 200"));
 }
+
+/// A checkout whose head announces `body` bytes, as a client that writes the whole
+/// request before it reads the answer (Python's urllib, many Java clients).
+fn oversized_head(body: usize) -> String {
+    format!(
+        "POST /api/v1/orders HTTP/1.1\r\nHost: shop\r\nX-USER-ID: big\r\nContent-Type: application/json\r\nContent-Length: {body}\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn a_client_that_writes_a_2_mb_body_before_reading_reads_its_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(sim_config(), |_| {}).await;
+    let body = vec![b' '; 2_000_000];
+    let mut stream = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(oversized_head(body.len()).as_bytes()).await.unwrap();
+    // As over a real network, the body is still arriving when the 413 is answered (at
+    // 64 KiB): closing then, with bytes unread, would reset the connection.
+    for chunk in body.chunks(64 * 1024) {
+        stream.write_all(chunk).await.expect("the whole body is taken, though refused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("closed after the answer")
+        .expect("read to our FIN, never a reset");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    let envelope: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(envelope["meta"]["errorCode"], "PAYLOAD_TOO_LARGE");
+    assert_eq!(app.row_counts().await.iter().find(|(t, _)| t == "orders").unwrap().1, 0);
+}
+
+#[tokio::test]
+async fn a_body_beyond_the_drain_bound_is_cut() {
+    use tokio::io::AsyncWriteExt;
+    let app = spawn_app_with(sim_config(), |s| {
+        s.http.linger_max_bytes = 256 * 1024;
+        s.http.linger_ms = 30_000;
+    })
+    .await;
+    let body = vec![b' '; 64 * 1024 * 1024];
+    let mut stream = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(oversized_head(body.len()).as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    let written = tokio::time::timeout(Duration::from_secs(10), stream.write_all(&body)).await.expect("cut, not held");
+    assert!(written.is_err(), "64 MiB are far past the drain bound and the kernel's buffers");
+    assert!(started.elapsed() < Duration::from_secs(10), "cut by bytes, long before the 30 s drain time");
+}
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_is_cut_after_the_drain_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app_with(sim_config(), |s| s.http.linger_ms = 300).await;
+    let mut stream = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(oversized_head(100_000_000).as_bytes()).await.unwrap();
+    stream.write_all(&[b' '; 100 * 1024]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413"));
+    // Answered and our side shut: what it sends now is drained until the 300 ms are over.
+    let answered = std::time::Instant::now();
+    loop {
+        if stream.write_all(&[b' '; 1024]).await.is_err() {
+            break;
+        }
+        assert!(answered.elapsed() < Duration::from_secs(3), "never cut");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cut = answered.elapsed();
+    assert!(cut >= Duration::from_millis(250), "drained before it was cut: {cut:?}");
+    assert!(cut < Duration::from_millis(1_500), "cut at the drain time: {cut:?}");
+}
