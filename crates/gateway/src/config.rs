@@ -83,9 +83,9 @@ impl Default for ResilienceConfig {
                 // A hung PG: 10 payments in a row without an answer or a trace.
                 open_after_unanswered: 10,
                 // Recovery is tried with real payments, one at a time: one refused
-                // checkout in 20 (at most 5 a second), and at least one a second.
+                // checkout in 25 (at most 5 a second), and at least one a second.
                 permitted_calls_in_half_open: 1,
-                half_open_after_refusals: 20,
+                half_open_after_refusals: 25,
                 min_wait_in_open: Duration::from_millis(200),
                 wait_in_open: Duration::from_secs(1),
                 automatic_transition: true,
