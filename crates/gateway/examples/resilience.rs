@@ -18,7 +18,7 @@ use gateway::breaker::{Event, State};
 use gateway::observer::{GatewayEvent, GatewayObserver};
 use gateway::wire::{CardType, PaymentRequest};
 use gateway::{GatewayClient, GatewaySettings, PaymentOutcome, ResilienceConfig};
-use gateway_sim::faults::DownMode;
+use gateway_sim::faults::{DownMode, StoreThenTimeout, StoreThenTimeoutMode};
 use gateway_sim::{Faults, RunningSim, SimConfig};
 use tokio::time::Instant;
 
@@ -168,6 +168,11 @@ async fn outage(name: &str, fault: Faults, seed: u64) {
     sim.shutdown().await;
 }
 
+/// A PG that takes every payment and answers after the client's 1 s timeout.
+fn late() -> StoreThenTimeout {
+    StoreThenTimeout { mode: StoreThenTimeoutMode::Delay, rate: 1.0, delay_ms: 1_500 }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -193,7 +198,9 @@ async fn main() {
     let modes = [
         ("down: refuse connections", Faults { down: Some(DownMode::Refuse), ..Faults::default() }),
         ("down: 503 at once", Faults { down: Some(DownMode::Unavailable), ..Faults::default() }),
+        ("payments 503, status API up", Faults { down: Some(DownMode::PaymentsUnavailable), ..Faults::default() }),
         ("hang (never answers)", Faults { hang: true, ..Faults::default() }),
+        ("every payment stored, answered 1.5 s late", Faults { store_then_timeout: Some(late()), ..Faults::default() }),
         ("100% HTTP 500", Faults { request_failure_rate: 1.0, ..Faults::default() }),
     ];
     for (i, (name, fault)) in modes.into_iter().enumerate() {

@@ -281,7 +281,7 @@ impl Core {
                 self.enter(State::HalfOpen, reason, now, &mut fx);
             } else if self.trial_is_due(now) {
                 let waited = now.saturating_duration_since(self.entered_at);
-                let reason = format!("refused {} calls in {} in open", self.not_permitted, secs_ms(waited));
+                let reason = format!("refused {} calls in {}ms in open", self.not_permitted, waited.as_millis());
                 self.enter(State::HalfOpen, reason, now, &mut fx);
             }
         }
@@ -545,11 +545,6 @@ fn rates(t: Totals, effective_minimum: u32) -> (f64, f64) {
 fn pct(v: f64) -> String {
     let s = format!("{v:.1}");
     s.strip_suffix(".0").map(str::to_string).unwrap_or(s)
-}
-
-/// A measured duration, to the millisecond.
-fn secs_ms(d: Duration) -> String {
-    format!("{}ms", d.as_millis())
 }
 
 fn secs(d: Duration) -> String {

@@ -364,12 +364,8 @@ pub async fn audit(
     let pg_requests = metric_sum(&metrics, "payguard_gateway_requests_total", &["request_payment"]);
     let retries = metric_sum(&metrics, "payguard_gateway_retries_total", &["request_payment"]);
     let state = stack.get_json(&format!("{}/ops/state", stack.shop)).await.unwrap_or(Value::Null);
-    let transitions = state["data"]["transitions"].as_array().cloned().unwrap_or_default();
-    let opened: Vec<chrono::DateTime<chrono::FixedOffset>> = transitions
-        .iter()
-        .filter(|t| t["breaker"] == "pg.payments" && t["to"] == "open" && t["from"] == "closed")
-        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t["at"].as_str()?).ok())
-        .collect();
+    let mut opened = driven.opened.clone();
+    opened.extend(super::drive::opens_of_the_primary(&state["data"]["transitions"]));
     let time_to_open_s = driven.outage_started.and_then(|start| {
         opened
             .iter()

@@ -63,6 +63,8 @@ pub struct Driven {
     pub peak_rss: Option<u64>,
     /// The primary's payment breaker state from each moment on: (since the start, state).
     pub breaker: Vec<(Duration, String)>,
+    /// Every CLOSED -> OPEN of the primary's payment breaker seen during the run.
+    pub opened: std::collections::BTreeSet<chrono::DateTime<chrono::FixedOffset>>,
     /// In an outage, PG payment requests per checkout started from 2 s into the window
     /// to its end: how much still reaches a PG that is down.
     pub reach_after_2s: Option<f64>,
@@ -124,10 +126,13 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
         tokio::spawn(async move {
             let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
             let mut states: Vec<(Duration, String)> = vec![(Duration::ZERO, "closed".into())];
+            // The page lists only the last transitions; trials while open make many.
+            let mut opened = std::collections::BTreeSet::new();
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(r) = client.get(&url).send().await
                     && let Ok(body) = r.json::<Value>().await
                 {
+                    opened.extend(opens_of_the_primary(&body["data"]["transitions"]));
                     let state = body["data"]["breakers"][0]["state"].as_str().unwrap_or("closed").to_string();
                     // Refusing: half-open admits its probes, so it is not counted here.
                     open.store(state == "open" || state == "forced_open", Ordering::Relaxed);
@@ -137,7 +142,7 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
                 }
                 tokio::time::sleep(Duration::from_millis(25)).await;
             }
-            states
+            (states, opened)
         })
     };
     // Down while the service restarts: requests in flight die with it, new ones wait.
@@ -260,10 +265,21 @@ pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Dr
     let elapsed = clock.elapsed();
     peak_rss = peak_rss.max(stack.peak_rss());
     stop_watch.store(true, Ordering::Relaxed);
-    let breaker = watcher.await.map_err(|e| e.to_string())?;
+    let (breaker, opened) = watcher.await.map_err(|e| e.to_string())?;
     // Back to the reference behaviour so that everything can settle.
     stack.set_faults(&json!({"down": null, "hang": null, "requestLatencyMs": null, "requestFailureRate": plan.baseline_failure_rate, "storeThenTimeout": null})).await?;
     bar.finish_and_clear();
     let window = window_from.map(|from| (from, window_to.unwrap_or(elapsed)));
-    Ok(Driven { checkouts, elapsed, window, outage_started, peak_rss, breaker, reach_after_2s })
+    Ok(Driven { checkouts, elapsed, window, outage_started, peak_rss, breaker, opened, reach_after_2s })
+}
+
+/// When the primary's payment breaker went from CLOSED to OPEN, of the transitions an
+/// ops page lists.
+pub fn opens_of_the_primary(transitions: &Value) -> Vec<chrono::DateTime<chrono::FixedOffset>> {
+    let listed = transitions.as_array().map(Vec::as_slice).unwrap_or_default();
+    listed
+        .iter()
+        .filter(|t| t["breaker"] == "pg.payments" && t["to"] == "open" && t["from"] == "closed")
+        .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t["at"].as_str()?).ok())
+        .collect()
 }
