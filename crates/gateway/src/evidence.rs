@@ -2,7 +2,9 @@
 //!
 //! An answer is judged at once: any answer from the PG is a success (declines come by
 //! callback, a 4xx is our fault), a request it surely never took (refused connection,
-//! 503, its "unstable" 500, 429) a failure. A payment without an answer (a timeout, a
+//! 503, 429) a failure, and its "unstable, try again" 500 a `Transient` failure: the
+//! reference PG fails 40% of requests that way at random, so a half-open trial that meets
+//! one is tried again soon instead of 25 refusals later. A payment without an answer (a timeout, a
 //! connection lost after sending, an unreadable or proxy 5xx answer) is judged once the
 //! PG has been asked about it: one lookup by orderId through the status stack, at once.
 //! A PG that holds the payment took it, slowly: a success. A PG that has no trace of it,
@@ -67,6 +69,9 @@ impl Classify<Attempted, PgAnswer, CallError> for PaymentEvidence {
 
     fn classify(&self, order_id: Option<String>, result: &Result<PgAnswer, CallError>) -> Judgement {
         match (result, order_id) {
+            (Err(CallError::NotDelivered(NotDelivered::Unavailable { status: 500, .. })), _) => {
+                Judgement::Now(CallResult::Transient)
+            }
             (Err(CallError::Unknown(_)), Some(order_id)) => {
                 self.budget.deposit();
                 let (lookups, deadline) = (self.lookups.clone(), self.deadline);
@@ -199,6 +204,8 @@ mod tests {
             CallResult::Failure
         );
         assert_eq!(now(Err(NotDelivered::Connect("refused".into()).into())), CallResult::Failure);
+        let unstable = NotDelivered::Unavailable { status: 500, message: crate::wire::message::UNSTABLE.into() };
+        assert_eq!(now(Err(unstable.into())), CallResult::Transient, "the PG's own try-again");
         assert_eq!(now(Err(NotDelivered::BulkheadFull.into())), CallResult::Ignored);
         assert_eq!(asked.load(Ordering::Relaxed), 0);
     }

@@ -55,6 +55,11 @@ pub enum CallResult {
     /// call there. Counts as a failure, and a run of them opens the breaker on its own
     /// (`open_after_unanswered`).
     Unanswered,
+    /// A failure the other side itself calls passing ("try again"): a failure in the
+    /// window; a half-open trial that meets one is followed by the next trial as soon as
+    /// `min_wait_in_open` allows, not `half_open_after_refusals` refusals later (one
+    /// unlucky request is no news that the other side is still down).
+    Transient,
     /// Neither: not buffered, and a half-open permit is handed back.
     Ignored,
 }
@@ -160,6 +165,9 @@ pub struct Core {
     attempts: u32,
     /// `Unanswered` results in a row since the state was entered.
     unanswered_run: u32,
+    /// This OPEN came from a half-open trial that met a `Transient` failure: the next
+    /// trial needs no refusals, only `min_wait_in_open`.
+    retry_trial_soon: bool,
     generation: u64,
     entered_at: Instant,
 }
@@ -180,6 +188,7 @@ impl Core {
             not_permitted: 0,
             attempts: 0,
             unanswered_run: 0,
+            retry_trial_soon: false,
             generation: 0,
             entered_at: now,
         }
@@ -269,7 +278,7 @@ impl Core {
     fn trial_is_due(&self, now: Instant) -> bool {
         let c = &self.config;
         c.half_open_after_refusals > 0
-            && self.not_permitted >= u64::from(c.half_open_after_refusals)
+            && (self.retry_trial_soon || self.not_permitted >= u64::from(c.half_open_after_refusals))
             && now.saturating_duration_since(self.entered_at) >= c.min_wait_in_open
     }
 
@@ -318,7 +327,7 @@ impl Core {
         if matches!(state, State::Disabled | State::ForcedOpen) {
             return fx;
         }
-        let (failed, unanswered) = match result {
+        let (failed, unanswered, transient) = match result {
             CallResult::Ignored => {
                 fx.events.push(Event::IgnoredError);
                 self.release(grant);
@@ -326,15 +335,19 @@ impl Core {
             }
             CallResult::Success => {
                 fx.events.push(Event::Success { elapsed });
-                (false, false)
+                (false, false, false)
             }
             CallResult::Failure => {
                 fx.events.push(Event::Error { elapsed });
-                (true, false)
+                (true, false, false)
             }
             CallResult::Unanswered => {
                 fx.events.push(Event::Error { elapsed });
-                (true, true)
+                (true, true, false)
+            }
+            CallResult::Transient => {
+                fx.events.push(Event::Error { elapsed });
+                (true, false, true)
             }
         };
         // Only calls granted in this state count: after a recovery, the verdicts on calls
@@ -384,6 +397,7 @@ impl Core {
         };
         let verdict = self.verdict(failure_rate, slow_rate, totals.calls, state);
         self.enter(to, verdict, now, &mut fx);
+        self.retry_trial_soon = state == State::HalfOpen && to == State::Open && transient;
         fx
     }
 
@@ -486,6 +500,7 @@ impl Core {
         self.generation += 1;
         self.not_permitted = 0;
         self.unanswered_run = 0;
+        self.retry_trial_soon = false;
         self.entered_at = now;
         fx.state_entered = true;
     }

@@ -982,3 +982,23 @@ fn m8_the_minimum_wait_cannot_exceed_the_wait() {
     let config = BreakerConfig { min_wait_in_open: Duration::from_secs(6), ..trials(20, 0) };
     assert!(config.validate().is_err());
 }
+
+#[test]
+fn m9_a_trial_that_meets_a_transient_failure_is_tried_again_after_the_minimum_wait() {
+    let config = BreakerConfig { permitted_calls_in_half_open: 1, ..trials(3, 200) };
+    let mut h = Harness::half_open(config.clone());
+    h.call(CallResult::Transient);
+    assert_eq!(h.state(), State::Open);
+    h.at(6.1);
+    assert!(h.acquire().is_none(), "not before the minimum wait");
+    h.at(6.2);
+    assert!(h.acquire().is_some(), "no refusals needed after a transient failure");
+    assert_eq!(h.state(), State::HalfOpen);
+    assert!(h.acquire().is_none(), "one trial at a time");
+
+    let mut h = Harness::half_open(config);
+    h.call(E);
+    assert_eq!(h.state(), State::Open);
+    h.at(6.5);
+    assert!(h.acquire().is_none(), "a plain failure waits for its refusals");
+}
