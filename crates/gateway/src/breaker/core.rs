@@ -337,17 +337,9 @@ impl Core {
                 fx.events.push(Event::Success { elapsed });
                 (false, false, false)
             }
-            CallResult::Failure => {
+            CallResult::Failure | CallResult::Unanswered | CallResult::Transient => {
                 fx.events.push(Event::Error { elapsed });
-                (true, false, false)
-            }
-            CallResult::Unanswered => {
-                fx.events.push(Event::Error { elapsed });
-                (true, true, false)
-            }
-            CallResult::Transient => {
-                fx.events.push(Event::Error { elapsed });
-                (true, false, true)
+                (true, result == CallResult::Unanswered, result == CallResult::Transient)
             }
         };
         // Only calls granted in this state count: after a recovery, the verdicts on calls
