@@ -115,7 +115,7 @@ async fn one_checkout(client: &reqwest::Client, shop: &str, n: usize, breaker_op
 
 pub async fn drive(stack: &mut Stack, profile: Profile, plan: Plan) -> Result<Driven, String> {
     let total = plan.total;
-    let schedule = profile.schedule(plan.window, plan.baseline_failure_rate, plan.late_ms);
+    let schedule = profile.schedule(plan.window, plan.baseline_failure_rate, plan.late_ms, &stack.pg_latency);
     stack.set_faults(&schedule[0].1).await?;
     let clock = Instant::now();
     let started = Arc::new(AtomicUsize::new(0));

@@ -80,10 +80,12 @@ impl Profile {
 
     /// (progress, fault patch). The first entry applies from the start. `window` is the
     /// fault window in progress units; `baseline` the PG's request failure rate outside it;
-    /// `late_ms` how late a `late-answers` PG answers.
-    pub fn schedule(self, window: (f64, f64), baseline: f64, late_ms: u64) -> Vec<(f64, Value)> {
+    /// `late_ms` how late a `late-answers` PG answers; `latency` the PG's request latency
+    /// outside the window, which healthy-again restores (a `null` there would be the
+    /// reference's 100-500 ms, slower than a fast run's PG before the window).
+    pub fn schedule(self, window: (f64, f64), baseline: f64, late_ms: u64, latency: &Value) -> Vec<(f64, Value)> {
         let (from, to) = window;
-        let healthy = json!({"down": null, "hang": null, "requestLatencyMs": null, "storeThenTimeout": null, "requestFailureRate": baseline});
+        let healthy = json!({"down": null, "hang": null, "requestLatencyMs": latency, "storeThenTimeout": null, "requestFailureRate": baseline});
         let start = json!({"requestFailureRate": baseline});
         match self {
             Profile::Normal | Profile::Crash | Profile::All => vec![(0.0, start)],
@@ -151,5 +153,22 @@ impl Profile {
     /// checkouts that still reach it).
     pub fn is_outage(self) -> bool {
         matches!(self, Profile::Outage | Profile::PaymentsDown | Profile::Hang)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn healthy_again_restores_the_latency_the_run_started_with() {
+        let fast = json!({"min": 0, "max": 5});
+        for profile in [Profile::Outage, Profile::PaymentsDown, Profile::LateAnswers, Profile::Hang, Profile::Slow] {
+            let schedule = profile.schedule((0.3, 0.6), 0.1, 1_500, &fast);
+            let (at, healthy) = schedule.last().expect("a schedule");
+            assert_eq!(*at, 0.6, "{profile:?} ends its fault at the window's end");
+            assert_eq!(healthy["requestLatencyMs"], fast, "{profile:?} is as fast after the window as before");
+            assert_eq!(healthy["requestFailureRate"], 0.1);
+        }
     }
 }

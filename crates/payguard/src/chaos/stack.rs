@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use gateway_sim::link::Link;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 pub const ADMIN_TOKEN: &str = "chaos-harness-admin-token";
@@ -29,6 +29,9 @@ pub struct Stack {
     pub secondary: Option<String>,
     pub database_url: String,
     pub dir: PathBuf,
+    /// The primary PG's request latency as started (`null`: the reference's): what a fault
+    /// that ends puts back, so the PG after a fault window is as fast as before it.
+    pub pg_latency: Value,
     service: Option<Child>,
     sim: Option<Child>,
     secondary_sim: Option<Child>,
@@ -39,6 +42,9 @@ pub struct Stack {
     /// own queries (`database_url`) go straight to the server.
     database_link: Option<Link>,
 }
+
+/// The simulator's request latency in a run without `--reference-timing`, in ms.
+const FAST_LATENCY_MS: (u64, u64) = (0, 5);
 
 async fn free_port() -> std::io::Result<u16> {
     Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
@@ -98,7 +104,13 @@ impl Stack {
                     .map(String::from)
                     .to_vec();
             if !reference_timing {
-                args.extend(["--latency-ms", "0-5", "--processing-delay-ms", "0-50"].map(String::from));
+                let (min, max) = FAST_LATENCY_MS;
+                args.extend([
+                    "--latency-ms".into(),
+                    format!("{min}-{max}"),
+                    "--processing-delay-ms".into(),
+                    "0-50".into(),
+                ]);
             }
             args
         };
@@ -157,6 +169,11 @@ impl Stack {
             pg,
             database_url,
             dir: dir.to_path_buf(),
+            pg_latency: if reference_timing {
+                Value::Null
+            } else {
+                json!({"min": FAST_LATENCY_MS.0, "max": FAST_LATENCY_MS.1})
+            },
             service: None,
             sim: Some(sim),
             secondary,
