@@ -984,17 +984,30 @@ fn m8_the_minimum_wait_cannot_exceed_the_wait() {
 }
 
 #[test]
-fn m9_a_trial_that_meets_a_transient_failure_is_tried_again_after_the_minimum_wait() {
+fn m9_a_trial_that_meets_the_pgs_try_again_is_handed_back_twice_then_reopens() {
     let config = BreakerConfig { permitted_calls_in_half_open: 1, ..trials(3, 200) };
     let mut h = Harness::half_open(config.clone());
     h.call(CallResult::Transient);
-    assert_eq!(h.state(), State::Open);
+    assert_eq!(h.state(), State::HalfOpen, "a try-again decides nothing");
+    let retry = h.acquire().expect("the permit came back: the buyer's retry is the trial");
+    assert!(h.acquire().is_none(), "still one trial at a time");
+    h.core.release(retry);
+    h.call(CallResult::Transient);
+    assert_eq!(h.state(), State::HalfOpen);
+    h.call(CallResult::Transient);
+    assert_eq!(h.state(), State::Open, "the third try-again of one half-open reopens it");
     h.at(6.1);
     assert!(h.acquire().is_none(), "not before the minimum wait");
     h.at(6.2);
-    assert!(h.acquire().is_some(), "no refusals needed after a transient failure");
+    let trial = h.acquire().expect("no refusals needed after a transient failure");
     assert_eq!(h.state(), State::HalfOpen);
-    assert!(h.acquire().is_none(), "one trial at a time");
+    h.finish(trial, CallResult::Transient, Duration::from_millis(1));
+    assert_eq!(h.state(), State::HalfOpen, "a new half-open hands back its own two");
+
+    let mut h = Harness::half_open(config.clone());
+    h.call(CallResult::Transient);
+    h.call(S);
+    assert_eq!(h.state(), State::Closed, "the retried trial decides");
 
     let mut h = Harness::half_open(config);
     h.call(E);
