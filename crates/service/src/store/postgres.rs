@@ -1,19 +1,21 @@
 //! The PostgreSQL store, for several payguard instances on one database. Times are
 //! BIGINT unix milliseconds, as on SQLite (migration 0005). Reconciliation claims use
 //! `FOR UPDATE SKIP LOCKED`, so instances never claim the same attempt. What both
-//! backends run as written lives in shared.rs.
+//! backends run as written is `SqlStore` (sql.rs and the aggregates' files).
 
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Row, Transaction};
-
 use futures_util::future::BoxFuture;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::query::Query;
+use sqlx::{Connection, Postgres, QueryBuilder, Transaction};
 
 use super::batch::{Answers, Round, Writer, Writers, copies};
-use super::{StoreError, at_startup, status_names};
+use super::orders::create_orders;
+use super::payments::{mark_all_pending, settle_all};
+use super::sql::{Dialect, SqlStore};
+use super::{StoreError, at_startup};
 use crate::domain::PaymentStatus;
 
 /// Pool settings.
@@ -23,55 +25,41 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
 }
 
-/// PostgreSQL's test of a status against a bound set (shared.rs): a text array.
-macro_rules! one_of {
-    ($n:literal) => {
-        concat!(one_of_open!(), $n, one_of_close!())
-    };
+/// The store on PostgreSQL: reads and writes on one pool, any of its connections.
+pub type PgStore = SqlStore<Postgres>;
+
+impl Dialect for Postgres {
+    /// A group locks its rows in id order first, so that two groups (or two instances)
+    /// touching the same rows queue instead of deadlocking.
+    const LOCKS_ROWS: bool = true;
+    const ROW_LOCK: &'static str = " FOR UPDATE";
+    const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
+    /// The set is bound as a `text[]`.
+    const ONE_OF: (&'static str, &'static str) = ("= ANY(", ")");
+
+    fn bind_statuses<'q>(
+        query: Query<'q, Postgres, Self::Arguments>,
+        set: &[PaymentStatus],
+    ) -> Query<'q, Postgres, Self::Arguments> {
+        query.bind(status_names(set))
+    }
+
+    fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn push_one_of(query: &mut QueryBuilder<Postgres>, set: &[PaymentStatus]) {
+        let (open, close) = Self::ONE_OF;
+        query.push(open).push_bind(status_names(set)).push(close);
+    }
+
+    async fn begin_write(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, StoreError> {
+        Ok(conn.begin().await?)
+    }
 }
 
-/// `one_of!` in two halves, for a statement built with `QueryBuilder` around its bind.
-macro_rules! one_of_open {
-    () => {
-        "= ANY("
-    };
-}
-
-macro_rules! one_of_close {
-    () => {
-        ")"
-    };
-}
-
-/// Locks the row read before it is changed, against another instance's transaction.
-macro_rules! row_lock {
-    () => {
-        " FOR UPDATE"
-    };
-}
-
-/// Row locks: a group locks its rows in id order first, so that two groups (or two
-/// instances) touching the same rows queue instead of deadlocking (shared.rs).
-const LOCKS_ROWS: bool = true;
-
-/// A claim passes over rows another instance is claiming, instead of waiting for them.
-macro_rules! skip_locked {
-    () => {
-        " FOR UPDATE SKIP LOCKED"
-    };
-}
-
-fn statuses(set: &[PaymentStatus]) -> Vec<&'static str> {
-    status_names(set)
-}
-
-#[derive(Clone)]
-pub struct PgStore {
-    pool: PgPool,
-    /// Orders, PENDING marks and settlements written in rounds (store/batch.rs), each kind
-    /// by a task of its own: one transaction and a few round trips for a group instead
-    /// of a few for each write.
-    rounds: Writers,
+fn status_names(statuses: &[PaymentStatus]) -> Vec<&'static str> {
+    statuses.iter().map(|s| s.as_str()).collect()
 }
 
 /// Writes a round of a writer (store/batch.rs): each kind of write in a transaction of
@@ -81,9 +69,9 @@ pub struct PgStore {
 /// each other. Each kind has a writer of its own (`rounds`), so a round holds one kind.
 async fn write_round(pool: PgPool, round: Round) -> Result<Answers, StoreError> {
     let (orders, pending, settlements) = tokio::join!(
-        on_a_connection(&pool, round.orders, |conn, group| Box::pin(create_orders(conn, group))),
-        on_a_connection(&pool, round.pending, |conn, group| Box::pin(mark_all_pending(conn, group))),
-        on_a_connection(&pool, round.settlements, |conn, group| Box::pin(settle_all(conn, group))),
+        on_a_connection(&pool, round.orders, |conn, group| Box::pin(create_orders::<Postgres>(conn, group))),
+        on_a_connection(&pool, round.pending, |conn, group| Box::pin(mark_all_pending::<Postgres>(conn, group))),
+        on_a_connection(&pool, round.settlements, |conn, group| Box::pin(settle_all::<Postgres>(conn, group))),
     );
     Ok(Answers { orders, pending, settlements })
 }
@@ -112,13 +100,7 @@ async fn on_a_connection<I, O>(
     }
 }
 
-/// A writing transaction (named like SQLite's, which must say so up front, so that
-/// shared.rs calls the same function on both).
-async fn begin_write(conn: &mut PgConnection) -> Result<Transaction<'_, Postgres>, StoreError> {
-    Ok(conn.begin().await?)
-}
-
-impl PgStore {
+impl SqlStore<Postgres> {
     /// Connects to `postgres://...` and migrates.
     pub async fn connect(url: &str, pool: PoolSettings) -> Result<PgStore, StoreError> {
         PgStore::connect_with(PgConnectOptions::from_str(url)?, pool).await
@@ -145,28 +127,7 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_lazy_with(options);
         let rounds = rounds(&pool, settings.acquire_timeout);
-        Ok(PgStore { pool, rounds })
-    }
-
-    /// A connection to write on: any of the pool's, PostgreSQL taking concurrent
-    /// writers (shared.rs says why SQLite's differs).
-    async fn writer(&self) -> Result<PoolConnection<Postgres>, StoreError> {
-        Ok(self.pool.acquire().await?)
+        // PostgreSQL takes concurrent writers: any of the pool's connections writes.
+        Ok(SqlStore { writer: pool.clone(), pool, rounds, _background: None })
     }
 }
-
-super::shared::row_helpers!(PgStore, Postgres);
-
-super::shared::impl_catalog!(PgStore);
-
-super::shared::impl_orders!(PgStore, Postgres);
-
-super::shared::impl_payments!(PgStore, Postgres);
-
-super::shared::impl_reconciliation!(PgStore);
-
-super::shared::impl_idempotency!(PgStore);
-
-super::shared::impl_ping!(PgStore);
-
-super::shared::impl_inspect!(PgStore);

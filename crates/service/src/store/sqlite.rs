@@ -7,72 +7,62 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
+use sqlx::query::Query;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Connection, Row, Sqlite, Transaction};
+use sqlx::{Connection, QueryBuilder, Sqlite, Transaction};
 
 use super::batch::{Answers, Round, Writer, Writers};
-use super::{Background, STARTUP_TIMEOUT, StoreError, at_startup, status_json};
+use super::orders::create_orders;
+use super::payments::{mark_all_pending, settle_all};
+use super::sql::{Dialect, SqlStore};
+use super::{Background, STARTUP_TIMEOUT, StoreError, at_startup};
 use crate::domain::PaymentStatus;
 
-/// SQLite's test of a status against a bound set (shared.rs): the set is bound as a JSON
-/// array and read with `json_each`.
-macro_rules! one_of {
-    ($n:literal) => {
-        concat!(one_of_open!(), $n, one_of_close!())
-    };
+/// The store on SQLite. Its reader pool lets WAL readers run beside the writer; its
+/// writer is the one writing connection. SQLite takes one writer at a time anyway; with
+/// several writing connections the losers poll its lock in sleeps of 1 to 100 ms (its
+/// busy handler), which under load cost more than the writes (docs/benchmarks.md). A
+/// pool of one rather than a connection of our own: the pool replaces it if it breaks.
+pub type SqliteStore = SqlStore<Sqlite>;
+
+impl Dialect for Sqlite {
+    /// No row locks on SQLite: `BEGIN IMMEDIATE` already holds the one write lock.
+    const LOCKS_ROWS: bool = false;
+    const ROW_LOCK: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+    /// The set is bound as a JSON array and read with `json_each`.
+    const ONE_OF: (&'static str, &'static str) = ("IN (SELECT value FROM json_each(", "))");
+
+    fn bind_statuses<'q>(
+        query: Query<'q, Sqlite, Self::Arguments>,
+        set: &[PaymentStatus],
+    ) -> Query<'q, Sqlite, Self::Arguments> {
+        query.bind(status_json(set))
+    }
+
+    fn rows_affected(result: &sqlx::sqlite::SqliteQueryResult) -> u64 {
+        result.rows_affected()
+    }
+
+    fn push_one_of(query: &mut QueryBuilder<Sqlite>, set: &[PaymentStatus]) {
+        let (open, close) = Self::ONE_OF;
+        query.push(open).push_bind(status_json(set)).push(close);
+    }
+
+    /// `BEGIN IMMEDIATE`, so that the transaction holds SQLite's write lock from its
+    /// first statement: another process's writer is then waited for (busy timeout)
+    /// instead of failing when both try to upgrade a read lock.
+    async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
+        Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }
 
-/// `one_of!` in two halves, for a statement built with `QueryBuilder` around its bind.
-macro_rules! one_of_open {
-    () => {
-        "IN (SELECT value FROM json_each("
-    };
-}
-
-macro_rules! one_of_close {
-    () => {
-        "))"
-    };
-}
-
-/// No row locks on SQLite: `BEGIN IMMEDIATE` already holds the one write lock.
-macro_rules! row_lock {
-    () => {
-        ""
-    };
-}
-
-/// No row locks on SQLite: a group's rows need no locking in order (shared.rs).
-const LOCKS_ROWS: bool = false;
-
-/// No row locks on SQLite: one writer at a time.
-macro_rules! skip_locked {
-    () => {
-        ""
-    };
-}
-
-fn statuses(set: &[PaymentStatus]) -> String {
-    status_json(set)
-}
-
-#[derive(Clone)]
-pub struct SqliteStore {
-    /// Readers: WAL lets them run beside the writer.
-    pool: SqlitePool,
-    /// The one writing connection. SQLite takes one writer at a time anyway; with several
-    /// writing connections the losers poll its lock in sleeps of 1 to 100 ms (its busy
-    /// handler), which under load cost more than the writes (docs/benchmarks.md). A pool
-    /// of one rather than a connection of our own: the pool replaces it if it breaks.
-    writer: SqlitePool,
-    /// Orders, PENDING marks and settlements written in rounds (store/batch.rs), on the
-    /// writing connection, one transaction a round.
-    rounds: Writers,
-    /// The checkpointing task.
-    _checkpoints: Option<Arc<Background>>,
+/// A set of statuses as JSON, which `json_each` reads.
+fn status_json(statuses: &[PaymentStatus]) -> String {
+    let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+    serde_json::to_string(&names).expect("a list of names serialises")
 }
 
 /// Prepared statements the writing connection keeps. A group's statements are prepared
@@ -122,12 +112,6 @@ fn checkpoints(readers: SqlitePool, writer: SqlitePool, period: Duration) -> Bac
     }))
 }
 
-/// A writing transaction: `BEGIN IMMEDIATE`, so that it holds SQLite's write lock from
-/// its first statement.
-async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqlite>, StoreError> {
-    Ok(conn.begin_with("BEGIN IMMEDIATE").await?)
-}
-
 /// Writes a round of the writer (store/batch.rs) in one transaction, so that the round
 /// costs one sync to disk rather than one per kind of write (docs/benchmarks.md, "Sixth
 /// round"). Each kind's group takes a savepoint of its own, so that a write refused (sold
@@ -137,14 +121,17 @@ async fn begin_write(conn: &mut SqliteConnection) -> Result<Transaction<'_, Sqli
 /// came after would then commit on its own.
 async fn write_round(writer: SqlitePool, round: Round) -> Result<Answers, StoreError> {
     let mut conn = writer.acquire().await?;
-    let mut tx = begin_write(&mut conn).await?;
-    let mut answers =
-        Answers { orders: create_orders(&mut tx, round.orders).await, pending: Vec::new(), settlements: Vec::new() };
+    let mut tx = Sqlite::begin_write(&mut conn).await?;
+    let mut answers = Answers {
+        orders: create_orders::<Sqlite>(&mut tx, round.orders).await,
+        pending: Vec::new(),
+        settlements: Vec::new(),
+    };
     if answers.unavailable().is_none() {
-        answers.pending = mark_all_pending(&mut tx, round.pending).await;
+        answers.pending = mark_all_pending::<Sqlite>(&mut tx, round.pending).await;
     }
     if answers.unavailable().is_none() {
-        answers.settlements = settle_all(&mut tx, round.settlements).await;
+        answers.settlements = settle_all::<Sqlite>(&mut tx, round.settlements).await;
     }
     if let Some(error) = answers.unavailable() {
         return Err(error);
@@ -159,7 +146,7 @@ fn rounds(writer: &SqlitePool, timeout: Duration) -> Writers {
     Writers::shared(Writer::start(timeout, move |round| write_round(writer.clone(), round)))
 }
 
-impl SqliteStore {
+impl SqlStore<Sqlite> {
     /// Opens (creating if missing) and migrates the database at `url`, e.g.
     /// `sqlite://payguard-dev.db` or `sqlite::memory:`. A statement waits at most
     /// `timeout` for a connection (the writing one included) and again for another
@@ -191,7 +178,7 @@ impl SqliteStore {
             let pool = pool_of(1).connect_with(options).await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
             let rounds = rounds(&pool, timeout);
-            return Ok(SqliteStore { writer: pool.clone(), pool, rounds, _checkpoints: None });
+            return Ok(SqlStore { writer: pool.clone(), pool, rounds, _background: None });
         }
         // Creating the file, switching it to WAL and migrating wait on the disk, which a
         // busy machine can make take longer than a request may wait for a connection (a
@@ -210,30 +197,9 @@ impl SqliteStore {
         let pool = pool_of(8).connect_lazy_with(options);
         let checkpoints = Some(Arc::new(checkpoints(pool.clone(), writer.clone(), checkpoint_every)));
         let rounds = rounds(&writer, timeout);
-        Ok(SqliteStore { pool, writer, rounds, _checkpoints: checkpoints })
-    }
-
-    /// The writing connection, once the writer before has finished.
-    async fn writer(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
-        Ok(self.writer.acquire().await?)
+        Ok(SqlStore { pool, writer, rounds, _background: checkpoints })
     }
 }
-
-super::shared::row_helpers!(SqliteStore, Sqlite);
-
-super::shared::impl_catalog!(SqliteStore);
-
-super::shared::impl_orders!(SqliteStore, Sqlite);
-
-super::shared::impl_payments!(SqliteStore, Sqlite);
-
-super::shared::impl_reconciliation!(SqliteStore);
-
-super::shared::impl_idempotency!(SqliteStore);
-
-super::shared::impl_ping!(SqliteStore);
-
-super::shared::impl_inspect!(SqliteStore);
 
 #[cfg(test)]
 mod tests {
@@ -366,9 +332,12 @@ mod tests {
         );
         assert_eq!(available(&store).await, 0);
         assert_eq!(
-            super::orders_the_catalog_refuses(&mut store.writer.acquire().await.unwrap(), &[order("g", &listing, 1)])
-                .await
-                .unwrap(),
+            crate::store::orders::orders_the_catalog_refuses::<sqlx::Sqlite>(
+                &mut store.writer.acquire().await.unwrap(),
+                &[order("g", &listing, 1)]
+            )
+            .await
+            .unwrap(),
             [0],
             "sold out"
         );
@@ -525,20 +494,23 @@ mod tests {
     #[tokio::test]
     async fn the_reconcilers_claim_reads_the_unsettled_attempts_by_their_index_not_every_attempt() {
         let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(10)).await.unwrap();
-        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {}", super::CLAIM_DUE)))
-            .bind("owner")
-            .bind(2_i64)
-            .bind(1_i64)
-            .bind(1_i64)
-            .bind(10_i64)
-            .bind("pg")
-            .bind(crate::store::status_json(PaymentStatus::UNSETTLED))
-            .fetch_all(&store.pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|row| sqlx::Row::get(row, "detail"))
-            .collect();
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {}",
+            crate::store::reconciliation::claim_due::<sqlx::Sqlite>()
+        )))
+        .bind("owner")
+        .bind(2_i64)
+        .bind(1_i64)
+        .bind(1_i64)
+        .bind(10_i64)
+        .bind("pg")
+        .bind(super::status_json(PaymentStatus::UNSETTLED))
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| sqlx::Row::get(row, "detail"))
+        .collect();
         assert!(
             plan.iter().any(|step| step.contains("USING INDEX attempts_due (gateway=? AND next_check_at<?)")),
             "{plan:#?}"

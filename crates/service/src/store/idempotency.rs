@@ -1,0 +1,171 @@
+//! Idempotency keys and the answers they replay.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use super::sql::{Arg, Column, Dialect, SqlStore};
+use crate::domain::{BuyerId, OrderId};
+
+/// What an `Idempotency-Key` says about a checkout request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyStart {
+    /// First use of the key (or its earlier use expired): process the request.
+    Started,
+    /// The first request with this key has not finished, or its process died: it
+    /// started at `since_ms` and had created `order_id` when one is set.
+    InFlight { order_id: Option<OrderId>, since_ms: i64 },
+    /// The key was used with another request body.
+    Mismatch,
+    /// The first request finished: answer with its response, byte for byte.
+    Saved { status: u16, body: Vec<u8> },
+}
+
+/// Idempotency keys and the answers they replay.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims `key` for a request; atomically, so of concurrent duplicates one starts.
+    /// Keys older than `expires_before_ms` are forgotten.
+    async fn begin_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        request_hash: &str,
+        now_ms: i64,
+        expires_before_ms: i64,
+    ) -> Result<IdempotencyStart, StoreError>;
+
+    /// Takes over `key` left in flight since `since_ms` by a request whose process died
+    /// with no order standing (none created, or rolled back): false when another
+    /// request took it first.
+    async fn retake_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Saves the response of a request that claimed `key`.
+    async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError>;
+
+    /// Releases `key` without a saved response (the request may safely run again).
+    async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError>;
+}
+
+/// The stored fingerprint of keys from before fingerprints left the card number out
+/// (migration 0005 / 0003): any body matches it.
+const FINGERPRINT_UNKNOWN: &str = "unknown";
+
+/// Decides what a stored key row means for a request with `fingerprint`.
+fn idempotency_start(
+    fingerprint: &str,
+    stored: &str,
+    status: Option<i64>,
+    body: Option<Vec<u8>>,
+    order_id: Option<i64>,
+    since_ms: i64,
+) -> Result<IdempotencyStart, StoreError> {
+    Ok(match status {
+        _ if stored != fingerprint && stored != FINGERPRINT_UNKNOWN => IdempotencyStart::Mismatch,
+        None => IdempotencyStart::InFlight { order_id: order_id.map(OrderId), since_ms },
+        Some(status) => IdempotencyStart::Saved {
+            status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
+            body: body.unwrap_or_default(),
+        },
+    })
+}
+
+#[async_trait]
+impl<D: Dialect> IdempotencyStore for SqlStore<D> {
+    async fn begin_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        request_hash: &str,
+        now_ms: i64,
+        expires_before_ms: i64,
+    ) -> Result<IdempotencyStart, StoreError> {
+        let mut conn = self.writer().await?;
+        let mut tx = D::begin_write(&mut *conn).await?;
+        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND created_at < $3")
+            .arg(buyer.as_str())
+            .arg(key)
+            .arg(expires_before_ms)
+            .execute(D::on(&mut *tx))
+            .await?;
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency_keys (buyer_id, key, request_hash, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (buyer_id, key) DO NOTHING",
+        )
+        .arg(buyer.as_str())
+        .arg(key)
+        .arg(request_hash)
+        .arg(now_ms)
+        .execute(D::on(&mut *tx))
+        .await?;
+        let start = if D::rows_affected(&inserted) == 1 {
+            IdempotencyStart::Started
+        } else {
+            let row = sqlx::query(
+                "SELECT request_hash, response_status, response_body, order_id, created_at
+                 FROM idempotency_keys WHERE buyer_id = $1 AND key = $2",
+            )
+            .arg(buyer.as_str())
+            .arg(key)
+            .fetch_one(D::on(&mut *tx))
+            .await?;
+            idempotency_start(
+                request_hash,
+                &row.col::<String>("request_hash")?,
+                row.col("response_status")?,
+                row.col("response_body")?,
+                row.col("order_id")?,
+                row.col("created_at")?,
+            )?
+        };
+        tx.commit().await?;
+        Ok(start)
+    }
+
+    async fn retake_idempotent(
+        &self,
+        buyer: &BuyerId,
+        key: &str,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let taken = sqlx::query(
+            "UPDATE idempotency_keys SET created_at = $1, order_id = NULL
+             WHERE buyer_id = $2 AND key = $3 AND created_at = $4 AND response_status IS NULL",
+        )
+        .arg(now_ms)
+        .arg(buyer.as_str())
+        .arg(key)
+        .arg(since_ms)
+        .execute(D::on(&mut *self.writer().await?))
+        .await?;
+        Ok(D::rows_affected(&taken) == 1)
+    }
+
+    async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = $1, response_body = $2 WHERE buyer_id = $3 AND key = $4",
+        )
+        .arg(i64::from(status))
+        .arg(body)
+        .arg(buyer.as_str())
+        .arg(key)
+        .execute(D::on(&mut *self.writer().await?))
+        .await?;
+        Ok(())
+    }
+
+    async fn release_idempotent(&self, buyer: &BuyerId, key: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND response_status IS NULL")
+            .arg(buyer.as_str())
+            .arg(key)
+            .execute(D::on(&mut *self.writer().await?))
+            .await?;
+        Ok(())
+    }
+}
