@@ -5,8 +5,9 @@
 //! - `http`: the API, the ops page and the accept loop; parses, calls the use cases, maps results.
 //! - `app`: the use cases (checkout, callbacks, settlement, the reconciler, order and
 //!   catalog reads, health).
-//! - `store`: persistence, one trait per aggregate; the SQL written once (`shared.rs`),
-//!   only what differs per database.
+//! - `store`: persistence, one file per aggregate with its trait, records and SQL, written
+//!   once for both databases (`SqlStore<D: Dialect>`); only what differs per database in
+//!   its own file.
 //! - `domain`: the shop's types and the payment rules.
 //! - `telemetry` and `configuration`: below everything that uses them.
 
