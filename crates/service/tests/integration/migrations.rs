@@ -183,3 +183,70 @@ async fn a_postgres_database_whose_due_index_was_built_beforehand_upgrades() {
     assert!(!indexes.iter().any(|i| i == "attempts_unsettled"), "the old index is dropped: {indexes:?}");
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
 }
+
+/// The last migration each backend numbered on its own. Their histories differ up to
+/// here (SQLite added idempotency and leases as migrations of their own, PostgreSQL
+/// later moved its times to milliseconds); renumbering applied migrations would fail
+/// sqlx's check on every existing database, so the shared numbering starts after them.
+const LAST_SEPARATE: &str = "0006";
+
+/// A backend's migration files after `LAST_SEPARATE`, by name.
+fn shared_migrations(backend: &str) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(backend);
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().to_string())
+        .filter(|name| name.as_str() > LAST_SEPARATE && !name.starts_with(LAST_SEPARATE))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_new_migration_has_the_same_number_and_name_on_both_backends() {
+    let (sqlite, postgres) = (shared_migrations("sqlite"), shared_migrations("postgres"));
+    assert_eq!(sqlite, postgres, "a schema change is one migration per backend, numbered and named alike");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL in PAYGUARD_TEST_DATABASE_URL: cargo nextest run --run-ignored all (bash .ci/run does)"]
+async fn both_backends_migrate_to_the_same_tables_and_columns() {
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("shop.db").display());
+    drop(SqliteStore::connect(&url, std::time::Duration::from_secs(5)).await.unwrap());
+    let sqlite = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let sqlite_columns: BTreeSet<(String, String)> = sqlx::query_as(
+        "SELECT m.name, p.name FROM sqlite_master m JOIN pragma_table_info(m.name) p
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' AND m.name NOT LIKE '_sqlx_%'",
+    )
+    .fetch_all(&sqlite)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+
+    let (admin, schema, options) = postgres_schema().await;
+    let settings = PoolSettings { max_connections: 2, acquire_timeout: std::time::Duration::from_secs(10) };
+    drop(PgStore::connect_with(options, settings).await.unwrap());
+    let postgres_columns: BTreeSet<(String, String)> = sqlx::query_as(
+        "SELECT table_name::text, column_name::text FROM information_schema.columns
+         WHERE table_schema = $1 AND table_name NOT LIKE '\\_sqlx\\_%'",
+    )
+    .bind(&schema)
+    .fetch_all(&admin)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
+
+    assert!(sqlite_columns.iter().any(|(table, _)| table == "payment_attempts"), "the schema was read");
+    let only_sqlite: Vec<_> = sqlite_columns.difference(&postgres_columns).collect();
+    let only_postgres: Vec<_> = postgres_columns.difference(&sqlite_columns).collect();
+    assert!(
+        only_sqlite.is_empty() && only_postgres.is_empty(),
+        "the backends' schemas differ: only in SQLite {only_sqlite:?}, only in PostgreSQL {only_postgres:?}"
+    );
+}
