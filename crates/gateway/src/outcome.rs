@@ -141,3 +141,36 @@ impl<T> LookupOutcome<T> {
         }
     }
 }
+
+impl<T> LookupOutcome<T> {
+    /// What the PG answered: `Ok(Some)` found, `Ok(None)` it has no such transaction;
+    /// or why no usable answer came (rejected, not delivered, unknown), for the caller
+    /// to retry later. Every caller treats those three alike: the lookup is simply
+    /// unanswered.
+    pub fn answer(self) -> Result<Option<T>, String> {
+        match self {
+            LookupOutcome::Found(found) => Ok(Some(found)),
+            LookupOutcome::NotFound => Ok(None),
+            LookupOutcome::Rejected(r) => Err(r.reason),
+            LookupOutcome::NotDelivered(why) => Err(why.to_string()),
+            LookupOutcome::Unknown(why) => Err(why.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lookup_answer_is_found_absent_or_the_reason_it_went_unanswered() {
+        assert_eq!(LookupOutcome::Found(7).answer(), Ok(Some(7)));
+        assert_eq!(LookupOutcome::<i32>::NotFound.answer(), Ok(None));
+        let rejected = Rejection { status: 400, code: "Bad Request".into(), reason: "잘못된 요청".into() };
+        assert_eq!(LookupOutcome::<i32>::Rejected(rejected).answer(), Err("잘못된 요청".into()));
+        let timeout = LookupOutcome::<i32>::Unknown(Unknown::Timeout(Duration::from_secs(1)));
+        assert_eq!(timeout.answer(), Err("no answer from the PG within 1s".into()));
+        let refused = LookupOutcome::<i32>::NotDelivered(NotDelivered::BulkheadFull);
+        assert_eq!(refused.answer(), Err("too many PG calls in flight: nothing was sent".into()));
+    }
+}

@@ -107,7 +107,15 @@ impl Application {
             )?;
             metrics.watch_breakers(&client);
             activity.watch_breakers(&client);
-            gateways.push(Gateway { client, callback_url: settings.callback_url(&g.name), activity });
+            let callbacks = CallbackIntake::new(
+                store.clone(),
+                client.clone(),
+                metrics.clone(),
+                g.callback_secret.as_ref().map(|s| s.expose_secret().to_string()),
+                Duration::from_secs(g.callback_replay_window_secs),
+                NonZeroU32::new(g.callback_fetch_backs_per_second).expect("validated positive"),
+            );
+            gateways.push(Gateway { client, callback_url: settings.callback_url(&g.name), activity, callbacks });
         }
         let gateways = Gateways::new(gateways);
         for gateway in settings.gateways_refusing_admitted_checkouts() {
@@ -124,20 +132,6 @@ impl Application {
                 tracing::error!(gateway = %name, unsettled, "unsettled payments belong to a gateway that is not configured: they are not reconciled and its callbacks are refused; configure it again until they settle");
             }
         }
-        let callbacks = settings
-            .gateways()
-            .zip(gateways.all())
-            .map(|(g, gateway)| {
-                CallbackIntake::new(
-                    store.clone(),
-                    gateway.client.clone(),
-                    metrics.clone(),
-                    g.callback_secret.as_ref().map(|s| s.expose_secret().to_string()),
-                    Duration::from_secs(g.callback_replay_window_secs),
-                    NonZeroU32::new(g.callback_fetch_backs_per_second).expect("validated positive"),
-                )
-            })
-            .collect();
         let listings = Listings::new(store.clone());
         let state = AppState::new(AppParts {
             orders: Orders::new(store.clone()),
@@ -145,14 +139,20 @@ impl Application {
             health: Health::new(store.clone()),
             checkout: Checkout::new(
                 store.clone(),
+                store.clone(),
                 listings,
                 gateways.clone(),
                 metrics.clone(),
                 settings.checkout.max_in_flight,
             ),
-            idempotency: crate::app::idempotency::Idempotency::new(store.clone(), &settings.checkout),
-            callbacks,
-            reconciler: Reconciler::new(store.clone(), gateways.clone(), metrics.clone(), settings.reconciler.clone()),
+            idempotency: crate::app::idempotency::Idempotency::new(store.clone(), store.clone(), &settings.checkout),
+            reconciler: Reconciler::new(
+                store.clone(),
+                store.clone(),
+                gateways.clone(),
+                metrics.clone(),
+                settings.reconciler.clone(),
+            ),
             gateways: gateways.clone(),
             metrics,
             limiter: Arc::new(crate::http::buyer_limiter(&settings.checkout)),

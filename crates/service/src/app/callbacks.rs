@@ -48,7 +48,22 @@ pub enum CallbackError {
     Store(#[from] StoreError),
 }
 
-#[derive(Clone)]
+impl CallbackError {
+    /// The `result` label of the callbacks metric for this refusal.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CallbackError::Malformed(_) => "malformed",
+            CallbackError::Unauthorized => "unauthorized",
+            CallbackError::UnknownTransaction => "unknown_transaction",
+            CallbackError::WrongGateway { .. } => "wrong_gateway",
+            CallbackError::Mismatch { .. } => "mismatch",
+            CallbackError::Unverifiable(_) => "unverifiable",
+            CallbackError::FetchBackLimited => "fetch_back_limited",
+            CallbackError::Store(_) => "error",
+        }
+    }
+}
+
 pub struct CallbackIntake {
     store: Arc<dyn PaymentStore>,
     gateway: GatewayClient,
@@ -96,11 +111,6 @@ impl CallbackIntake {
             seen: Arc::default(),
             fetch_backs: Arc::new(governor::RateLimiter::direct(quota)),
         }
-    }
-
-    /// The gateway this intake hears from.
-    pub fn gateway(&self) -> &str {
-        self.gateway.name()
     }
 
     pub async fn receive(&self, raw: &[u8], signature: Option<&str>) -> Result<Applied, CallbackError> {

@@ -13,17 +13,19 @@
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{Instrument, Span};
 
 use gateway::PaymentOutcome;
-use gateway::observer::{GatewayEvent, Operation};
 use gateway::wire::{self, PaymentRequest};
 
 use super::gateways::Gateways;
 use super::listings::Listings;
 use super::settlement::Settler;
 use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, OrderId, ProductId, Settlement, price};
-use crate::domain::{PaymentStatus, Source};
-use crate::store::{AttemptView, CreatedOrder, NewOrder, OrderRecord, Store, StoreError, Transition};
+use crate::domain::{GatewayName, PaymentStatus, Source};
+use crate::store::{
+    AttemptView, CreatedOrder, NewOrder, OrderRecord, OrderStore, PaymentStore, StoreError, Transition,
+};
 use crate::telemetry::Metrics;
 
 /// How many times an order is priced from a fresh read before a price that keeps
@@ -52,6 +54,22 @@ pub enum CheckoutError {
     Store(#[from] StoreError),
 }
 
+impl CheckoutError {
+    /// The `result` label of the checkout metrics for this refusal.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CheckoutError::Overloaded => "overloaded",
+            CheckoutError::Store(e) if e.is_unavailable() => "store_unavailable",
+            CheckoutError::GatewayUnavailable(_) => "gateway_unavailable",
+            CheckoutError::Rejected { .. } => "rejected",
+            CheckoutError::Store(StoreError::OutOfStock { .. }) => "out_of_stock",
+            CheckoutError::Store(StoreError::ProductNotFound(_)) => "product_not_found",
+            CheckoutError::Store(StoreError::PriceChanged(_)) => "price_changed",
+            CheckoutError::Store(_) => "error",
+        }
+    }
+}
+
 /// A placed checkout: the order as this checkout left it (PENDING), which is how it
 /// stands unless news of the payment overtook the checkout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +86,8 @@ pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 
 #[derive(Clone)]
 pub struct Checkout {
-    store: Arc<dyn Store>,
+    orders: Arc<dyn OrderStore>,
+    payments: Arc<dyn PaymentStore>,
     listings: Listings,
     settler: Settler,
     gateways: Gateways,
@@ -78,14 +97,16 @@ pub struct Checkout {
 
 impl Checkout {
     pub fn new(
-        store: Arc<dyn Store>,
+        orders: Arc<dyn OrderStore>,
+        payments: Arc<dyn PaymentStore>,
         listings: Listings,
         gateways: Gateways,
         metrics: Arc<Metrics>,
         max_in_flight: usize,
     ) -> Checkout {
-        let settler = Settler::new(store.clone(), metrics.clone());
-        Checkout { store, listings, settler, gateways, metrics, slots: Arc::new(Semaphore::new(max_in_flight)) }
+        let settler = Settler::new(payments.clone(), metrics.clone());
+        let slots = Arc::new(Semaphore::new(max_in_flight));
+        Checkout { orders, payments, listings, settler, gateways, metrics, slots }
     }
 
     /// A slot for one checkout, or an immediate refusal: called before anything of the
@@ -94,40 +115,30 @@ impl Checkout {
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(Admission(permit)),
             Err(_) => {
-                self.metrics.checkout("overloaded", std::time::Duration::ZERO);
+                self.metrics.checkout(CheckoutError::Overloaded.label(), std::time::Duration::ZERO);
                 Err(CheckoutError::Overloaded)
             }
         }
     }
 
+    /// Every event of one checkout is in its `payment` span, which names the order, its
+    /// PG orderId and the gateway once they are known: the events themselves say only
+    /// what happened.
     pub async fn place(&self, _slot: Admission, request: CheckoutRequest) -> Result<Placed, CheckoutError> {
         let started = tokio::time::Instant::now();
-        let result = self.run(request).await;
+        let span = tracing::info_span!(
+            "payment",
+            order = tracing::field::Empty,
+            pg_order_id = tracing::field::Empty,
+            gateway = tracing::field::Empty
+        );
+        let result = self.run(request).instrument(span).await;
         let label = match &result {
             Ok((_, label)) => label,
-            Err(CheckoutError::Overloaded) => "overloaded",
-            Err(CheckoutError::Store(e)) if e.is_unavailable() => "store_unavailable",
-            Err(CheckoutError::GatewayUnavailable(_)) => "gateway_unavailable",
-            Err(CheckoutError::Rejected { .. }) => "rejected",
-            Err(CheckoutError::Store(crate::store::StoreError::OutOfStock { .. })) => "out_of_stock",
-            Err(CheckoutError::Store(crate::store::StoreError::ProductNotFound(_))) => "product_not_found",
-            Err(CheckoutError::Store(crate::store::StoreError::PriceChanged(_))) => "price_changed",
-            Err(CheckoutError::Store(_)) => "error",
+            Err(refused) => refused.label(),
         };
         self.metrics.checkout(label, started.elapsed());
         result.map(|(placed, _)| placed)
-    }
-
-    /// The first gateway at or after `from` whose payment breaker admits a call. Each
-    /// one skipped is counted as a refusal of its breaker, like the client's own.
-    fn route(&self, from: usize) -> Option<usize> {
-        let all = self.gateways.all();
-        let chosen = (from..all.len()).find(|&i| all[i].offer_payment());
-        for skipped in &all[from..chosen.unwrap_or(all.len())] {
-            let refused = GatewayEvent::Refused { operation: Operation::RequestPayment, reason: "circuit_open" };
-            skipped.client.observer().on_event(&refused);
-        }
-        chosen
     }
 
     /// Prices the order at the catalog's prices and creates it. The first pricing is from
@@ -145,13 +156,13 @@ impl Checkout {
             let order = NewOrder {
                 buyer: request.buyer.clone(),
                 priced,
-                gateway: gateway.to_string(),
+                gateway: GatewayName::new(gateway),
                 card_type: request.card_type,
                 card_last4: request.card.last4().to_string(),
                 now_ms: super::now_ms(),
                 idempotency_key: request.idempotency_key.clone(),
             };
-            match self.store.create_order(order).await {
+            match self.orders.create_order(order).await {
                 Err(StoreError::PriceChanged(_)) if reads < PRICING_TRIES => {
                     reads += 1;
                     listings = self.listings.read(&products).await?;
@@ -164,7 +175,7 @@ impl Checkout {
     /// The checkout, and its label for the checkout metrics.
     async fn run(&self, request: CheckoutRequest) -> Result<(Placed, &'static str), CheckoutError> {
         // 1. A cheap pre-check: with every breaker open nothing is written and nothing sent.
-        let Some(mut current) = self.route(0) else {
+        let Some(mut current) = self.gateways.route(0) else {
             let states: Vec<String> = self
                 .gateways
                 .all()
@@ -175,6 +186,10 @@ impl Checkout {
         };
         // 2. Transaction 1: order, items, stock reservation, REQUESTED attempt.
         let created = self.create_priced(&request, self.gateways.all()[current].name()).await?;
+        let span = Span::current();
+        span.record("order", tracing::field::display(created.order_id));
+        span.record("pg_order_id", tracing::field::display(&created.pg_order_id));
+        span.record("gateway", tracing::field::display(self.gateways.all()[current].name()));
         loop {
             // 3. The PG call, outside any transaction.
             let gateway = &self.gateways.all()[current];
@@ -187,7 +202,7 @@ impl Checkout {
             };
             // With a further gateway to take it, a payment that did not arrive moves on
             // after a few attempts instead of this gateway's whole retry sequence.
-            let outcome = if self.gateways.all()[current + 1..].iter().any(|g| g.admits_payments()) {
+            let outcome = if self.gateways.admits_payments_after(current) {
                 gateway.client.request_payment_before_failover(payment).await
             } else {
                 gateway.client.request_payment(payment).await
@@ -195,18 +210,19 @@ impl Checkout {
             // Only a request that surely never reached this PG may go to the next one:
             // anything else might be (or become) a charge here.
             if let PaymentOutcome::NotDelivered(why) = &outcome
-                && let Some(next) = self.route(current + 1)
+                && let Some(next) = self.gateways.route(current + 1)
             {
                 let to = self.gateways.all()[next].name();
-                if self.store.reassign_gateway(created.attempt_id, gateway.name(), to, super::now_ms()).await? {
-                    tracing::warn!(order = %created.order_id, pg_order_id = %created.pg_order_id, from = gateway.name(), to, %why, "payment not delivered: failing over to the next gateway");
+                if self.payments.reassign_gateway(created.attempt_id, gateway.name(), to, super::now_ms()).await? {
+                    tracing::warn!(from = gateway.name(), to, %why, "payment not delivered: failing over to the next gateway");
+                    span.record("gateway", tracing::field::display(to));
                     self.metrics.failover(gateway.name(), to);
                     current = next;
                     continue;
                 }
             }
             // 4. Transaction 2, by outcome.
-            return self.conclude(&request, created, gateway.name(), outcome).await;
+            return self.conclude(&request, created, outcome).await;
         }
     }
 
@@ -217,34 +233,29 @@ impl Checkout {
         &self,
         request: &CheckoutRequest,
         created: CreatedOrder,
-        gateway: &str,
         outcome: PaymentOutcome,
     ) -> Result<(Placed, &'static str), CheckoutError> {
         let now = super::now_ms();
         let unrecorded = |error: StoreError| {
-            tracing::error!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %error, "the PG's answer could not be recorded: the reconciler will settle this order");
+            tracing::error!(%error, "the PG's answer could not be recorded: the reconciler will settle this order");
         };
         match outcome {
             PaymentOutcome::Accepted { transaction_key } => {
                 // A fast callback may have settled it already; that is fine.
-                let written = self.store.mark_pending(created.attempt_id, Some(&transaction_key), now).await;
+                let written = self.payments.mark_pending(created.attempt_id, Some(&transaction_key), now).await;
                 let overtaken = overtaken(written, unrecorded);
                 Ok((placed(request, created, Some(transaction_key), overtaken), "accepted"))
             }
             PaymentOutcome::Unknown(why) => {
-                tracing::warn!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment outcome unknown: left PENDING for the reconciler");
-                let overtaken = overtaken(self.store.mark_pending(created.attempt_id, None, now).await, unrecorded);
+                tracing::warn!(%why, "payment outcome unknown: left PENDING for the reconciler");
+                let overtaken = overtaken(self.payments.mark_pending(created.attempt_id, None, now).await, unrecorded);
                 Ok((placed(request, created, None, overtaken), "unknown"))
             }
             PaymentOutcome::NotDelivered(why) => {
-                match self.store.roll_back(created.attempt_id).await {
-                    Ok(Transition::Applied) => {
-                        tracing::info!(order = %created.order_id, pg_order_id = %created.pg_order_id, gateway, %why, "payment not delivered: order rolled back")
-                    }
+                match self.payments.roll_back(created.attempt_id).await {
+                    Ok(Transition::Applied) => tracing::info!(%why, "payment not delivered: order rolled back"),
                     // Only a REQUESTED attempt is rolled back; anything else is settled news.
-                    Ok(other) => {
-                        tracing::error!(order = %created.order_id, ?other, "a not-delivered attempt had already moved")
-                    }
+                    Ok(other) => tracing::error!(?other, "a not-delivered attempt had already moved"),
                     // The reconciler finds that the PG never received it, and fails it.
                     Err(error) => unrecorded(error),
                 }
@@ -259,7 +270,7 @@ impl Checkout {
                 if let Err(error) = self.settler.decide(created.attempt_id, &failed, Source::Checkout).await {
                     unrecorded(error);
                 }
-                tracing::warn!(order = %created.order_id, gateway, status = rejection.status, reason = %rejection.reason, "the PG rejected a payment request");
+                tracing::warn!(status = rejection.status, reason = %rejection.reason, "the PG rejected a payment request");
                 Err(CheckoutError::Rejected { order_id: created.order_id, reason: rejection.reason })
             }
         }
@@ -283,7 +294,7 @@ fn placed(
         overtaken,
         order: OrderRecord {
             order_id: created.order_id,
-            buyer_id: request.buyer.as_str().to_string(),
+            buyer_id: request.buyer.clone(),
             total_amount: created.amount.get(),
             created_at_ms: created.created_at_ms,
             anomaly: None,

@@ -1,13 +1,16 @@
 //! The configured PGs in priority order. Each has its own client (and so its own
 //! breakers, bulkhead and retry budget), its own callback URL and its own activity
 //! record for the ops page. An attempt names its gateway; everything that talks to the
-//! PG about that attempt afterwards looks the gateway up here by that name.
+//! PG about that attempt afterwards looks the gateway up here by that name, its
+//! callbacks included: each gateway holds the intake that hears from it.
 
 use std::sync::Arc;
 
 use gateway::GatewayClient;
 use gateway::breaker::CircuitBreaker;
+use gateway::observer::{GatewayEvent, Operation};
 
+use super::callbacks::CallbackIntake;
 use crate::telemetry::Activity;
 
 pub struct Gateway {
@@ -15,6 +18,8 @@ pub struct Gateway {
     /// Where this PG posts its results for us.
     pub callback_url: String,
     pub activity: Arc<Activity>,
+    /// Where this PG's callbacks are verified and applied.
+    pub callbacks: CallbackIntake,
 }
 
 impl Gateway {
@@ -54,6 +59,24 @@ impl Gateways {
 
     pub fn all(&self) -> &[Gateway] {
         &self.0
+    }
+
+    /// The first gateway at or after `from` that takes a new payment now. Each one
+    /// skipped is counted as a refusal of its payment breaker, as the client counts its
+    /// own: the gateway's metrics and ops page show a refused checkout either way.
+    pub fn route(&self, from: usize) -> Option<usize> {
+        let chosen = (from..self.0.len()).find(|&i| self.0[i].offer_payment());
+        for skipped in &self.0[from..chosen.unwrap_or(self.0.len())] {
+            let refused = GatewayEvent::Refused { operation: Operation::RequestPayment, reason: "circuit_open" };
+            skipped.client.observer().on_event(&refused);
+        }
+        chosen
+    }
+
+    /// Whether a gateway after `index` would take a payment now (asked without counting
+    /// a refusal): a payment that did not arrive at `index` has somewhere to go.
+    pub fn admits_payments_after(&self, index: usize) -> bool {
+        self.0[index + 1..].iter().any(Gateway::admits_payments)
     }
 
     pub fn get(&self, name: &str) -> Option<&Gateway> {

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use super::checkout::CheckoutRequest;
 use crate::configuration::CheckoutSettings;
 use crate::domain::{BuyerId, OrderId};
-use crate::store::{IdempotencyStart, Store, StoreError};
+use crate::store::{IdempotencyStart, IdempotencyStore, OrderStore, StoreError};
 
 /// How a request under a key goes on.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,15 +37,22 @@ pub enum IdempotencyError {
 
 #[derive(Clone)]
 pub struct Idempotency {
-    store: Arc<dyn Store>,
+    keys: Arc<dyn IdempotencyStore>,
+    /// Where a key's order is looked up when its first request seems abandoned.
+    orders: Arc<dyn OrderStore>,
     ttl_ms: i64,
     in_flight_ms: i64,
 }
 
 impl Idempotency {
-    pub fn new(store: Arc<dyn Store>, settings: &CheckoutSettings) -> Idempotency {
+    pub fn new(
+        keys: Arc<dyn IdempotencyStore>,
+        orders: Arc<dyn OrderStore>,
+        settings: &CheckoutSettings,
+    ) -> Idempotency {
         Idempotency {
-            store,
+            keys,
+            orders,
             ttl_ms: settings.idempotency_ttl_secs as i64 * 1_000,
             in_flight_ms: settings.idempotency_in_flight_secs as i64 * 1_000,
         }
@@ -53,7 +60,7 @@ impl Idempotency {
 
     pub async fn start(&self, buyer: &BuyerId, key: &str, fingerprint: &str) -> Result<Start, IdempotencyError> {
         let now = super::now_ms();
-        match self.store.begin_idempotent(buyer, key, fingerprint, now, now - self.ttl_ms).await? {
+        match self.keys.begin_idempotent(buyer, key, fingerprint, now, now - self.ttl_ms).await? {
             IdempotencyStart::Started => Ok(Start::Fresh),
             IdempotencyStart::Saved { status, body } => Ok(Start::Saved { status, body }),
             IdempotencyStart::Mismatch => Err(IdempotencyError::Mismatch),
@@ -64,12 +71,12 @@ impl Idempotency {
                     return Err(IdempotencyError::InFlight);
                 }
                 if let Some(order_id) = order_id
-                    && self.store.order(order_id).await?.is_some()
+                    && self.orders.order(order_id).await?.is_some()
                 {
                     return Ok(Start::ReplayOrder(order_id));
                 }
                 // No order stands (none created, or rolled back): nothing reached a PG.
-                match self.store.retake_idempotent(buyer, key, since_ms, now).await? {
+                match self.keys.retake_idempotent(buyer, key, since_ms, now).await? {
                     true => Ok(Start::Fresh),
                     false => Err(IdempotencyError::InFlight),
                 }
@@ -83,9 +90,9 @@ impl Idempotency {
     /// it is stale the repeat gets the order it is linked to.
     pub async fn finish(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) {
         let saved = if status >= 500 {
-            self.store.release_idempotent(buyer, key).await
+            self.keys.release_idempotent(buyer, key).await
         } else {
-            self.store.finish_idempotent(buyer, key, status, body).await
+            self.keys.finish_idempotent(buyer, key, status, body).await
         };
         if let Err(error) = saved {
             tracing::warn!(%error, status, "an idempotent checkout's answer could not be saved");

@@ -95,7 +95,7 @@ mod tests {
     fn order(status: PaymentStatus) -> OrderRecord {
         OrderRecord {
             order_id: OrderId(7),
-            buyer_id: "buyer-1".into(),
+            buyer_id: crate::domain::BuyerId::parse("buyer-1").unwrap(),
             total_amount: 39_000,
             created_at_ms: 1,
             anomaly: None,

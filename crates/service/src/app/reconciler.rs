@@ -13,8 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway::wire::{OrderTransactions, TransactionStatus};
-use gateway::{GatewayClient, LookupOutcome};
+use gateway::GatewayClient;
+use gateway::wire::{OrderTransactions, TransactionStatus, TransactionSummary};
 
 use super::gateways::Gateways;
 use serde::Serialize;
@@ -24,7 +24,7 @@ use super::settlement::{Applied, Observed, Settler, Source};
 use crate::configuration::ReconcilerSettings;
 use crate::domain::payment::NOT_RECEIVED_REASON;
 use crate::domain::{Final, Settlement};
-use crate::store::{Attempt, Check, EventKind, Store, StoreError, Transition};
+use crate::store::{Attempt, Check, Claim, PaymentStore, ReconciliationStore, StoreError, Transition};
 use crate::telemetry::Metrics;
 
 /// What one pass did, for tests, logs and "reconcile now".
@@ -45,7 +45,7 @@ pub struct PassReport {
 
 #[derive(Clone)]
 pub struct Reconciler {
-    store: Arc<dyn Store>,
+    queue: Arc<dyn ReconciliationStore>,
     gateways: Gateways,
     settler: Settler,
     metrics: Arc<Metrics>,
@@ -89,18 +89,19 @@ impl Throughput {
 
 impl Reconciler {
     pub fn new(
-        store: Arc<dyn Store>,
+        queue: Arc<dyn ReconciliationStore>,
+        payments: Arc<dyn PaymentStore>,
         gateways: Gateways,
         metrics: Arc<Metrics>,
         settings: ReconcilerSettings,
     ) -> Reconciler {
-        let settler = Settler::new(store.clone(), metrics.clone());
+        let settler = Settler::new(payments, metrics.clone());
         let owner = format!("{}-{}-{:08x}", hostname(), std::process::id(), rand::random::<u32>());
         let rate = std::num::NonZeroU32::new(settings.max_lookups_per_second).expect("validated positive");
         // No burst: the cap holds over any second, not on average.
         let quota = governor::Quota::per_second(rate).allow_burst(std::num::NonZeroU32::MIN);
         let lookups = Arc::new(governor::RateLimiter::direct(quota));
-        Reconciler { store, gateways, settler, metrics, settings, owner, lookups, throughput: Arc::default() }
+        Reconciler { queue, gateways, settler, metrics, settings, owner, lookups, throughput: Arc::default() }
     }
 
     pub fn settings(&self) -> &ReconcilerSettings {
@@ -161,7 +162,7 @@ impl Reconciler {
                 }
             };
         }
-        match self.store.release_leases(&self.owner).await {
+        match self.queue.release_leases(&self.owner).await {
             Ok(released) => tracing::info!(released, "reconciler stopped, leases released"),
             Err(error) => tracing::warn!(%error, "reconciler stopped; releasing its leases failed (they expire)"),
         }
@@ -188,18 +189,15 @@ impl Reconciler {
         use futures_util::StreamExt;
         let now = super::now_ms();
         let lease_ms = self.settings.lease_ms as i64;
-        let created_before = now - self.settings.grace_ms as i64;
-        let due = self
-            .store
-            .claim_due_attempts(
-                gateway.name(),
-                &self.owner,
-                now + lease_ms,
-                created_before,
-                now,
-                self.settings.batch_size,
-            )
-            .await?;
+        let claim = Claim {
+            gateway: gateway.name(),
+            owner: &self.owner,
+            lease_until_ms: now + lease_ms,
+            created_before_ms: now - self.settings.grace_ms as i64,
+            now_ms: now,
+            limit: self.settings.batch_size,
+        };
+        let due = self.queue.claim_due_attempts(claim).await?;
         if due.is_empty() {
             // Most passes find nothing: no lease to renew, no task to start.
             return Ok(());
@@ -208,12 +206,12 @@ impl Reconciler {
         // The leases of this batch outlive a slow PG: renewed every third of their length
         // until the batch is done (each check ends its own lease).
         let renewal = {
-            let (store, owner) = (self.store.clone(), self.owner.clone());
+            let (queue, owner) = (self.queue.clone(), self.owner.clone());
             let every = Duration::from_millis((lease_ms / 3).max(1) as u64);
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    match store.renew_leases(&owner, super::now_ms() + lease_ms).await {
+                    match queue.renew_leases(&owner, super::now_ms() + lease_ms).await {
                         Err(error) if !error.is_unavailable() => {
                             tracing::warn!(%error, "renewing reconciliation leases failed")
                         }
@@ -237,14 +235,7 @@ impl Reconciler {
         let mut checks = Vec::new();
         for (attempt, verdict) in verdicts {
             report.examined += 1;
-            self.metrics.reconciliation(match &verdict {
-                Ok(Verdict::Settled) => "settled",
-                Ok(Verdict::NotReceived) => "not_received",
-                Ok(Verdict::DoubleCharge) => "double_charge",
-                Ok(Verdict::Pending(_)) => "still_pending",
-                Ok(Verdict::Unreachable(_)) => "pg_unreachable",
-                Err(_) => "error",
-            });
+            self.metrics.reconciliation(verdict.as_ref().map_or("error", Verdict::label));
             match verdict {
                 Ok(Verdict::Settled) => report.settled += 1,
                 Ok(Verdict::NotReceived) => {
@@ -274,15 +265,15 @@ impl Reconciler {
                 }
             }
         }
-        self.store.record_checks(&checks, super::now_ms()).await?;
+        self.queue.record_checks(&checks, super::now_ms()).await?;
         self.throughput.add((report.settled - settled_before) as u64);
         unavailable.map_or(Ok(()), Err)
     }
 
     async fn reconcile(&self, gateway: &GatewayClient, attempt: &Attempt) -> Result<Verdict, StoreError> {
         match &attempt.transaction_key {
-            Some(key) => match gateway.transaction(key.as_str()).await {
-                LookupOutcome::Found(detail) => {
+            Some(key) => match gateway.transaction(key.as_str()).await.answer() {
+                Ok(Some(detail)) => {
                     let observed = Observed {
                         transaction_key: detail.transaction_key,
                         status: detail.status,
@@ -290,17 +281,13 @@ impl Reconciler {
                     };
                     self.adopt(attempt, &observed).await
                 }
-                LookupOutcome::NotFound => Ok(Verdict::Pending(format!("the PG does not know key {key}"))),
-                LookupOutcome::Rejected(r) => Ok(Verdict::Unreachable(r.reason)),
-                LookupOutcome::NotDelivered(why) => Ok(Verdict::Unreachable(why.to_string())),
-                LookupOutcome::Unknown(why) => Ok(Verdict::Unreachable(why.to_string())),
+                Ok(None) => Ok(Verdict::Pending(format!("the PG does not know key {key}"))),
+                Err(why) => Ok(Verdict::Unreachable(why)),
             },
-            None => match gateway.transactions_for_order(&attempt.pg_order_id).await {
-                LookupOutcome::Found(list) => self.adopt_one_of(attempt, list).await,
-                LookupOutcome::NotFound => self.not_found(attempt).await,
-                LookupOutcome::Rejected(r) => Ok(Verdict::Unreachable(r.reason)),
-                LookupOutcome::NotDelivered(why) => Ok(Verdict::Unreachable(why.to_string())),
-                LookupOutcome::Unknown(why) => Ok(Verdict::Unreachable(why.to_string())),
+            None => match gateway.transactions_for_order(&attempt.pg_order_id).await.answer() {
+                Ok(Some(list)) => self.adopt_one_of(attempt, list).await,
+                Ok(None) => self.not_found(attempt).await,
+                Err(why) => Ok(Verdict::Unreachable(why)),
             },
         }
     }
@@ -326,20 +313,14 @@ impl Reconciler {
             .or_else(|| list.transactions.iter().find(|t| t.status == TransactionStatus::Pending))
             .or_else(|| list.transactions.first())
             .expect("a found order has at least one transaction");
-        let observed = Observed {
-            transaction_key: chosen.transaction_key.clone(),
-            status: chosen.status,
-            reason: chosen.reason.clone(),
+        let observed = |t: &TransactionSummary| Observed {
+            transaction_key: t.transaction_key.clone(),
+            status: t.status,
+            reason: t.reason.clone(),
         };
-        let mut verdict = self.adopt(attempt, &observed).await?;
-        for extra in successes.iter().filter(|t| t.transaction_key != chosen.transaction_key) {
-            let detail = format!(
-                "second SUCCESS {} besides {} for {}",
-                extra.transaction_key, chosen.transaction_key, attempt.pg_order_id
-            );
-            self.store.record_event(attempt.id, EventKind::DoubleCharge, &detail, super::now_ms()).await?;
-            tracing::error!(attempt = %attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, transaction_key = %extra.transaction_key, "double charge detected");
-            self.metrics.double_charge();
+        let mut verdict = self.adopt(attempt, &observed(chosen)).await?;
+        for extra in successes.iter().copied().filter(|t| t.transaction_key != chosen.transaction_key) {
+            self.settler.second_charge(attempt, &observed(extra), Source::Reconciler).await?;
             verdict = Verdict::DoubleCharge;
         }
         Ok(verdict)
@@ -381,6 +362,19 @@ enum Verdict {
     DoubleCharge,
     Pending(String),
     Unreachable(String),
+}
+
+impl Verdict {
+    /// The `result` label of the reconciliation metric.
+    fn label(&self) -> &'static str {
+        match self {
+            Verdict::Settled => "settled",
+            Verdict::NotReceived => "not_received",
+            Verdict::DoubleCharge => "double_charge",
+            Verdict::Pending(_) => "still_pending",
+            Verdict::Unreachable(_) => "pg_unreachable",
+        }
+    }
 }
 
 fn hostname() -> String {

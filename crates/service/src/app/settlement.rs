@@ -109,6 +109,20 @@ impl Settler {
             self.note(attempt, EventKind::ConflictingDelivery, source, observed).await?;
             return Ok(Applied::Conflict);
         }
+        self.second_charge(attempt, observed, source).await?;
+        Ok(Applied::DoubleCharge)
+    }
+
+    /// A SUCCESS of a transaction other than the one that settled `attempt`: the buyer
+    /// was charged twice. Recorded, counted and logged for a refund; the attempt itself
+    /// keeps its own settlement. The one place a double charge is handled, whether a
+    /// callback or a lookup of the orderId brought the news.
+    pub async fn second_charge(
+        &self,
+        attempt: &Attempt,
+        observed: &Observed,
+        source: Source,
+    ) -> Result<(), StoreError> {
         self.note(attempt, EventKind::DoubleCharge, source, observed).await?;
         self.metrics.double_charge();
         tracing::error!(
@@ -119,7 +133,7 @@ impl Settler {
             own_key = attempt.transaction_key.as_ref().map(TransactionKey::as_str).unwrap_or("-"),
             "a second transaction charged this payment: refund it"
         );
-        Ok(Applied::DoubleCharge)
+        Ok(())
     }
 
     async fn apply_own(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {

@@ -164,6 +164,12 @@ impl GatewayName {
     }
 }
 
+impl From<&str> for GatewayName {
+    fn from(name: &str) -> GatewayName {
+        GatewayName::new(name)
+    }
+}
+
 impl std::fmt::Display for GatewayName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

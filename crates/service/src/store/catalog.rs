@@ -93,19 +93,9 @@ fn catalog_entry<D: Dialect>(row: &D::Row) -> Result<CatalogEntry, StoreError> {
 #[async_trait]
 impl<D: Dialect> CatalogStore for SqlStore<D> {
     async fn products(&self) -> Result<Vec<Product>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, price, available FROM products ORDER BY id")
-            .fetch_all(D::on(&mut *self.reader().await?))
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Product {
-                    product_id: r.col("id")?,
-                    name: r.col("name")?,
-                    price: r.col("price")?,
-                    stock: r.col("available")?,
-                })
-            })
-            .collect()
+        let for_sale =
+            |e: CatalogEntry| Product { product_id: e.product_id, name: e.name, price: e.price, stock: e.available };
+        Ok(self.catalog().await?.into_iter().map(for_sale).collect())
     }
 
     async fn catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {

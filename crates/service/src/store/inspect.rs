@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::catalog::StockLevels;
+use super::catalog::{CatalogEntry, CatalogStore, StockLevels};
 use super::orders::{NewOrder, orders_the_catalog_refuses};
 use super::payments::keys_held_elsewhere;
 use super::sql::{Arg, Column, Dialect, SqlStore};
@@ -58,19 +58,13 @@ impl<D: Dialect> Inspect for SqlStore<D> {
     }
 
     async fn stock_levels(&self) -> Result<Vec<StockLevels>, StoreError> {
-        let rows = sqlx::query("SELECT id, available, reserved, sold FROM products ORDER BY id")
-            .fetch_all(D::on(&mut *self.reader().await?))
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StockLevels {
-                    product_id: r.col("id")?,
-                    available: r.col("available")?,
-                    reserved: r.col("reserved")?,
-                    sold: r.col("sold")?,
-                })
-            })
-            .collect()
+        let levels = |e: CatalogEntry| StockLevels {
+            product_id: e.product_id,
+            available: e.available,
+            reserved: e.reserved,
+            sold: e.sold,
+        };
+        Ok(self.catalog().await?.into_iter().map(levels).collect())
     }
 
     async fn row_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {

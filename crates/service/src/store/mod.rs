@@ -29,7 +29,7 @@ pub use self::orders::{AttemptView, CreatedOrder, NewOrder, OrderItem, OrderReco
 pub use self::payments::{Attempt, EventKind, PaymentStore, Transition};
 pub(crate) use self::payments::{MarkPending, Settle};
 pub use self::postgres::{PgStore, PoolSettings};
-pub use self::reconciliation::{Check, ReconciliationStore};
+pub use self::reconciliation::{Check, Claim, ReconciliationStore};
 pub use self::sql::{Dialect, SqlStore};
 pub use self::sqlite::SqliteStore;
 use crate::domain::PaymentStatus;

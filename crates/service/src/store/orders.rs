@@ -10,7 +10,9 @@ use sqlx::QueryBuilder;
 use super::StoreError;
 use super::batch::write_group;
 use super::sql::{Arg, Column, Dialect, PushArg, PushUnseparated, SqlStore, begin_group, lock_in_order, push_binds};
-use crate::domain::{AttemptId, BuyerId, CardType, Money, OrderId, PaymentStatus, Priced, PricedLine, pg_order_id};
+use crate::domain::{
+    AttemptId, BuyerId, CardType, GatewayName, Money, OrderId, PaymentStatus, Priced, PricedLine, pg_order_id,
+};
 
 /// An order to create with its first payment attempt (checkout's transaction 1).
 #[derive(Debug, Clone)]
@@ -19,7 +21,7 @@ pub struct NewOrder {
     /// Priced by the checkout from `CatalogStore::listings`; the order is created only
     /// if every price still holds when its stock is reserved.
     pub priced: Priced,
-    pub gateway: String,
+    pub gateway: GatewayName,
     pub card_type: CardType,
     pub card_last4: String,
     pub now_ms: i64,
@@ -53,7 +55,7 @@ pub struct OrderItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRecord {
     pub order_id: OrderId,
-    pub buyer_id: String,
+    pub buyer_id: BuyerId,
     pub total_amount: i64,
     pub created_at_ms: i64,
     pub anomaly: Option<String>,
@@ -166,7 +168,8 @@ async fn assemble<D: Dialect>(conn: &mut D::Connection, row: &D::Row) -> Result<
     .await?;
     Ok(OrderRecord {
         order_id: OrderId(order_id),
-        buyer_id: row.col("buyer_id")?,
+        buyer_id: BuyerId::parse(&row.col::<String>("buyer_id")?)
+            .map_err(|_| StoreError::Corrupt(format!("buyer id of order {order_id}")))?,
         total_amount: row.col("total_amount")?,
         created_at_ms: row.col("created_at")?,
         anomaly: row.col("anomaly")?,

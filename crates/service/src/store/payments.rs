@@ -8,6 +8,8 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use sqlx::QueryBuilder;
 
+use futures_util::future::BoxFuture;
+
 use super::batch::write_group;
 use super::catalog::release_stock;
 use super::sql::{
@@ -346,6 +348,40 @@ pub(super) async fn keys_held_elsewhere<D: Dialect>(
         .collect())
 }
 
+/// A status write that may name a transaction key, which another attempt may hold.
+trait KeyedWrite: Send + Sync {
+    fn attempt_and_key(&self) -> (AttemptId, Option<String>);
+}
+
+impl KeyedWrite for MarkPending {
+    fn attempt_and_key(&self) -> (AttemptId, Option<String>) {
+        (self.attempt_id, self.key.clone())
+    }
+}
+
+impl KeyedWrite for Settle {
+    fn attempt_and_key(&self) -> (AttemptId, Option<String>) {
+        (self.attempt_id, self.settlement.transaction_key.clone())
+    }
+}
+
+/// `write_group` for status writes: two writes to one attempt go one by one from the
+/// start, and a group refused for a key another attempt holds sets that write apart.
+async fn write_keyed<D: Dialect, W: KeyedWrite>(
+    conn: &mut D::Connection,
+    group: Vec<W>,
+    may_share: bool,
+    together: impl for<'a> Fn(&'a mut D::Connection, &'a [W]) -> BoxFuture<'a, Result<Vec<Transition>, StoreError>>,
+) -> Vec<Result<Transition, StoreError>> {
+    let attempts: HashSet<_> = group.iter().map(|w| w.attempt_and_key().0).collect();
+    let may_share = may_share && attempts.len() == group.len();
+    write_group(conn, group, may_share, together, |conn, group| {
+        let keys: Vec<_> = group.iter().map(KeyedWrite::attempt_and_key).collect();
+        Box::pin(async move { keys_held_elsewhere::<D>(conn, &keys).await })
+    })
+    .await
+}
+
 /// Marks a group of attempts PENDING in one statement; when one of them is refused (its
 /// transaction key belongs to another attempt), that one alone and the rest together
 /// again. Two marks of one attempt are written one by one from the start.
@@ -353,19 +389,7 @@ pub(super) async fn mark_all_pending<D: Dialect>(
     conn: &mut D::Connection,
     group: Vec<MarkPending>,
 ) -> Vec<Result<Transition, StoreError>> {
-    let attempts: HashSet<_> = group.iter().map(|m| m.attempt_id).collect();
-    let may_share = attempts.len() == group.len();
-    write_group(
-        conn,
-        group,
-        may_share,
-        |conn, group| Box::pin(mark_pending_together::<D>(conn, group)),
-        |conn, group| {
-            let keys: Vec<_> = group.iter().map(|m| (m.attempt_id, m.key.clone())).collect();
-            Box::pin(async move { keys_held_elsewhere::<D>(conn, &keys).await })
-        },
-    )
-    .await
+    write_keyed::<D, _>(conn, group, true, |conn, group| Box::pin(mark_pending_together::<D>(conn, group))).await
 }
 
 /// Marks every attempt of `group` that is still REQUESTED; the others are answered with
@@ -423,19 +447,8 @@ pub(super) async fn settle_all<D: Dialect>(
     group: Vec<Settle>,
 ) -> Vec<Result<Transition, StoreError>> {
     let sources = |s: &Settle| PaymentStatus::allowed_sources(s.settlement.status.into());
-    let attempts: HashSet<_> = group.iter().map(|s| s.attempt_id).collect();
-    let may_share = attempts.len() == group.len() && group.iter().all(|s| sources(s) == sources(&group[0]));
-    write_group(
-        conn,
-        group,
-        may_share,
-        |conn, group| Box::pin(settle_together::<D>(conn, group)),
-        |conn, group| {
-            let keys: Vec<_> = group.iter().map(|s| (s.attempt_id, s.settlement.transaction_key.clone())).collect();
-            Box::pin(async move { keys_held_elsewhere::<D>(conn, &keys).await })
-        },
-    )
-    .await
+    let alike = group.iter().all(|s| sources(s) == sources(&group[0]));
+    write_keyed::<D, _>(conn, group, alike, |conn, group| Box::pin(settle_together::<D>(conn, group))).await
 }
 
 /// Settles every attempt of `group` that may still be settled, releasing its order's

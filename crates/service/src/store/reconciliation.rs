@@ -26,21 +26,25 @@ pub struct Check {
     pub stuck: bool,
 }
 
+/// A claim on due attempts: unsettled attempts of `gateway` created before
+/// `created_before_ms` whose next check is due at `now_ms` and that no live lease holds,
+/// `limit` at most, each leased to `owner` until `lease_until_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim<'a> {
+    pub gateway: &'a str,
+    pub owner: &'a str,
+    pub lease_until_ms: i64,
+    pub created_before_ms: i64,
+    pub now_ms: i64,
+    pub limit: i64,
+}
+
 /// The reconciler's queue: unsettled attempts, their leases and checks.
 #[async_trait]
 pub trait ReconciliationStore: Send + Sync + 'static {
-    /// Claims unsettled attempts of `gateway` created before `created_before_ms` whose
-    /// next check is due and that no live lease holds: each gets a lease for `owner`
-    /// until `lease_until_ms`. Concurrent claimers never get the same attempt.
-    async fn claim_due_attempts(
-        &self,
-        gateway: &str,
-        owner: &str,
-        lease_until_ms: i64,
-        created_before_ms: i64,
-        now_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<Attempt>, StoreError>;
+    /// The attempts `claim` describes, each now leased to its owner. Concurrent
+    /// claimers never get the same attempt.
+    async fn claim_due_attempts(&self, claim: Claim<'_>) -> Result<Vec<Attempt>, StoreError>;
 
     /// Extends every lease `owner` holds on an unsettled attempt (while a pass works).
     async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError>;
@@ -80,24 +84,16 @@ pub(super) fn claim_due<D: Dialect>() -> String {
 
 #[async_trait]
 impl<D: Dialect> ReconciliationStore for SqlStore<D> {
-    async fn claim_due_attempts(
-        &self,
-        gateway: &str,
-        owner: &str,
-        lease_until_ms: i64,
-        created_before_ms: i64,
-        now_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<Attempt>, StoreError> {
+    async fn claim_due_attempts(&self, claim: Claim<'_>) -> Result<Vec<Attempt>, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = D::begin_write(&mut *conn).await?;
         let query = sqlx::query(AssertSqlSafe(claim_due::<D>()))
-            .arg(owner)
-            .arg(lease_until_ms)
-            .arg(created_before_ms)
-            .arg(now_ms)
-            .arg(limit)
-            .arg(gateway);
+            .arg(claim.owner)
+            .arg(claim.lease_until_ms)
+            .arg(claim.created_before_ms)
+            .arg(claim.now_ms)
+            .arg(claim.limit)
+            .arg(claim.gateway);
         let rows = D::bind_statuses(query, PaymentStatus::UNSETTLED).fetch_all(D::on(&mut *tx)).await?;
         tx.commit().await?;
         rows.iter().map(attempt::<D>).collect()

@@ -73,6 +73,50 @@ async fn an_open_circuit_answers_503_at_once_with_nothing_written_or_sent() {
     assert_eq!(app.stock().await[0].available, 1000);
 }
 
+/// Log lines written by a `fmt` subscriber, kept for the test to read.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+    type Writer = Lines;
+
+    fn make_writer(&'a self) -> Lines {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_checkout_s_events_carry_the_order_pg_order_id_and_gateway_from_its_payment_span() {
+    let lines = Lines::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(lines.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app(Faults { request_failure_rate: 1.0, ..Faults::instant() }).await;
+    let (status, body) = app.checkout("buyer-1", &[(1, 1)]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let rolled_back = logged
+        .lines()
+        .find(|line| line.contains("payment not delivered: order rolled back"))
+        .unwrap_or_else(|| panic!("the roll-back is logged: {logged}"));
+    assert!(
+        rolled_back.contains("payment{order=1 pg_order_id=ORD000001-1 gateway=pg}"),
+        "the span names the payment: {rolled_back}"
+    );
+    let event = &rolled_back[rolled_back.find("}:").unwrap()..];
+    assert!(!event.contains("order="), "the event does not repeat what its span says: {rolled_back}");
+}
+
 #[tokio::test]
 async fn not_delivered_after_retries_rolls_the_order_back_with_503() {
     let app = spawn_app(Faults { request_failure_rate: 1.0, ..Faults::instant() }).await;

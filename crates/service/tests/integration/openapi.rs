@@ -19,7 +19,7 @@ async fn the_served_document_is_the_one_in_docs() {
 #[tokio::test]
 async fn every_route_is_documented_with_its_method() {
     let document: Value = serde_json::from_str(&service::http::openapi::DOCUMENT).unwrap();
-    let router = include_str!("../../src/http/mod.rs");
+    let router = include_str!("../../src/http/router.rs");
     // `.route("/path", get(x).post(y))` lines of the router, read from its source.
     let mut routes = 0;
     for line in router.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {

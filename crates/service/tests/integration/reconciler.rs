@@ -356,6 +356,7 @@ async fn leases_are_renewed_while_a_slow_pass_works_so_no_one_else_takes_them() 
     tokio::time::sleep(std::time::Duration::from_millis(700)).await;
     let other = service::app::reconciler::Reconciler::new(
         app.store.clone(),
+        app.store.clone(),
         app.gateways.clone(),
         Arc::new(service::telemetry::Metrics::new()),
         app.state.reconciler.settings().clone(),

@@ -325,6 +325,7 @@ async fn the_reconciler_says_once_that_the_database_is_gone_backs_off_and_says_w
     };
     let reconciler = service::app::reconciler::Reconciler::new(
         app.store.clone(),
+        app.store.clone(),
         app.gateways.clone(),
         app.state.metrics.clone(),
         settings,

@@ -14,7 +14,7 @@ use service::domain::{
     AttemptId, BuyerId, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
 };
 use service::store::{
-    Check, CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore,
+    Check, Claim, CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore,
     StockChange, StoreError, Transition,
 };
 
@@ -256,7 +256,7 @@ async fn orders_placed_together_are_each_created_whole(store: Arc<dyn Inspect>) 
         assert_eq!((attempt.id, attempt.order_id, attempt.amount), (c.attempt_id, c.order_id, c.amount), "order {i}");
         assert_eq!(c.amount.get(), 39_000 * quantity(i) + 25_000);
         let record = store.order(c.order_id).await.unwrap().unwrap();
-        assert_eq!(record.buyer_id, format!("buyer-{i}"));
+        assert_eq!(record.buyer_id.as_str(), format!("buyer-{i}"));
         let lines: Vec<_> = record.items.iter().map(|it| (it.product_id, it.quantity)).collect();
         assert_eq!(lines, [(1, quantity(i)), (2, 1)], "order {i} has its own lines, in order");
         assert_eq!(record.items, c.items, "the order as created is the order as stored");
@@ -504,35 +504,97 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
     }
     let claim = |owner: &'static str| {
         let store = store.clone();
-        tokio::spawn(
-            async move { store.claim_due_attempts("pg", owner, NOW + 30_000, NOW, NOW + 1, 15).await.unwrap() },
-        )
+        tokio::spawn(async move {
+            store
+                .claim_due_attempts(Claim {
+                    gateway: "pg",
+                    owner,
+                    lease_until_ms: NOW + 30_000,
+                    created_before_ms: NOW,
+                    now_ms: NOW + 1,
+                    limit: 15,
+                })
+                .await
+                .unwrap()
+        })
     };
     let (a, b) = (claim("a"), claim("b"));
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
     assert_eq!(a.len() + b.len(), 20, "every due attempt claimed once");
     assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)), "no attempt claimed twice");
     assert!(
-        store.claim_due_attempts("pg", "c", NOW + 30_000, NOW, NOW + 2, 50).await.unwrap().is_empty(),
+        store
+            .claim_due_attempts(Claim {
+                gateway: "pg",
+                owner: "c",
+                lease_until_ms: NOW + 30_000,
+                created_before_ms: NOW,
+                now_ms: NOW + 2,
+                limit: 50
+            })
+            .await
+            .unwrap()
+            .is_empty(),
         "live leases hold"
     );
 
     // A check ends the lease; a crashed owner's lease expires; a stopping owner releases.
     let checked = &a[0];
     store.record_checks(&[check(checked.id, NOW + 1, "still pending", false)], NOW + 2).await.unwrap();
-    let retaken = store.claim_due_attempts("pg", "c", NOW + 60_000, NOW, NOW + 3, 50).await.unwrap();
+    let retaken = store
+        .claim_due_attempts(Claim {
+            gateway: "pg",
+            owner: "c",
+            lease_until_ms: NOW + 60_000,
+            created_before_ms: NOW,
+            now_ms: NOW + 3,
+            limit: 50,
+        })
+        .await
+        .unwrap();
     assert_eq!(retaken.iter().map(|x| x.id).collect::<Vec<_>>(), [checked.id]);
     assert_eq!(retaken[0].checks, 1);
     let released = store.release_leases("b").await.unwrap() as usize;
     assert_eq!(released, b.len());
-    assert_eq!(store.claim_due_attempts("pg", "d", NOW + 60_000, NOW, NOW + 4, 50).await.unwrap().len(), b.len());
-    let expired = store.claim_due_attempts("pg", "e", NOW + 90_000, NOW, NOW + 30_001, 50).await.unwrap();
+    assert_eq!(
+        store
+            .claim_due_attempts(Claim {
+                gateway: "pg",
+                owner: "d",
+                lease_until_ms: NOW + 60_000,
+                created_before_ms: NOW,
+                now_ms: NOW + 4,
+                limit: 50
+            })
+            .await
+            .unwrap()
+            .len(),
+        b.len()
+    );
+    let expired = store
+        .claim_due_attempts(Claim {
+            gateway: "pg",
+            owner: "e",
+            lease_until_ms: NOW + 90_000,
+            created_before_ms: NOW,
+            now_ms: NOW + 30_001,
+            limit: 50,
+        })
+        .await
+        .unwrap();
     assert_eq!(expired.len(), a.len() - 1, "a's expired leases are taken over");
     // Settled attempts are never claimed.
     store.settle(checked.id, &success("k-claimed"), Source::Callback, NOW).await.unwrap();
     assert!(
         store
-            .claim_due_attempts("pg", "f", NOW + 200_000, NOW, NOW + 100_000, 50)
+            .claim_due_attempts(Claim {
+                gateway: "pg",
+                owner: "f",
+                lease_until_ms: NOW + 200_000,
+                created_before_ms: NOW,
+                now_ms: NOW + 100_000,
+                limit: 50
+            })
             .await
             .unwrap()
             .iter()
@@ -552,7 +614,17 @@ async fn checks_recorded_together_each_book_their_own_and_leave_settled_attempts
         store.mark_pending(order.attempt_id, None, NOW).await.unwrap();
         created.push(order);
     }
-    let claimed = store.claim_due_attempts("pg", "a", NOW + 30_000, NOW + 1, NOW, 100).await.unwrap();
+    let claimed = store
+        .claim_due_attempts(Claim {
+            gateway: "pg",
+            owner: "a",
+            lease_until_ms: NOW + 30_000,
+            created_before_ms: NOW + 1,
+            now_ms: NOW,
+            limit: 100,
+        })
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 70);
     let settled = &created[10];
     store.settle(settled.attempt_id, &success("k-settled"), Source::Callback, NOW).await.unwrap();
@@ -569,7 +641,17 @@ async fn checks_recorded_together_each_book_their_own_and_leave_settled_attempts
 
     // Each ended its lease (another owner takes them within a's lease) and is due when
     // its own check said; the settled one is not due at all.
-    let due = store.claim_due_attempts("pg", "b", NOW + 60_000, NOW + 1, NOW + 10, 100).await.unwrap();
+    let due = store
+        .claim_due_attempts(Claim {
+            gateway: "pg",
+            owner: "b",
+            lease_until_ms: NOW + 60_000,
+            created_before_ms: NOW + 1,
+            now_ms: NOW + 10,
+            limit: 100,
+        })
+        .await
+        .unwrap();
     let mut due_ids: Vec<_> = due.iter().map(|a| a.id).collect();
     due_ids.sort();
     let expected: Vec<_> =
@@ -724,7 +806,17 @@ async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Inspec
     let claim = |gateway: &'static str| {
         let store = store.clone();
         async move {
-            let claimed = store.claim_due_attempts(gateway, "a", NOW + 30_000, NOW, NOW + 1, 50).await.unwrap();
+            let claimed = store
+                .claim_due_attempts(Claim {
+                    gateway,
+                    owner: "a",
+                    lease_until_ms: NOW + 30_000,
+                    created_before_ms: NOW,
+                    now_ms: NOW + 1,
+                    limit: 50,
+                })
+                .await
+                .unwrap();
             claimed.iter().map(|a| a.id).collect::<Vec<_>>()
         }
     };
