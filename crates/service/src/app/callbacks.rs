@@ -17,12 +17,13 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gateway::GatewayClient;
 use gateway::signature::SignatureHeader;
 use gateway::wire::TransactionDetail;
-use gateway::{GatewayClient, LookupOutcome};
 
 use super::replay::SeenSignatures;
 use super::settlement::{Applied, Observed, Settler, Source};
+use crate::domain::Timestamp;
 use crate::store::{EventKind, PaymentStore, StoreError};
 use crate::telemetry::Metrics;
 
@@ -142,7 +143,7 @@ impl CallbackIntake {
                 body.transaction_key,
                 attempt.gateway
             );
-            self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
+            self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, Timestamp::now()).await?;
             tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, "callback refused: {detail}");
             return Err(CallbackError::WrongGateway { attempt_gateway: attempt.gateway.to_string() });
         }
@@ -164,7 +165,7 @@ impl CallbackIntake {
                 attempt.amount.get(),
                 attempt.pg_order_id
             );
-            self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, super::now_ms()).await?;
+            self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, Timestamp::now()).await?;
             tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, transaction_key = %body.transaction_key, "callback refused: {detail}");
             return Err(CallbackError::Mismatch { detail });
         }
@@ -194,12 +195,10 @@ impl CallbackIntake {
             // the reconciler settles the payment by asking the PG at its own pace.
             return Err(CallbackError::FetchBackLimited);
         }
-        match self.gateway.transaction(&body.transaction_key).await {
-            LookupOutcome::Found(detail) => Ok(detail),
-            LookupOutcome::NotFound => Err(CallbackError::UnknownTransaction),
-            LookupOutcome::Rejected(r) => Err(CallbackError::Unverifiable(r.reason)),
-            LookupOutcome::NotDelivered(why) => Err(CallbackError::Unverifiable(why.to_string())),
-            LookupOutcome::Unknown(why) => Err(CallbackError::Unverifiable(why.to_string())),
+        match self.gateway.transaction(&body.transaction_key).await.answer() {
+            Ok(Some(detail)) => Ok(detail),
+            Ok(None) => Err(CallbackError::UnknownTransaction),
+            Err(why) => Err(CallbackError::Unverifiable(why)),
         }
     }
 }

@@ -22,7 +22,7 @@ use super::gateways::Gateways;
 use super::listings::Listings;
 use super::settlement::Settler;
 use crate::domain::{BuyerId, CardNumber, CardType, CheckoutLine, OrderId, ProductId, Settlement, price};
-use crate::domain::{GatewayName, PaymentStatus, Source};
+use crate::domain::{GatewayName, PaymentStatus, Source, Timestamp};
 use crate::store::{
     AttemptView, CreatedOrder, NewOrder, OrderRecord, OrderStore, PaymentStore, StoreError, Transition,
 };
@@ -159,7 +159,7 @@ impl Checkout {
                 gateway: GatewayName::new(gateway),
                 card_type: request.card_type,
                 card_last4: request.card.last4().to_string(),
-                now_ms: super::now_ms(),
+                now: Timestamp::now(),
                 idempotency_key: request.idempotency_key.clone(),
             };
             match self.orders.create_order(order).await {
@@ -213,7 +213,7 @@ impl Checkout {
                 && let Some(next) = self.gateways.route(current + 1)
             {
                 let to = self.gateways.all()[next].name();
-                if self.payments.reassign_gateway(created.attempt_id, gateway.name(), to, super::now_ms()).await? {
+                if self.payments.reassign_gateway(created.attempt_id, gateway.name(), to, Timestamp::now()).await? {
                     tracing::warn!(from = gateway.name(), to, %why, "payment not delivered: failing over to the next gateway");
                     span.record("gateway", tracing::field::display(to));
                     self.metrics.failover(gateway.name(), to);
@@ -235,7 +235,7 @@ impl Checkout {
         created: CreatedOrder,
         outcome: PaymentOutcome,
     ) -> Result<(Placed, &'static str), CheckoutError> {
-        let now = super::now_ms();
+        let now = Timestamp::now();
         let unrecorded = |error: StoreError| {
             tracing::error!(%error, "the PG's answer could not be recorded: the reconciler will settle this order");
         };
@@ -296,7 +296,7 @@ fn placed(
             order_id: created.order_id,
             buyer_id: request.buyer.clone(),
             total_amount: created.amount.get(),
-            created_at_ms: created.created_at_ms,
+            created_at: created.created_at,
             anomaly: None,
             items: created.items,
             attempt: AttemptView {

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::domain::Timestamp;
 use crate::store::{Store, StoreError};
 
 /// Payments without a final status.
@@ -31,7 +32,7 @@ impl Health {
 
     pub async fn backlog(&self) -> Result<Backlog, StoreError> {
         let (count, oldest) = self.store.unsettled().await?;
-        let age = oldest.map_or(0, |t| (super::now_ms() - t).max(0)) as u64;
-        Ok(Backlog { count, oldest_age: Duration::from_millis(age) })
+        let oldest_age = oldest.map_or(Duration::ZERO, |t| Timestamp::now().since(t));
+        Ok(Backlog { count, oldest_age })
     }
 }

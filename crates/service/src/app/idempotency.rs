@@ -6,12 +6,13 @@
 //! that request created, or starts afresh when none stands.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
 use super::checkout::CheckoutRequest;
 use crate::configuration::CheckoutSettings;
-use crate::domain::{BuyerId, OrderId};
+use crate::domain::{BuyerId, OrderId, Timestamp};
 use crate::store::{IdempotencyStart, IdempotencyStore, OrderStore, StoreError};
 
 /// How a request under a key goes on.
@@ -40,8 +41,8 @@ pub struct Idempotency {
     keys: Arc<dyn IdempotencyStore>,
     /// Where a key's order is looked up when its first request seems abandoned.
     orders: Arc<dyn OrderStore>,
-    ttl_ms: i64,
-    in_flight_ms: i64,
+    ttl: Duration,
+    in_flight: Duration,
 }
 
 impl Idempotency {
@@ -53,21 +54,21 @@ impl Idempotency {
         Idempotency {
             keys,
             orders,
-            ttl_ms: settings.idempotency_ttl_secs as i64 * 1_000,
-            in_flight_ms: settings.idempotency_in_flight_secs as i64 * 1_000,
+            ttl: Duration::from_secs(settings.idempotency_ttl_secs),
+            in_flight: Duration::from_secs(settings.idempotency_in_flight_secs),
         }
     }
 
     pub async fn start(&self, buyer: &BuyerId, key: &str, fingerprint: &str) -> Result<Start, IdempotencyError> {
-        let now = super::now_ms();
-        match self.keys.begin_idempotent(buyer, key, fingerprint, now, now - self.ttl_ms).await? {
+        let now = Timestamp::now();
+        match self.keys.begin_idempotent(buyer, key, fingerprint, now, now - self.ttl).await? {
             IdempotencyStart::Started => Ok(Start::Fresh),
             IdempotencyStart::Saved { status, body } => Ok(Start::Saved { status, body }),
             IdempotencyStart::Mismatch => Err(IdempotencyError::Mismatch),
-            IdempotencyStart::InFlight { order_id, since_ms } => {
+            IdempotencyStart::InFlight { order_id, since } => {
                 // A live checkout ends well within this (its PG deadline); older means its
                 // process died mid-request and nobody will ever finish the key.
-                if now - since_ms < self.in_flight_ms {
+                if now.since(since) < self.in_flight {
                     return Err(IdempotencyError::InFlight);
                 }
                 if let Some(order_id) = order_id
@@ -76,7 +77,7 @@ impl Idempotency {
                     return Ok(Start::ReplayOrder(order_id));
                 }
                 // No order stands (none created, or rolled back): nothing reached a PG.
-                match self.keys.retake_idempotent(buyer, key, since_ms, now).await? {
+                match self.keys.retake_idempotent(buyer, key, since, now).await? {
                     true => Ok(Start::Fresh),
                     false => Err(IdempotencyError::InFlight),
                 }

@@ -12,8 +12,3 @@ pub mod orders;
 pub mod reconciler;
 pub mod replay;
 pub mod settlement;
-
-/// Wall-clock milliseconds: what the database stores.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}

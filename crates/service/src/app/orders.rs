@@ -97,7 +97,7 @@ mod tests {
             order_id: OrderId(7),
             buyer_id: crate::domain::BuyerId::parse("buyer-1").unwrap(),
             total_amount: 39_000,
-            created_at_ms: 1,
+            created_at: crate::domain::Timestamp::from_millis(1),
             anomaly: None,
             items: Vec::new(),
             attempt: AttemptView {

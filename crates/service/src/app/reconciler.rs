@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::settlement::{Applied, Observed, Settler, Source};
 use crate::configuration::ReconcilerSettings;
 use crate::domain::payment::NOT_RECEIVED_REASON;
-use crate::domain::{Final, Settlement};
+use crate::domain::{Final, Settlement, Timestamp};
 use crate::store::{Attempt, Check, Claim, PaymentStore, ReconciliationStore, StoreError, Transition};
 use crate::telemetry::Metrics;
 
@@ -187,14 +187,14 @@ impl Reconciler {
 
     async fn pass_over(&self, gateway: &GatewayClient, report: &mut PassReport) -> Result<(), StoreError> {
         use futures_util::StreamExt;
-        let now = super::now_ms();
-        let lease_ms = self.settings.lease_ms as i64;
+        let now = Timestamp::now();
+        let lease = Duration::from_millis(self.settings.lease_ms);
         let claim = Claim {
             gateway: gateway.name(),
             owner: &self.owner,
-            lease_until_ms: now + lease_ms,
-            created_before_ms: now - self.settings.grace_ms as i64,
-            now_ms: now,
+            lease_until: now + lease,
+            created_before: now - Duration::from_millis(self.settings.grace_ms),
+            now,
             limit: self.settings.batch_size,
         };
         let due = self.queue.claim_due_attempts(claim).await?;
@@ -207,11 +207,11 @@ impl Reconciler {
         // until the batch is done (each check ends its own lease).
         let renewal = {
             let (queue, owner) = (self.queue.clone(), self.owner.clone());
-            let every = Duration::from_millis((lease_ms / 3).max(1) as u64);
+            let every = (lease / 3).max(Duration::from_millis(1));
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    match queue.renew_leases(&owner, super::now_ms() + lease_ms).await {
+                    match queue.renew_leases(&owner, Timestamp::now() + lease).await {
                         Err(error) if !error.is_unavailable() => {
                             tracing::warn!(%error, "renewing reconciliation leases failed")
                         }
@@ -265,7 +265,7 @@ impl Reconciler {
                 }
             }
         }
-        self.queue.record_checks(&checks, super::now_ms()).await?;
+        self.queue.record_checks(&checks, Timestamp::now()).await?;
         self.throughput.add((report.settled - settled_before) as u64);
         unavailable.map_or(Ok(()), Err)
     }
@@ -327,8 +327,7 @@ impl Reconciler {
     }
 
     async fn not_found(&self, attempt: &Attempt) -> Result<Verdict, StoreError> {
-        let age = super::now_ms() - attempt.created_at_ms;
-        if age < self.settings.acceptance_window_ms as i64 {
+        if Timestamp::now().since(attempt.created_at) < Duration::from_millis(self.settings.acceptance_window_ms) {
             return Ok(Verdict::Pending("no transaction at the PG yet".into()));
         }
         let failed =
@@ -347,12 +346,12 @@ impl Reconciler {
     fn postponed(&self, attempt: &Attempt, note: String) -> Check {
         let s = &self.settings;
         let exp = s.backoff_initial_ms.saturating_mul(1 << attempt.checks.clamp(0, 20));
-        let wait = exp.min(s.backoff_max_ms) as i64;
+        let wait = Duration::from_millis(exp.min(s.backoff_max_ms));
         let stuck = attempt.checks + 1 >= s.stuck_after_checks;
         if stuck {
             tracing::error!(attempt = %attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, checks = attempt.checks + 1, note, "payment stuck: still unsettled after many checks");
         }
-        Check { attempt_id: attempt.id, next_check_at_ms: super::now_ms() + wait, note, stuck }
+        Check { attempt_id: attempt.id, next_check_at: Timestamp::now() + wait, note, stuck }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gateway::wire::TransactionStatus;
 
 pub use crate::domain::Source;
-use crate::domain::{AttemptId, Final, PaymentStatus, Settlement, TransactionKey};
+use crate::domain::{AttemptId, Final, PaymentStatus, Settlement, Timestamp, TransactionKey};
 use crate::store::{Attempt, EventKind, PaymentStore, StoreError, Transition};
 use crate::telemetry::Metrics;
 
@@ -74,7 +74,7 @@ impl Settler {
         settlement: &Settlement,
         source: Source,
     ) -> Result<Transition, StoreError> {
-        self.store.settle(attempt_id, settlement, source, super::now_ms()).await
+        self.store.settle(attempt_id, settlement, source, Timestamp::now()).await
     }
 
     pub async fn apply(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
@@ -137,7 +137,7 @@ impl Settler {
     }
 
     async fn apply_own(&self, attempt: &Attempt, observed: &Observed, source: Source) -> Result<Applied, StoreError> {
-        let now = super::now_ms();
+        let now = Timestamp::now();
         let key = observed.transaction_key.as_str();
         let Some(settlement) = from_pg(observed.status, key, observed.reason.clone()) else {
             if attempt.status.is_final() {
@@ -160,7 +160,7 @@ impl Settler {
                     source = source.as_str(),
                     "payment settled"
                 );
-                let since_request = std::time::Duration::from_millis((now - attempt.created_at_ms).max(0) as u64);
+                let since_request = now.since(attempt.created_at);
                 self.metrics.settled(source.as_str(), since_request);
                 return Ok(Applied::Settled(settlement.status.into()));
             }
@@ -224,7 +224,7 @@ impl Settler {
             observed.status,
             observed.reason.as_deref().unwrap_or("-")
         );
-        self.store.record_event(attempt.id, kind, &detail, super::now_ms()).await
+        self.store.record_event(attempt.id, kind, &detail, Timestamp::now()).await
     }
 }
 

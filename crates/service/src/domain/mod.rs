@@ -3,12 +3,14 @@
 pub mod card;
 pub mod order;
 pub mod payment;
+pub mod time;
 
 pub use card::{CardNumber, CardType};
 pub use order::{BuyerId, CheckoutLine, Listing, Money, Priced, PricedLine, ProductId, Quantity, price};
 pub use payment::{
     AttemptId, Final, GatewayName, OrderId, PaymentStatus, Settlement, Source, TransactionKey, pg_order_id,
 };
+pub use time::Timestamp;
 
 /// A rule of the domain that an input broke, with the field it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

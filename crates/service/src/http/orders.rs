@@ -241,9 +241,7 @@ impl From<OrderRecord> for OrderDto {
             Success => "PAID",
             Failed => "FAILED",
         };
-        let created_at = chrono::DateTime::from_timestamp_millis(o.created_at_ms)
-            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-            .unwrap_or_default();
+        let created_at = o.created_at.to_rfc3339();
         OrderDto {
             order_id: o.order_id.0,
             status,

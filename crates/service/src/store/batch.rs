@@ -330,11 +330,11 @@ mod tests {
     use futures_util::FutureExt;
 
     use super::{Answers, Round, Writer, Writers, each_alone, one_by_one};
-    use crate::domain::{AttemptId, Final, PaymentStatus, Settlement, Source};
+    use crate::domain::{AttemptId, Final, PaymentStatus, Settlement, Source, Timestamp};
     use crate::store::{MarkPending, Settle, StoreError, Transition};
 
     fn mark(i: i64) -> MarkPending {
-        MarkPending { attempt_id: AttemptId(i), key: None, now_ms: 0 }
+        MarkPending { attempt_id: AttemptId(i), key: None, now: Timestamp::from_millis(0) }
     }
 
     /// A round's PENDING marks answered each with its own attempt's number.
@@ -466,7 +466,7 @@ mod tests {
             attempt_id: AttemptId(i),
             settlement: Settlement { status: Final::Success, transaction_key: None, reason: None },
             source: Source::Callback,
-            now_ms: 0,
+            now: Timestamp::from_millis(0),
         }
     }
 

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 
 use super::StoreError;
 use super::sql::{Arg, Column, Dialect, SqlStore};
-use crate::domain::{BuyerId, OrderId};
+use crate::domain::{BuyerId, OrderId, Timestamp};
 
 /// What an `Idempotency-Key` says about a checkout request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,8 +12,8 @@ pub enum IdempotencyStart {
     /// First use of the key (or its earlier use expired): process the request.
     Started,
     /// The first request with this key has not finished, or its process died: it
-    /// started at `since_ms` and had created `order_id` when one is set.
-    InFlight { order_id: Option<OrderId>, since_ms: i64 },
+    /// started at `since` and had created `order_id` when one is set.
+    InFlight { order_id: Option<OrderId>, since: Timestamp },
     /// The key was used with another request body.
     Mismatch,
     /// The first request finished: answer with its response, byte for byte.
@@ -24,25 +24,25 @@ pub enum IdempotencyStart {
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
     /// Claims `key` for a request; atomically, so of concurrent duplicates one starts.
-    /// Keys older than `expires_before_ms` are forgotten.
+    /// Keys older than `expires_before` are forgotten.
     async fn begin_idempotent(
         &self,
         buyer: &BuyerId,
         key: &str,
         request_hash: &str,
-        now_ms: i64,
-        expires_before_ms: i64,
+        now: Timestamp,
+        expires_before: Timestamp,
     ) -> Result<IdempotencyStart, StoreError>;
 
-    /// Takes over `key` left in flight since `since_ms` by a request whose process died
+    /// Takes over `key` left in flight since `since` by a request whose process died
     /// with no order standing (none created, or rolled back): false when another
     /// request took it first.
     async fn retake_idempotent(
         &self,
         buyer: &BuyerId,
         key: &str,
-        since_ms: i64,
-        now_ms: i64,
+        since: Timestamp,
+        now: Timestamp,
     ) -> Result<bool, StoreError>;
 
     /// Saves the response of a request that claimed `key`.
@@ -63,11 +63,11 @@ fn idempotency_start(
     status: Option<i64>,
     body: Option<Vec<u8>>,
     order_id: Option<i64>,
-    since_ms: i64,
+    since: Timestamp,
 ) -> Result<IdempotencyStart, StoreError> {
     Ok(match status {
         _ if stored != fingerprint && stored != FINGERPRINT_UNKNOWN => IdempotencyStart::Mismatch,
-        None => IdempotencyStart::InFlight { order_id: order_id.map(OrderId), since_ms },
+        None => IdempotencyStart::InFlight { order_id: order_id.map(OrderId), since },
         Some(status) => IdempotencyStart::Saved {
             status: u16::try_from(status).map_err(|_| StoreError::Corrupt(format!("HTTP status {status}")))?,
             body: body.unwrap_or_default(),
@@ -82,15 +82,15 @@ impl<D: Dialect> IdempotencyStore for SqlStore<D> {
         buyer: &BuyerId,
         key: &str,
         request_hash: &str,
-        now_ms: i64,
-        expires_before_ms: i64,
+        now: Timestamp,
+        expires_before: Timestamp,
     ) -> Result<IdempotencyStart, StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = D::begin_write(&mut *conn).await?;
         sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND created_at < $3")
             .arg(buyer.as_str())
             .arg(key)
-            .arg(expires_before_ms)
+            .arg(expires_before.as_millis())
             .execute(D::on(&mut *tx))
             .await?;
         let inserted = sqlx::query(
@@ -100,7 +100,7 @@ impl<D: Dialect> IdempotencyStore for SqlStore<D> {
         .arg(buyer.as_str())
         .arg(key)
         .arg(request_hash)
-        .arg(now_ms)
+        .arg(now.as_millis())
         .execute(D::on(&mut *tx))
         .await?;
         let start = if D::rows_affected(&inserted) == 1 {
@@ -120,7 +120,7 @@ impl<D: Dialect> IdempotencyStore for SqlStore<D> {
                 row.col("response_status")?,
                 row.col("response_body")?,
                 row.col("order_id")?,
-                row.col("created_at")?,
+                Timestamp::from_millis(row.col("created_at")?),
             )?
         };
         tx.commit().await?;
@@ -131,17 +131,17 @@ impl<D: Dialect> IdempotencyStore for SqlStore<D> {
         &self,
         buyer: &BuyerId,
         key: &str,
-        since_ms: i64,
-        now_ms: i64,
+        since: Timestamp,
+        now: Timestamp,
     ) -> Result<bool, StoreError> {
         let taken = sqlx::query(
             "UPDATE idempotency_keys SET created_at = $1, order_id = NULL
              WHERE buyer_id = $2 AND key = $3 AND created_at = $4 AND response_status IS NULL",
         )
-        .arg(now_ms)
+        .arg(now.as_millis())
         .arg(buyer.as_str())
         .arg(key)
-        .arg(since_ms)
+        .arg(since.as_millis())
         .execute(D::on(&mut *self.writer().await?))
         .await?;
         Ok(D::rows_affected(&taken) == 1)

@@ -11,7 +11,8 @@ use super::StoreError;
 use super::batch::write_group;
 use super::sql::{Arg, Column, Dialect, PushArg, PushUnseparated, SqlStore, begin_group, lock_in_order, push_binds};
 use crate::domain::{
-    AttemptId, BuyerId, CardType, GatewayName, Money, OrderId, PaymentStatus, Priced, PricedLine, pg_order_id,
+    AttemptId, BuyerId, CardType, GatewayName, Money, OrderId, PaymentStatus, Priced, PricedLine, Timestamp,
+    pg_order_id,
 };
 
 /// An order to create with its first payment attempt (checkout's transaction 1).
@@ -24,7 +25,7 @@ pub struct NewOrder {
     pub gateway: GatewayName,
     pub card_type: CardType,
     pub card_last4: String,
-    pub now_ms: i64,
+    pub now: Timestamp,
     /// The buyer's `Idempotency-Key`, when the checkout came with one: the key is
     /// linked to the order in the order's own transaction.
     pub idempotency_key: Option<String>,
@@ -39,7 +40,7 @@ pub struct CreatedOrder {
     pub amount: Money,
     /// The lines as priced and stored.
     pub items: Vec<OrderItem>,
-    pub created_at_ms: i64,
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +58,7 @@ pub struct OrderRecord {
     pub order_id: OrderId,
     pub buyer_id: BuyerId,
     pub total_amount: i64,
-    pub created_at_ms: i64,
+    pub created_at: Timestamp,
     pub anomaly: Option<String>,
     pub items: Vec<OrderItem>,
     pub attempt: AttemptView,
@@ -171,7 +172,7 @@ async fn assemble<D: Dialect>(conn: &mut D::Connection, row: &D::Row) -> Result<
         buyer_id: BuyerId::parse(&row.col::<String>("buyer_id")?)
             .map_err(|_| StoreError::Corrupt(format!("buyer id of order {order_id}")))?,
         total_amount: row.col("total_amount")?,
-        created_at_ms: row.col("created_at")?,
+        created_at: Timestamp::from_millis(row.col("created_at")?),
         anomaly: row.col("anomaly")?,
         items,
         attempt: AttemptView {
@@ -306,7 +307,7 @@ async fn create_together<D: Dialect>(
     // under the id each was given.
     let mut insert = QueryBuilder::<D>::new("INSERT INTO orders (buyer_id, total_amount, created_at) ");
     insert.push_values(orders, |mut row, order| {
-        row.arg(order.buyer.as_str()).arg(order.priced.total.get()).arg(order.now_ms);
+        row.arg(order.buyer.as_str()).arg(order.priced.total.get()).arg(order.now.as_millis());
     });
     insert.push(" RETURNING id, buyer_id, total_amount, created_at");
     let mut ids_of = HashMap::<(String, i64, i64), Vec<i64>>::new();
@@ -317,7 +318,7 @@ async fn create_together<D: Dialect>(
     let order_ids = orders
         .iter()
         .map(|order| {
-            let columns = (order.buyer.as_str().to_string(), order.priced.total.get(), order.now_ms);
+            let columns = (order.buyer.as_str().to_string(), order.priced.total.get(), order.now.as_millis());
             ids_of.get_mut(&columns).and_then(Vec::pop).ok_or_else(|| {
                 StoreError::Corrupt(format!("order of {} was inserted without its row", order.buyer.as_str()))
             })
@@ -353,9 +354,9 @@ async fn create_together<D: Dialect>(
             .arg(order.card_last4.as_str())
             .arg(order.priced.total.get())
             .arg(PaymentStatus::Requested.as_str())
-            .arg(order.now_ms)
-            .arg(order.now_ms)
-            .arg(order.now_ms);
+            .arg(order.now.as_millis())
+            .arg(order.now.as_millis())
+            .arg(order.now.as_millis());
     });
     attempts.push(" RETURNING id, order_id");
     let attempt_of: HashMap<i64, i64> = attempts
@@ -408,7 +409,7 @@ async fn create_together<D: Dialect>(
                         amount: l.amount.get(),
                     })
                     .collect(),
-                created_at_ms: order.now_ms,
+                created_at: order.now,
             })
         })
         .collect()

@@ -17,7 +17,9 @@ use super::sql::{
     push_str_binds,
 };
 use super::{StoreError, key_taken, status_of};
-use crate::domain::{AttemptId, Final, GatewayName, Money, OrderId, PaymentStatus, Settlement, Source, TransactionKey};
+use crate::domain::{
+    AttemptId, Final, GatewayName, Money, OrderId, PaymentStatus, Settlement, Source, Timestamp, TransactionKey,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
@@ -29,7 +31,7 @@ pub struct Attempt {
     pub status: PaymentStatus,
     pub transaction_key: Option<TransactionKey>,
     pub reason: Option<String>,
-    pub created_at_ms: i64,
+    pub created_at: Timestamp,
     pub checks: i64,
 }
 
@@ -48,7 +50,7 @@ pub(super) fn attempt<D: Dialect>(row: &D::Row) -> Result<Attempt, StoreError> {
         status: status_of(&row.col::<String>("status")?)?,
         transaction_key: row.col::<Option<String>>("transaction_key")?.map(TransactionKey::new),
         reason: row.col("reason")?,
-        created_at_ms: row.col("created_at")?,
+        created_at: Timestamp::from_millis(row.col("created_at")?),
         checks: row.col("checks")?,
     })
 }
@@ -58,7 +60,7 @@ pub(super) fn attempt<D: Dialect>(row: &D::Row) -> Result<Attempt, StoreError> {
 pub(crate) struct MarkPending {
     pub attempt_id: AttemptId,
     pub key: Option<String>,
-    pub now_ms: i64,
+    pub now: Timestamp,
 }
 
 /// A final status to apply to an attempt, as queued for its round (store/batch.rs).
@@ -67,7 +69,7 @@ pub(crate) struct Settle {
     pub attempt_id: AttemptId,
     pub settlement: Settlement,
     pub source: Source,
-    pub now_ms: i64,
+    pub now: Timestamp,
 }
 
 /// The result of a conditional status change.
@@ -121,11 +123,11 @@ pub trait PaymentStore: Send + Sync + 'static {
         &self,
         attempt_id: AttemptId,
         key: Option<&str>,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<Transition, StoreError>;
 
     /// Records the key of a still unsettled attempt that has none yet.
-    async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError>;
+    async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now: Timestamp) -> Result<bool, StoreError>;
 
     /// REQUESTED or PENDING -> SUCCESS or FAILED; moves the reserved stock to sold or
     /// back to available in the same transaction.
@@ -134,7 +136,7 @@ pub trait PaymentStore: Send + Sync + 'static {
         attempt_id: AttemptId,
         settlement: &Settlement,
         source: Source,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<Transition, StoreError>;
 
     /// Undoes transaction 1 of an attempt that surely never reached the PG: the order
@@ -149,7 +151,7 @@ pub trait PaymentStore: Send + Sync + 'static {
         attempt_id: AttemptId,
         from: &str,
         to: &str,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<bool, StoreError>;
 
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError>;
@@ -159,7 +161,7 @@ pub trait PaymentStore: Send + Sync + 'static {
         attempt_id: AttemptId,
         kind: EventKind,
         detail: &str,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<(), StoreError>;
 }
 
@@ -169,12 +171,12 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
         &self,
         attempt_id: AttemptId,
         key: Option<&str>,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<Transition, StoreError> {
-        self.rounds.mark_pending(MarkPending { attempt_id, key: key.map(str::to_string), now_ms }).await
+        self.rounds.mark_pending(MarkPending { attempt_id, key: key.map(str::to_string), now }).await
     }
 
-    async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+    async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now: Timestamp) -> Result<bool, StoreError> {
         let sql = format!(
             "UPDATE payment_attempts SET transaction_key = $1, status = $4, version = version + 1, updated_at = $2
              WHERE id = $3 AND transaction_key IS NULL AND status {}",
@@ -182,7 +184,7 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
         );
         let query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .arg(key)
-            .arg(now_ms)
+            .arg(now.as_millis())
             .arg(attempt_id.0)
             .arg(PaymentStatus::Pending.as_str());
         let updated = D::bind_statuses(query, PaymentStatus::UNSETTLED)
@@ -197,9 +199,9 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
         attempt_id: AttemptId,
         settlement: &Settlement,
         source: Source,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<Transition, StoreError> {
-        self.rounds.settle(Settle { attempt_id, settlement: settlement.clone(), source, now_ms }).await
+        self.rounds.settle(Settle { attempt_id, settlement: settlement.clone(), source, now }).await
     }
 
     async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {
@@ -229,14 +231,14 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
         attempt_id: AttemptId,
         from: &str,
         to: &str,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<bool, StoreError> {
         let sql = format!(
             "UPDATE payment_attempts SET gateway = $1, version = version + 1, updated_at = $2
              WHERE id = $3 AND gateway = $4 AND status {}",
             one_of::<D>("$5")
         );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).arg(to).arg(now_ms).arg(attempt_id.0).arg(from);
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).arg(to).arg(now.as_millis()).arg(attempt_id.0).arg(from);
         let updated = D::bind_statuses(query, PaymentStatus::UNSENT).execute(D::on(&mut *self.writer().await?)).await?;
         Ok(D::rows_affected(&updated) == 1)
     }
@@ -255,7 +257,7 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
         attempt_id: AttemptId,
         kind: EventKind,
         detail: &str,
-        now_ms: i64,
+        now: Timestamp,
     ) -> Result<(), StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = D::begin_write(&mut *conn).await?;
@@ -263,7 +265,7 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
             .arg(attempt_id.0)
             .arg(kind.as_str())
             .arg(detail)
-            .arg(now_ms)
+            .arg(now.as_millis())
             .execute(D::on(&mut *tx))
             .await?;
         if kind.is_anomaly() {
@@ -407,7 +409,7 @@ async fn mark_pending_together<D: Dialect>(
     update.push_values(group, |mut row, m| {
         row.push("CAST(").arg_unseparated(m.attempt_id.0).push_unseparated(" AS BIGINT)");
         row.push("CAST(").arg_unseparated(m.key.as_deref()).push_unseparated(" AS TEXT)");
-        row.push("CAST(").arg_unseparated(m.now_ms).push_unseparated(" AS BIGINT)");
+        row.push("CAST(").arg_unseparated(m.now.as_millis()).push_unseparated(" AS BIGINT)");
     });
     update.push(") AS v WHERE payment_attempts.id = v.column1 AND payment_attempts.status ");
     D::push_one_of(&mut update, PaymentStatus::allowed_sources(PaymentStatus::Pending));
@@ -472,7 +474,7 @@ async fn settle_together<D: Dialect>(
         row.push("CAST(").arg_unseparated(s.settlement.status.as_str()).push_unseparated(" AS TEXT)");
         row.push("CAST(").arg_unseparated(s.settlement.transaction_key.as_deref()).push_unseparated(" AS TEXT)");
         row.push("CAST(").arg_unseparated(s.settlement.reason.as_deref()).push_unseparated(" AS TEXT)");
-        row.push("CAST(").arg_unseparated(s.now_ms).push_unseparated(" AS BIGINT)");
+        row.push("CAST(").arg_unseparated(s.now.as_millis()).push_unseparated(" AS BIGINT)");
         row.push("CAST(").arg_unseparated(s.source.as_str()).push_unseparated(" AS TEXT)");
     });
     update.push(") AS v WHERE payment_attempts.id = v.column1 AND payment_attempts.status ");

@@ -8,7 +8,7 @@ use sqlx::AssertSqlSafe;
 use super::StoreError;
 use super::payments::{ATTEMPT_COLUMNS, Attempt, attempt};
 use super::sql::{Arg, Column, Dialect, SqlStore, one_of};
-use crate::domain::{AttemptId, PaymentStatus};
+use crate::domain::{AttemptId, PaymentStatus, Timestamp};
 
 /// Reconciliation checks written in one transaction at most: one commit for many, while
 /// a transaction holds SQLite's writer, and PostgreSQL's locks on its rows, only briefly.
@@ -19,7 +19,7 @@ const CHECKS_PER_TRANSACTION: usize = 64;
 pub struct Check {
     pub attempt_id: AttemptId,
     /// When the attempt is due again.
-    pub next_check_at_ms: i64,
+    pub next_check_at: Timestamp,
     /// What the check saw, for operators.
     pub note: String,
     /// Checked so often without an answer that operators must look.
@@ -27,15 +27,15 @@ pub struct Check {
 }
 
 /// A claim on due attempts: unsettled attempts of `gateway` created before
-/// `created_before_ms` whose next check is due at `now_ms` and that no live lease holds,
-/// `limit` at most, each leased to `owner` until `lease_until_ms`.
+/// `created_before` whose next check is due at `now` and that no live lease holds,
+/// `limit` at most, each leased to `owner` until `lease_until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim<'a> {
     pub gateway: &'a str,
     pub owner: &'a str,
-    pub lease_until_ms: i64,
-    pub created_before_ms: i64,
-    pub now_ms: i64,
+    pub lease_until: Timestamp,
+    pub created_before: Timestamp,
+    pub now: Timestamp,
     pub limit: i64,
 }
 
@@ -47,7 +47,7 @@ pub trait ReconciliationStore: Send + Sync + 'static {
     async fn claim_due_attempts(&self, claim: Claim<'_>) -> Result<Vec<Attempt>, StoreError>;
 
     /// Extends every lease `owner` holds on an unsettled attempt (while a pass works).
-    async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError>;
+    async fn renew_leases(&self, owner: &str, lease_until: Timestamp) -> Result<u64, StoreError>;
 
     /// Gives up every lease `owner` holds (on shutdown).
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
@@ -56,10 +56,10 @@ pub trait ReconciliationStore: Send + Sync + 'static {
     /// leases: a pass's checks together, a few dozen to a transaction, so that a backlog
     /// the PG still calls pending costs a commit per few dozen payments rather than one
     /// per payment. Checks of attempts settled meanwhile change nothing.
-    async fn record_checks(&self, checks: &[Check], now_ms: i64) -> Result<(), StoreError>;
+    async fn record_checks(&self, checks: &[Check], now: Timestamp) -> Result<(), StoreError>;
 
     /// Unsettled attempts now, and the creation time of the oldest.
-    async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError>;
+    async fn unsettled(&self) -> Result<(i64, Option<Timestamp>), StoreError>;
 
     /// Unsettled attempts per gateway, by gateway name.
     async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError>;
@@ -89,9 +89,9 @@ impl<D: Dialect> ReconciliationStore for SqlStore<D> {
         let mut tx = D::begin_write(&mut *conn).await?;
         let query = sqlx::query(AssertSqlSafe(claim_due::<D>()))
             .arg(claim.owner)
-            .arg(claim.lease_until_ms)
-            .arg(claim.created_before_ms)
-            .arg(claim.now_ms)
+            .arg(claim.lease_until.as_millis())
+            .arg(claim.created_before.as_millis())
+            .arg(claim.now.as_millis())
             .arg(claim.limit)
             .arg(claim.gateway);
         let rows = D::bind_statuses(query, PaymentStatus::UNSETTLED).fetch_all(D::on(&mut *tx)).await?;
@@ -99,12 +99,12 @@ impl<D: Dialect> ReconciliationStore for SqlStore<D> {
         rows.iter().map(attempt::<D>).collect()
     }
 
-    async fn renew_leases(&self, owner: &str, lease_until_ms: i64) -> Result<u64, StoreError> {
+    async fn renew_leases(&self, owner: &str, lease_until: Timestamp) -> Result<u64, StoreError> {
         let sql = format!(
             "UPDATE payment_attempts SET lease_until = $1 WHERE lease_owner = $2 AND finalized_at IS NULL AND status {}",
             one_of::<D>("$3")
         );
-        let query = sqlx::query(AssertSqlSafe(sql)).arg(lease_until_ms).arg(owner);
+        let query = sqlx::query(AssertSqlSafe(sql)).arg(lease_until.as_millis()).arg(owner);
         let renewed =
             D::bind_statuses(query, PaymentStatus::UNSETTLED).execute(D::on(&mut *self.writer().await?)).await?;
         Ok(D::rows_affected(&renewed))
@@ -121,7 +121,7 @@ impl<D: Dialect> ReconciliationStore for SqlStore<D> {
         Ok(D::rows_affected(&done))
     }
 
-    async fn record_checks(&self, checks: &[Check], now_ms: i64) -> Result<(), StoreError> {
+    async fn record_checks(&self, checks: &[Check], now: Timestamp) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE payment_attempts SET checks = checks + 1, next_check_at = $1,
                last_check = $2, stuck = $3, updated_at = $4, lease_owner = NULL, lease_until = NULL
@@ -137,10 +137,10 @@ impl<D: Dialect> ReconciliationStore for SqlStore<D> {
             let mut tx = D::begin_write(&mut *conn).await?;
             for check in chunk {
                 let query = sqlx::query(AssertSqlSafe(sql.as_str()))
-                    .arg(check.next_check_at_ms)
+                    .arg(check.next_check_at.as_millis())
                     .arg(check.note.as_str())
                     .arg(check.stuck)
-                    .arg(now_ms)
+                    .arg(now.as_millis())
                     .arg(check.attempt_id.0);
                 D::bind_statuses(query, PaymentStatus::UNSETTLED).execute(D::on(&mut *tx)).await?;
             }
@@ -149,7 +149,7 @@ impl<D: Dialect> ReconciliationStore for SqlStore<D> {
         Ok(())
     }
 
-    async fn unsettled(&self) -> Result<(i64, Option<i64>), StoreError> {
+    async fn unsettled(&self) -> Result<(i64, Option<Timestamp>), StoreError> {
         let sql = format!(
             "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM payment_attempts WHERE finalized_at IS NULL AND status {}",
             one_of::<D>("$1")
@@ -157,7 +157,7 @@ impl<D: Dialect> ReconciliationStore for SqlStore<D> {
         let row = D::bind_statuses(sqlx::query(AssertSqlSafe(sql)), PaymentStatus::UNSETTLED)
             .fetch_one(D::on(&mut *self.reader().await?))
             .await?;
-        Ok((row.col("n")?, row.col("oldest")?))
+        Ok((row.col("n")?, row.col::<Option<i64>>("oldest")?.map(Timestamp::from_millis)))
     }
 
     async fn unsettled_by_gateway(&self) -> Result<Vec<(String, i64)>, StoreError> {

@@ -212,7 +212,7 @@ mod tests {
     use super::SqliteStore;
     use crate::domain::{
         BuyerId, CardType, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
-        price,
+        Timestamp, price,
     };
     use crate::store::batch::{Answers, Round};
     use crate::store::{
@@ -285,7 +285,7 @@ mod tests {
             gateway: "pg".into(),
             card_type: CardType::Kb,
             card_last4: "1451".into(),
-            now_ms: 1,
+            now: Timestamp::from_millis(1),
             idempotency_key: None,
         }
     }
@@ -295,7 +295,7 @@ mod tests {
             attempt_id: created.attempt_id,
             settlement: Settlement { status, transaction_key: Some(key.into()), reason: None },
             source: Source::Callback,
-            now_ms: 3,
+            now: Timestamp::from_millis(3),
         }
     }
 
@@ -363,10 +363,10 @@ mod tests {
         let (store, listing) = store_selling_product_3().await;
         let created = created(&store, (0..4).map(|i| order(&format!("b{i}"), &listing, 1)).collect()).await;
         let attempt = |i: usize| created[i].attempt_id;
-        store.mark_pending(attempt(0), Some("K0"), 2).await.unwrap();
+        store.mark_pending(attempt(0), Some("K0"), Timestamp::from_millis(2)).await.unwrap();
         let key = |k: &str| Some(k.to_string());
         let marks = [(1, "K0"), (2, "K2"), (3, "K3")]
-            .map(|(i, k)| MarkPending { attempt_id: attempt(i), key: key(k), now_ms: 3 })
+            .map(|(i, k)| MarkPending { attempt_id: attempt(i), key: key(k), now: Timestamp::from_millis(3) })
             .to_vec();
         let marked = mark_all_pending(&store, marks).await;
         assert!(
@@ -385,7 +385,9 @@ mod tests {
         let (store, listing) = store_selling_product_3().await;
         let group = vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)];
         let created = created(&store, group).await;
-        let marks = (0..3).map(|i| MarkPending { attempt_id: created[i].attempt_id, key: None, now_ms: 2 }).collect();
+        let marks = (0..3)
+            .map(|i| MarkPending { attempt_id: created[i].attempt_id, key: None, now: Timestamp::from_millis(2) })
+            .collect();
         let marked = mark_all_pending(&store, marks).await;
         assert!(marked.iter().all(|r| matches!(r, Ok(Transition::Applied))), "{marked:?}");
         let settle = |i: usize, status: Final| settle(&created[i], status, &format!("key-{i}"));
@@ -429,8 +431,11 @@ mod tests {
         let created =
             created(&store, vec![order("a", &listing, 100), order("b", &listing, 100), order("c", &listing, 100)])
                 .await;
-        let mark =
-            |i: usize, key: &str| MarkPending { attempt_id: created[i].attempt_id, key: Some(key.into()), now_ms: 2 };
+        let mark = |i: usize, key: &str| MarkPending {
+            attempt_id: created[i].attempt_id,
+            key: Some(key.into()),
+            now: Timestamp::from_millis(2),
+        };
         mark_all_pending(&store, vec![mark(0, "K-a"), mark(1, "K-b")]).await;
         assert_eq!(available(&store).await, 200);
 
@@ -478,7 +483,11 @@ mod tests {
         let commits = count_commits(&store, false).await;
         let round = Round {
             orders: vec![order("c", &listing, 100)],
-            pending: vec![MarkPending { attempt_id: created[0].attempt_id, key: Some("K-a".into()), now_ms: 2 }],
+            pending: vec![MarkPending {
+                attempt_id: created[0].attempt_id,
+                key: Some("K-a".into()),
+                now: Timestamp::from_millis(2),
+            }],
             settlements: vec![settle(&created[1], Final::Failed, "K-b")],
         };
         let refused = super::write_round(store.writer.clone(), round).await;

@@ -6,7 +6,10 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use service::domain::OrderId;
+use service::domain::{OrderId, Timestamp};
+
+/// A time after every row the old schemas hold.
+const LATER: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 use service::store::{Inspect, OrderStore, PgStore, PoolSettings, ReconciliationStore, SqliteStore, StoreError};
 
 /// The migrations of `backend` before `first_new`, copied to a directory of their own.
@@ -49,7 +52,7 @@ async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Inspe
     // The old card-covering fingerprint is gone; the key still replays rather than pay twice.
     let buyer = service::domain::BuyerId::parse("buyer-1").unwrap();
     assert_eq!(
-        store.begin_idempotent(&buyer, "k-old", "a-new-fingerprint", 1_800_000_000_000, 0).await.unwrap(),
+        store.begin_idempotent(&buyer, "k-old", "a-new-fingerprint", LATER, Timestamp::from_millis(0)).await.unwrap(),
         service::store::IdempotencyStart::Saved { status: 202, body: b"{}".to_vec() }
     );
     assert_eq!((order.items.len(), order.total_amount), (1, 39_000));
@@ -57,9 +60,9 @@ async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Inspe
     // New orders get new ids; another gateway may reuse the key, the same gateway may not.
     let elsewhere = new_order(&store, "pg2").await;
     assert!(elsewhere.order_id > OrderId(1) && elsewhere.attempt_id > attempt.id);
-    store.mark_pending(elsewhere.attempt_id, Some("20261124:TR:aaaaaa"), 1_800_000_000_000).await.unwrap();
+    store.mark_pending(elsewhere.attempt_id, Some("20261124:TR:aaaaaa"), LATER).await.unwrap();
     let same = new_order(&store, "pg").await;
-    let taken = store.mark_pending(same.attempt_id, Some("20261124:TR:aaaaaa"), 1_800_000_000_000).await;
+    let taken = store.mark_pending(same.attempt_id, Some("20261124:TR:aaaaaa"), LATER).await;
     assert!(matches!(taken, Err(StoreError::KeyTaken(_))), "{taken:?}");
 }
 
@@ -80,7 +83,7 @@ async fn new_order(store: &Arc<dyn Inspect>, gateway: &str) -> service::store::C
             gateway: gateway.into(),
             card_type: service::domain::CardType::Kb,
             card_last4: "1451".into(),
-            now_ms: 1_800_000_000_000,
+            now: LATER,
             idempotency_key: None,
         })
         .await
@@ -147,8 +150,8 @@ async fn a_postgres_database_with_payments_upgrades_in_place() {
     let store = PgStore::connect_with(options, settings).await.expect("the new migrations apply over the old ones");
     // Times became milliseconds (migration 0005), each the same instant as before.
     let then = chrono::DateTime::parse_from_rfc3339("2026-11-24T12:00:00.123Z").unwrap().timestamp_millis();
-    assert_eq!(store.order(OrderId(1)).await.unwrap().expect("the old order").created_at_ms, then);
-    assert_eq!(store.unsettled().await.unwrap(), (1, Some(then)));
+    assert_eq!(store.order(OrderId(1)).await.unwrap().expect("the old order").created_at.as_millis(), then);
+    assert_eq!(store.unsettled().await.unwrap(), (1, Some(Timestamp::from_millis(then))));
     the_old_payment_is_intact_and_keys_are_per_gateway(Arc::new(store)).await;
     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await;
 }

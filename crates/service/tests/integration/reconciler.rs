@@ -96,7 +96,7 @@ async fn a_crash_between_the_checkout_transactions_is_settled() {
         gateway: "pg".into(),
         card_type: service::domain::CardType::Kb,
         card_last4: card_last4.into(),
-        now_ms: chrono::Utc::now().timestamp_millis() - 1_000,
+        now: service::domain::Timestamp::now() - std::time::Duration::from_secs(1),
         idempotency_key: None,
     };
     // Crashed before the PG call: REQUESTED and nothing at the PG.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use service::domain::CardType;
 use service::domain::{
     AttemptId, BuyerId, CheckoutLine, Final, Listing, Money, PaymentStatus, ProductId, Quantity, Settlement, Source,
+    Timestamp,
 };
 use service::store::{
     Check, Claim, CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore,
@@ -144,7 +145,11 @@ async fn an_order_priced_before_a_price_change_creates_nothing(store: Arc<dyn In
     assert_eq!(created.amount, Money::won(25_000 + 82_000));
 }
 
-const NOW: i64 = 1_800_000_000_000;
+const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
 
 /// The seeded catalog's prices (migration 0001); other products at 10,000.
 fn seeded_price(product: i64) -> i64 {
@@ -176,7 +181,7 @@ fn order_at(buyer: &str, lines: &[(i64, i64, i64)]) -> NewOrder {
         gateway: "pg".into(),
         card_type: CardType::Kb,
         card_last4: "1451".into(),
-        now_ms: NOW,
+        now: NOW,
         idempotency_key: None,
     }
 }
@@ -211,14 +216,11 @@ async fn checkout_reserves_stock_and_creates_a_requested_attempt(store: Arc<dyn 
     assert_eq!(levels(&store, 1).await, (998, 2, 0));
     assert_eq!(levels(&store, 3).await, (499, 1, 0));
     let attempt = store.attempt_by_pg_order_id(&created.pg_order_id).await.unwrap().unwrap();
-    assert_eq!(
-        (attempt.status, attempt.amount, attempt.created_at_ms),
-        (PaymentStatus::Requested, created.amount, NOW)
-    );
+    assert_eq!((attempt.status, attempt.amount, attempt.created_at), (PaymentStatus::Requested, created.amount, NOW));
     let record = store.order(created.order_id).await.unwrap().unwrap();
     assert_eq!(record.items.len(), 2);
     assert_eq!((record.items[0].product_id, record.items[0].quantity, record.items[0].amount), (1, 2, 78_000));
-    assert_eq!(record.created_at_ms, NOW);
+    assert_eq!(record.created_at, NOW);
     assert_eq!(record.attempt.card_last4, "1451");
 }
 
@@ -509,9 +511,9 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
                 .claim_due_attempts(Claim {
                     gateway: "pg",
                     owner,
-                    lease_until_ms: NOW + 30_000,
-                    created_before_ms: NOW,
-                    now_ms: NOW + 1,
+                    lease_until: NOW + ms(30_000),
+                    created_before: NOW,
+                    now: NOW + ms(1),
                     limit: 15,
                 })
                 .await
@@ -527,9 +529,9 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
             .claim_due_attempts(Claim {
                 gateway: "pg",
                 owner: "c",
-                lease_until_ms: NOW + 30_000,
-                created_before_ms: NOW,
-                now_ms: NOW + 2,
+                lease_until: NOW + ms(30_000),
+                created_before: NOW,
+                now: NOW + ms(2),
                 limit: 50
             })
             .await
@@ -540,14 +542,14 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
 
     // A check ends the lease; a crashed owner's lease expires; a stopping owner releases.
     let checked = &a[0];
-    store.record_checks(&[check(checked.id, NOW + 1, "still pending", false)], NOW + 2).await.unwrap();
+    store.record_checks(&[check(checked.id, NOW + ms(1), "still pending", false)], NOW + ms(2)).await.unwrap();
     let retaken = store
         .claim_due_attempts(Claim {
             gateway: "pg",
             owner: "c",
-            lease_until_ms: NOW + 60_000,
-            created_before_ms: NOW,
-            now_ms: NOW + 3,
+            lease_until: NOW + ms(60_000),
+            created_before: NOW,
+            now: NOW + ms(3),
             limit: 50,
         })
         .await
@@ -561,9 +563,9 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
             .claim_due_attempts(Claim {
                 gateway: "pg",
                 owner: "d",
-                lease_until_ms: NOW + 60_000,
-                created_before_ms: NOW,
-                now_ms: NOW + 4,
+                lease_until: NOW + ms(60_000),
+                created_before: NOW,
+                now: NOW + ms(4),
                 limit: 50
             })
             .await
@@ -575,9 +577,9 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
         .claim_due_attempts(Claim {
             gateway: "pg",
             owner: "e",
-            lease_until_ms: NOW + 90_000,
-            created_before_ms: NOW,
-            now_ms: NOW + 30_001,
+            lease_until: NOW + ms(90_000),
+            created_before: NOW,
+            now: NOW + ms(30_001),
             limit: 50,
         })
         .await
@@ -590,9 +592,9 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
             .claim_due_attempts(Claim {
                 gateway: "pg",
                 owner: "f",
-                lease_until_ms: NOW + 200_000,
-                created_before_ms: NOW,
-                now_ms: NOW + 100_000,
+                lease_until: NOW + ms(200_000),
+                created_before: NOW,
+                now: NOW + ms(100_000),
                 limit: 50
             })
             .await
@@ -602,8 +604,8 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
     );
 }
 
-fn check(attempt_id: AttemptId, next_check_at_ms: i64, note: &str, stuck: bool) -> Check {
-    Check { attempt_id, next_check_at_ms, note: note.into(), stuck }
+fn check(attempt_id: AttemptId, next_check_at: Timestamp, note: &str, stuck: bool) -> Check {
+    Check { attempt_id, next_check_at, note: note.into(), stuck }
 }
 
 async fn checks_recorded_together_each_book_their_own_and_leave_settled_attempts_alone(store: Arc<dyn Inspect>) {
@@ -618,9 +620,9 @@ async fn checks_recorded_together_each_book_their_own_and_leave_settled_attempts
         .claim_due_attempts(Claim {
             gateway: "pg",
             owner: "a",
-            lease_until_ms: NOW + 30_000,
-            created_before_ms: NOW + 1,
-            now_ms: NOW,
+            lease_until: NOW + ms(30_000),
+            created_before: NOW + ms(1),
+            now: NOW,
             limit: 100,
         })
         .await
@@ -633,11 +635,11 @@ async fn checks_recorded_together_each_book_their_own_and_leave_settled_attempts
         .enumerate()
         .rev()
         .map(|(i, o)| {
-            let due = if i % 2 == 0 { NOW + 10 } else { NOW + 1_000_000 };
+            let due = if i % 2 == 0 { NOW + ms(10) } else { NOW + ms(1_000_000) };
             check(o.attempt_id, due, &format!("check {i}"), i == 3 || i == 10)
         })
         .collect();
-    store.record_checks(&checks, NOW + 1).await.unwrap();
+    store.record_checks(&checks, NOW + ms(1)).await.unwrap();
 
     // Each ended its lease (another owner takes them within a's lease) and is due when
     // its own check said; the settled one is not due at all.
@@ -645,9 +647,9 @@ async fn checks_recorded_together_each_book_their_own_and_leave_settled_attempts
         .claim_due_attempts(Claim {
             gateway: "pg",
             owner: "b",
-            lease_until_ms: NOW + 60_000,
-            created_before_ms: NOW + 1,
-            now_ms: NOW + 10,
+            lease_until: NOW + ms(60_000),
+            created_before: NOW + ms(1),
+            now: NOW + ms(10),
             limit: 100,
         })
         .await
@@ -674,36 +676,39 @@ async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Inspect>) {
     let racers: Vec<_> = (0..10)
         .map(|_| {
             let (store, alice) = (store.clone(), alice.clone());
-            tokio::spawn(async move { store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - 1_000).await.unwrap() })
+            tokio::spawn(async move { store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - ms(1_000)).await.unwrap() })
         })
         .collect();
     let mut started = 0;
     for racer in racers {
         match racer.await.unwrap() {
             IdempotencyStart::Started => started += 1,
-            other => assert_eq!(other, IdempotencyStart::InFlight { order_id: None, since_ms: NOW }),
+            other => assert_eq!(other, IdempotencyStart::InFlight { order_id: None, since: NOW }),
         }
     }
     assert_eq!(started, 1);
-    assert_eq!(store.begin_idempotent(&alice, "k1", "h2", NOW, NOW - 1_000).await.unwrap(), IdempotencyStart::Mismatch);
     assert_eq!(
-        store.begin_idempotent(&bob, "k1", "h2", NOW, NOW - 1_000).await.unwrap(),
+        store.begin_idempotent(&alice, "k1", "h2", NOW, NOW - ms(1_000)).await.unwrap(),
+        IdempotencyStart::Mismatch
+    );
+    assert_eq!(
+        store.begin_idempotent(&bob, "k1", "h2", NOW, NOW - ms(1_000)).await.unwrap(),
         IdempotencyStart::Started,
         "per buyer"
     );
     store.finish_idempotent(&alice, "k1", 202, b"{\"saved\":true}").await.unwrap();
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - 1_000).await.unwrap(),
+        store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - ms(1_000)).await.unwrap(),
         IdempotencyStart::Saved { status: 202, body: b"{\"saved\":true}".to_vec() }
     );
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h1", NOW + 10, NOW + 5).await.unwrap(),
+        store.begin_idempotent(&alice, "k1", "h1", NOW + ms(10), NOW + ms(5)).await.unwrap(),
         IdempotencyStart::Started,
         "expired"
     );
     store.release_idempotent(&alice, "k1").await.unwrap();
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h9", NOW + 20, NOW).await.unwrap(),
+        store.begin_idempotent(&alice, "k1", "h9", NOW + ms(20), NOW).await.unwrap(),
         IdempotencyStart::Started,
         "released"
     );
@@ -711,30 +716,30 @@ async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Inspect>) {
 
 async fn a_key_in_flight_names_its_order_and_is_retaken_once(store: Arc<dyn Inspect>) {
     let alice = BuyerId::parse("alice").unwrap();
-    let in_flight = |order_id| IdempotencyStart::InFlight { order_id, since_ms: NOW };
+    let in_flight = |order_id| IdempotencyStart::InFlight { order_id, since: NOW };
     // The order is linked to its key in the order's own transaction.
-    assert_eq!(store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - 1).await.unwrap(), IdempotencyStart::Started);
+    assert_eq!(store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - ms(1)).await.unwrap(), IdempotencyStart::Started);
     let keyed = NewOrder { idempotency_key: Some("k1".into()), ..order("alice", &[(1, 1)]) };
     let created = store.create_order(keyed.clone()).await.unwrap();
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h1", NOW + 5, NOW - 1).await.unwrap(),
+        store.begin_idempotent(&alice, "k1", "h1", NOW + ms(5), NOW - ms(1)).await.unwrap(),
         in_flight(Some(created.order_id))
     );
     // A second order under a key that already has one is refused, with nothing kept.
     assert!(matches!(store.create_order(keyed).await, Err(StoreError::IdempotencyKeyTaken)));
     assert_eq!(levels(&store, 1).await, (999, 1, 0));
     // A key with no order is retaken once: the loser of a race must not start too.
-    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW, NOW - 1).await.unwrap(), IdempotencyStart::Started);
-    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW + 5, NOW - 1).await.unwrap(), in_flight(None));
-    assert!(store.retake_idempotent(&alice, "k2", NOW, NOW + 60_000).await.unwrap());
-    assert!(!store.retake_idempotent(&alice, "k2", NOW, NOW + 60_001).await.unwrap(), "taken already");
+    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW, NOW - ms(1)).await.unwrap(), IdempotencyStart::Started);
+    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW + ms(5), NOW - ms(1)).await.unwrap(), in_flight(None));
+    assert!(store.retake_idempotent(&alice, "k2", NOW, NOW + ms(60_000)).await.unwrap());
+    assert!(!store.retake_idempotent(&alice, "k2", NOW, NOW + ms(60_001)).await.unwrap(), "taken already");
     assert_eq!(
-        store.begin_idempotent(&alice, "k2", "h2", NOW + 60_010, NOW - 1).await.unwrap(),
-        IdempotencyStart::InFlight { order_id: None, since_ms: NOW + 60_000 }
+        store.begin_idempotent(&alice, "k2", "h2", NOW + ms(60_010), NOW - ms(1)).await.unwrap(),
+        IdempotencyStart::InFlight { order_id: None, since: NOW + ms(60_000) }
     );
     // A finished key is never retaken.
     store.finish_idempotent(&alice, "k2", 202, b"{}").await.unwrap();
-    assert!(!store.retake_idempotent(&alice, "k2", NOW + 60_000, NOW + 70_000).await.unwrap());
+    assert!(!store.retake_idempotent(&alice, "k2", NOW + ms(60_000), NOW + ms(70_000)).await.unwrap());
 }
 
 async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Inspect>) {
@@ -760,9 +765,9 @@ async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Inspect>) {
 
 async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Inspect>) {
     assert_eq!(store.unsettled().await.unwrap(), (0, None));
-    let older = store.create_order(NewOrder { now_ms: NOW - 5_000, ..order("alice", &[(1, 1)]) }).await.unwrap();
+    let older = store.create_order(NewOrder { now: NOW - ms(5_000), ..order("alice", &[(1, 1)]) }).await.unwrap();
     let newer = create(&store, "alice", &[(2, 1)]).await;
-    assert_eq!(store.unsettled().await.unwrap(), (2, Some(NOW - 5_000)));
+    assert_eq!(store.unsettled().await.unwrap(), (2, Some(NOW - ms(5_000))));
     store.record_event(older.attempt_id, EventKind::DuplicateDelivery, "dup", NOW).await.unwrap();
     assert_eq!(store.order(older.order_id).await.unwrap().unwrap().anomaly, None, "a duplicate is not an anomaly");
     store.record_event(newer.attempt_id, EventKind::DoubleCharge, "second success", NOW).await.unwrap();
@@ -771,7 +776,7 @@ async fn events_flag_anomalies_and_the_backlog_is_counted(store: Arc<dyn Inspect
         store.events(newer.attempt_id).await.unwrap(),
         [("double_charge".to_string(), "second success".to_string())]
     );
-    store.record_checks(&[check(older.attempt_id, NOW + 1_000, "pending at the PG", true)], NOW).await.unwrap();
+    store.record_checks(&[check(older.attempt_id, NOW + ms(1_000), "pending at the PG", true)], NOW).await.unwrap();
     assert!(store.order(older.order_id).await.unwrap().unwrap().attempt.stuck);
 }
 
@@ -810,9 +815,9 @@ async fn only_a_requested_attempt_moves_to_another_gateway(store: Arc<dyn Inspec
                 .claim_due_attempts(Claim {
                     gateway,
                     owner: "a",
-                    lease_until_ms: NOW + 30_000,
-                    created_before_ms: NOW,
-                    now_ms: NOW + 1,
+                    lease_until: NOW + ms(30_000),
+                    created_before: NOW,
+                    now: NOW + ms(1),
                     limit: 50,
                 })
                 .await
