@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::checkout::CheckoutRequest;
 use crate::configuration::CheckoutSettings;
 use crate::domain::{BuyerId, OrderId, Timestamp};
-use crate::store::{IdempotencyStart, IdempotencyStore, OrderStore, StoreError};
+use crate::store::{IdempotencyStart, IdempotencyStore, KeyClaim, OrderStore, StoreError};
 
 /// How a request under a key goes on.
 #[derive(Debug, PartialEq, Eq)]
@@ -36,7 +36,6 @@ pub enum IdempotencyError {
     Store(#[from] StoreError),
 }
 
-#[derive(Clone)]
 pub struct Idempotency {
     keys: Arc<dyn IdempotencyStore>,
     /// Where a key's order is looked up when its first request seems abandoned.
@@ -61,7 +60,8 @@ impl Idempotency {
 
     pub async fn start(&self, buyer: &BuyerId, key: &str, fingerprint: &str) -> Result<Start, IdempotencyError> {
         let now = Timestamp::now();
-        match self.keys.begin_idempotent(buyer, key, fingerprint, now, now - self.ttl).await? {
+        let claim = KeyClaim { buyer, key, request_hash: fingerprint, now, expires_before: now - self.ttl };
+        match self.keys.begin_idempotent(claim).await? {
             IdempotencyStart::Started => Ok(Start::Fresh),
             IdempotencyStart::Saved { status, body } => Ok(Start::Saved { status, body }),
             IdempotencyStart::Mismatch => Err(IdempotencyError::Mismatch),
@@ -77,7 +77,7 @@ impl Idempotency {
                     return Ok(Start::ReplayOrder(order_id));
                 }
                 // No order stands (none created, or rolled back): nothing reached a PG.
-                match self.keys.retake_idempotent(buyer, key, since, now).await? {
+                match self.keys.retake_idempotent(&claim, since).await? {
                     true => Ok(Start::Fresh),
                     false => Err(IdempotencyError::InFlight),
                 }

@@ -20,30 +20,27 @@ pub enum IdempotencyStart {
     Saved { status: u16, body: Vec<u8> },
 }
 
+/// A request claiming a buyer's `Idempotency-Key`, with its body's fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyClaim<'a> {
+    pub buyer: &'a BuyerId,
+    pub key: &'a str,
+    pub request_hash: &'a str,
+    pub now: Timestamp,
+    /// Keys created before this are forgotten: their requests may run again.
+    pub expires_before: Timestamp,
+}
+
 /// Idempotency keys and the answers they replay.
 #[async_trait]
 pub trait IdempotencyStore: Send + Sync + 'static {
-    /// Claims `key` for a request; atomically, so of concurrent duplicates one starts.
-    /// Keys older than `expires_before` are forgotten.
-    async fn begin_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        request_hash: &str,
-        now: Timestamp,
-        expires_before: Timestamp,
-    ) -> Result<IdempotencyStart, StoreError>;
+    /// Claims the key for a request; atomically, so of concurrent duplicates one starts.
+    async fn begin_idempotent(&self, claim: KeyClaim<'_>) -> Result<IdempotencyStart, StoreError>;
 
-    /// Takes over `key` left in flight since `since` by a request whose process died
-    /// with no order standing (none created, or rolled back): false when another
-    /// request took it first.
-    async fn retake_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        since: Timestamp,
-        now: Timestamp,
-    ) -> Result<bool, StoreError>;
+    /// Takes over the claim's key, left in flight since `since` by a request whose
+    /// process died with no order standing (none created, or rolled back): false when
+    /// another request took it first.
+    async fn retake_idempotent(&self, claim: &KeyClaim<'_>, since: Timestamp) -> Result<bool, StoreError>;
 
     /// Saves the response of a request that claimed `key`.
     async fn finish_idempotent(&self, buyer: &BuyerId, key: &str, status: u16, body: &[u8]) -> Result<(), StoreError>;
@@ -77,14 +74,8 @@ fn idempotency_start(
 
 #[async_trait]
 impl<D: Dialect> IdempotencyStore for SqlStore<D> {
-    async fn begin_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        request_hash: &str,
-        now: Timestamp,
-        expires_before: Timestamp,
-    ) -> Result<IdempotencyStart, StoreError> {
+    async fn begin_idempotent(&self, claim: KeyClaim<'_>) -> Result<IdempotencyStart, StoreError> {
+        let KeyClaim { buyer, key, request_hash, now, expires_before } = claim;
         let mut conn = self.writer().await?;
         let mut tx = D::begin_write(&mut *conn).await?;
         sqlx::query("DELETE FROM idempotency_keys WHERE buyer_id = $1 AND key = $2 AND created_at < $3")
@@ -127,13 +118,8 @@ impl<D: Dialect> IdempotencyStore for SqlStore<D> {
         Ok(start)
     }
 
-    async fn retake_idempotent(
-        &self,
-        buyer: &BuyerId,
-        key: &str,
-        since: Timestamp,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    async fn retake_idempotent(&self, claim: &KeyClaim<'_>, since: Timestamp) -> Result<bool, StoreError> {
+        let KeyClaim { buyer, key, now, .. } = *claim;
         let taken = sqlx::query(
             "UPDATE idempotency_keys SET created_at = $1, order_id = NULL
              WHERE buyer_id = $2 AND key = $3 AND created_at = $4 AND response_status IS NULL",

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 pub use self::catalog::{CatalogEntry, CatalogStore, Product, StockChange, StockLevels};
 pub use self::error::StoreError;
 pub(crate) use self::error::key_taken;
-pub use self::idempotency::{IdempotencyStart, IdempotencyStore};
+pub use self::idempotency::{IdempotencyStart, IdempotencyStore, KeyClaim};
 pub use self::inspect::Inspect;
 pub use self::orders::{AttemptView, CreatedOrder, NewOrder, OrderItem, OrderRecord, OrderStore};
 pub use self::payments::{Attempt, EventKind, PaymentStore, Transition};

@@ -119,25 +119,16 @@ impl EventKind {
 #[async_trait]
 pub trait PaymentStore: Send + Sync + 'static {
     /// REQUESTED -> PENDING, with the transaction key when the PG gave one.
-    async fn mark_pending(
-        &self,
-        attempt_id: AttemptId,
-        key: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Transition, StoreError>;
+    async fn mark_pending(&self, id: AttemptId, key: Option<&str>, now: Timestamp) -> Result<Transition, StoreError>;
 
     /// Records the key of a still unsettled attempt that has none yet.
     async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now: Timestamp) -> Result<bool, StoreError>;
 
-    /// REQUESTED or PENDING -> SUCCESS or FAILED; moves the reserved stock to sold or
-    /// back to available in the same transaction.
-    async fn settle(
-        &self,
-        attempt_id: AttemptId,
-        settlement: &Settlement,
-        source: Source,
-        now: Timestamp,
-    ) -> Result<Transition, StoreError>;
+    /// REQUESTED or PENDING -> SUCCESS or FAILED: attempt `id` settled to `to`, as `by`
+    /// found it; moves the reserved stock to sold or back to available in the same
+    /// transaction.
+    async fn settle(&self, id: AttemptId, to: &Settlement, by: Source, at: Timestamp)
+    -> Result<Transition, StoreError>;
 
     /// Undoes transaction 1 of an attempt that surely never reached the PG: the order
     /// is removed and its stock released. Only a REQUESTED attempt can be rolled back.
@@ -146,34 +137,18 @@ pub trait PaymentStore: Send + Sync + 'static {
     /// Hands a REQUESTED attempt of gateway `from` to gateway `to` (failover after the
     /// first surely did not receive it). False when the attempt is no longer REQUESTED at
     /// `from`: then it must not be sent anywhere else.
-    async fn reassign_gateway(
-        &self,
-        attempt_id: AttemptId,
-        from: &str,
-        to: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError>;
+    async fn reassign_gateway(&self, id: AttemptId, from: &str, to: &str, now: Timestamp) -> Result<bool, StoreError>;
 
     async fn attempt_by_pg_order_id(&self, pg_order_id: &str) -> Result<Option<Attempt>, StoreError>;
 
-    async fn record_event(
-        &self,
-        attempt_id: AttemptId,
-        kind: EventKind,
-        detail: &str,
-        now: Timestamp,
-    ) -> Result<(), StoreError>;
+    async fn record_event(&self, id: AttemptId, kind: EventKind, detail: &str, at: Timestamp)
+    -> Result<(), StoreError>;
 }
 
 #[async_trait]
 impl<D: Dialect> PaymentStore for SqlStore<D> {
-    async fn mark_pending(
-        &self,
-        attempt_id: AttemptId,
-        key: Option<&str>,
-        now: Timestamp,
-    ) -> Result<Transition, StoreError> {
-        self.rounds.mark_pending(MarkPending { attempt_id, key: key.map(str::to_string), now }).await
+    async fn mark_pending(&self, id: AttemptId, key: Option<&str>, now: Timestamp) -> Result<Transition, StoreError> {
+        self.rounds.mark_pending(MarkPending { attempt_id: id, key: key.map(str::to_string), now }).await
     }
 
     async fn adopt_key(&self, attempt_id: AttemptId, key: &str, now: Timestamp) -> Result<bool, StoreError> {
@@ -196,12 +171,12 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
 
     async fn settle(
         &self,
-        attempt_id: AttemptId,
-        settlement: &Settlement,
-        source: Source,
-        now: Timestamp,
+        id: AttemptId,
+        to: &Settlement,
+        by: Source,
+        at: Timestamp,
     ) -> Result<Transition, StoreError> {
-        self.rounds.settle(Settle { attempt_id, settlement: settlement.clone(), source, now }).await
+        self.rounds.settle(Settle { attempt_id: id, settlement: to.clone(), source: by, now: at }).await
     }
 
     async fn roll_back(&self, attempt_id: AttemptId) -> Result<Transition, StoreError> {
@@ -226,19 +201,13 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
         Ok(Transition::Applied)
     }
 
-    async fn reassign_gateway(
-        &self,
-        attempt_id: AttemptId,
-        from: &str,
-        to: &str,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    async fn reassign_gateway(&self, id: AttemptId, from: &str, to: &str, now: Timestamp) -> Result<bool, StoreError> {
         let sql = format!(
             "UPDATE payment_attempts SET gateway = $1, version = version + 1, updated_at = $2
              WHERE id = $3 AND gateway = $4 AND status {}",
             one_of::<D>("$5")
         );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).arg(to).arg(now.as_millis()).arg(attempt_id.0).arg(from);
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).arg(to).arg(now.as_millis()).arg(id.0).arg(from);
         let updated = D::bind_statuses(query, PaymentStatus::UNSENT).execute(D::on(&mut *self.writer().await?)).await?;
         Ok(D::rows_affected(&updated) == 1)
     }
@@ -254,18 +223,18 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
 
     async fn record_event(
         &self,
-        attempt_id: AttemptId,
+        id: AttemptId,
         kind: EventKind,
         detail: &str,
-        now: Timestamp,
+        at: Timestamp,
     ) -> Result<(), StoreError> {
         let mut conn = self.writer().await?;
         let mut tx = D::begin_write(&mut *conn).await?;
         sqlx::query("INSERT INTO payment_events (attempt_id, kind, detail, created_at) VALUES ($1, $2, $3, $4)")
-            .arg(attempt_id.0)
+            .arg(id.0)
             .arg(kind.as_str())
             .arg(detail)
-            .arg(now.as_millis())
+            .arg(at.as_millis())
             .execute(D::on(&mut *tx))
             .await?;
         if kind.is_anomaly() {
@@ -273,7 +242,7 @@ impl<D: Dialect> PaymentStore for SqlStore<D> {
                 "UPDATE orders SET anomaly = $1 WHERE id = (SELECT order_id FROM payment_attempts WHERE id = $2)",
             )
             .arg(kind.as_str())
-            .arg(attempt_id.0)
+            .arg(id.0)
             .execute(D::on(&mut *tx))
             .await?;
         }

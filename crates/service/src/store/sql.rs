@@ -191,45 +191,34 @@ impl<'q, D: Database> Arg<D> for Query<'q, D, D::Arguments> {
     }
 }
 
-/// `push_bind` for a query built with `QueryBuilder` on a `Dialect`.
-pub(super) trait PushArg<D: Database> {
-    fn arg<'t, T>(&mut self, value: T) -> &mut Self
-    where
-        D: Binds<'t, T>;
+/// `push_bind` for a query built with `QueryBuilder` on a `Dialect`, and for a row of
+/// its `push_values`. The value's type is the trait's, not the method's, so that each
+/// impl names the one `Binds` method it calls and nothing else.
+pub(super) trait PushArg<'t, T> {
+    fn arg(&mut self, value: T) -> &mut Self;
 }
 
-impl<D: Database> PushArg<D> for QueryBuilder<D> {
-    fn arg<'t, T>(&mut self, value: T) -> &mut Self
-    where
-        D: Binds<'t, T>,
-    {
+impl<'t, D: Binds<'t, T>, T> PushArg<'t, T> for QueryBuilder<D> {
+    fn arg(&mut self, value: T) -> &mut Self {
         D::push(self, value);
         self
     }
 }
 
-impl<D: Database> PushArg<D> for Separated<'_, D, &'static str> {
-    fn arg<'t, T>(&mut self, value: T) -> &mut Self
-    where
-        D: Binds<'t, T>,
-    {
+impl<'t, D: Binds<'t, T>, T> PushArg<'t, T> for Separated<'_, D, &'static str> {
+    fn arg(&mut self, value: T) -> &mut Self {
         D::push_separated(self, value);
         self
     }
 }
 
 /// `push_bind_unseparated`: a value inside a tuple's cell (`CAST($n AS BIGINT)`).
-pub(super) trait PushUnseparated<D: Database> {
-    fn arg_unseparated<'t, T>(&mut self, value: T) -> &mut Self
-    where
-        D: Binds<'t, T>;
+pub(super) trait PushUnseparated<'t, T> {
+    fn arg_unseparated(&mut self, value: T) -> &mut Self;
 }
 
-impl<D: Database> PushUnseparated<D> for Separated<'_, D, &'static str> {
-    fn arg_unseparated<'t, T>(&mut self, value: T) -> &mut Self
-    where
-        D: Binds<'t, T>,
-    {
+impl<'t, D: Binds<'t, T>, T> PushUnseparated<'t, T> for Separated<'_, D, &'static str> {
+    fn arg_unseparated(&mut self, value: T) -> &mut Self {
         D::push_unseparated(self, value);
         self
     }

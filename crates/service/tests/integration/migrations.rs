@@ -52,7 +52,16 @@ async fn the_old_payment_is_intact_and_keys_are_per_gateway(store: Arc<dyn Inspe
     // The old card-covering fingerprint is gone; the key still replays rather than pay twice.
     let buyer = service::domain::BuyerId::parse("buyer-1").unwrap();
     assert_eq!(
-        store.begin_idempotent(&buyer, "k-old", "a-new-fingerprint", LATER, Timestamp::from_millis(0)).await.unwrap(),
+        store
+            .begin_idempotent(service::store::KeyClaim {
+                buyer: &buyer,
+                key: "k-old",
+                request_hash: "a-new-fingerprint",
+                now: LATER,
+                expires_before: Timestamp::from_millis(0)
+            })
+            .await
+            .unwrap(),
         service::store::IdempotencyStart::Saved { status: 202, body: b"{}".to_vec() }
     );
     assert_eq!((order.items.len(), order.total_amount), (1, 39_000));

@@ -15,8 +15,8 @@ use service::domain::{
     Timestamp,
 };
 use service::store::{
-    Check, Claim, CreatedOrder, EventKind, IdempotencyStart, Inspect, NewOrder, PgStore, PoolSettings, SqliteStore,
-    StockChange, StoreError, Transition,
+    Check, Claim, CreatedOrder, EventKind, IdempotencyStart, Inspect, KeyClaim, NewOrder, PgStore, PoolSettings,
+    SqliteStore, StockChange, StoreError, Transition,
 };
 
 /// A store and what to remove when the test ends.
@@ -604,6 +604,16 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
     );
 }
 
+fn key_claim<'a>(
+    buyer: &'a BuyerId,
+    key: &'a str,
+    request_hash: &'a str,
+    now: Timestamp,
+    expires_before: Timestamp,
+) -> KeyClaim<'a> {
+    KeyClaim { buyer, key, request_hash, now, expires_before }
+}
+
 fn check(attempt_id: AttemptId, next_check_at: Timestamp, note: &str, stuck: bool) -> Check {
     Check { attempt_id, next_check_at, note: note.into(), stuck }
 }
@@ -676,7 +686,9 @@ async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Inspect>) {
     let racers: Vec<_> = (0..10)
         .map(|_| {
             let (store, alice) = (store.clone(), alice.clone());
-            tokio::spawn(async move { store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - ms(1_000)).await.unwrap() })
+            tokio::spawn(async move {
+                store.begin_idempotent(key_claim(&alice, "k1", "h1", NOW, NOW - ms(1_000))).await.unwrap()
+            })
         })
         .collect();
     let mut started = 0;
@@ -688,27 +700,27 @@ async fn idempotency_keys_start_once_and_replay(store: Arc<dyn Inspect>) {
     }
     assert_eq!(started, 1);
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h2", NOW, NOW - ms(1_000)).await.unwrap(),
+        store.begin_idempotent(key_claim(&alice, "k1", "h2", NOW, NOW - ms(1_000))).await.unwrap(),
         IdempotencyStart::Mismatch
     );
     assert_eq!(
-        store.begin_idempotent(&bob, "k1", "h2", NOW, NOW - ms(1_000)).await.unwrap(),
+        store.begin_idempotent(key_claim(&bob, "k1", "h2", NOW, NOW - ms(1_000))).await.unwrap(),
         IdempotencyStart::Started,
         "per buyer"
     );
     store.finish_idempotent(&alice, "k1", 202, b"{\"saved\":true}").await.unwrap();
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - ms(1_000)).await.unwrap(),
+        store.begin_idempotent(key_claim(&alice, "k1", "h1", NOW, NOW - ms(1_000))).await.unwrap(),
         IdempotencyStart::Saved { status: 202, body: b"{\"saved\":true}".to_vec() }
     );
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h1", NOW + ms(10), NOW + ms(5)).await.unwrap(),
+        store.begin_idempotent(key_claim(&alice, "k1", "h1", NOW + ms(10), NOW + ms(5))).await.unwrap(),
         IdempotencyStart::Started,
         "expired"
     );
     store.release_idempotent(&alice, "k1").await.unwrap();
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h9", NOW + ms(20), NOW).await.unwrap(),
+        store.begin_idempotent(key_claim(&alice, "k1", "h9", NOW + ms(20), NOW)).await.unwrap(),
         IdempotencyStart::Started,
         "released"
     );
@@ -718,28 +730,45 @@ async fn a_key_in_flight_names_its_order_and_is_retaken_once(store: Arc<dyn Insp
     let alice = BuyerId::parse("alice").unwrap();
     let in_flight = |order_id| IdempotencyStart::InFlight { order_id, since: NOW };
     // The order is linked to its key in the order's own transaction.
-    assert_eq!(store.begin_idempotent(&alice, "k1", "h1", NOW, NOW - ms(1)).await.unwrap(), IdempotencyStart::Started);
+    assert_eq!(
+        store.begin_idempotent(key_claim(&alice, "k1", "h1", NOW, NOW - ms(1))).await.unwrap(),
+        IdempotencyStart::Started
+    );
     let keyed = NewOrder { idempotency_key: Some("k1".into()), ..order("alice", &[(1, 1)]) };
     let created = store.create_order(keyed.clone()).await.unwrap();
     assert_eq!(
-        store.begin_idempotent(&alice, "k1", "h1", NOW + ms(5), NOW - ms(1)).await.unwrap(),
+        store.begin_idempotent(key_claim(&alice, "k1", "h1", NOW + ms(5), NOW - ms(1))).await.unwrap(),
         in_flight(Some(created.order_id))
     );
     // A second order under a key that already has one is refused, with nothing kept.
     assert!(matches!(store.create_order(keyed).await, Err(StoreError::IdempotencyKeyTaken)));
     assert_eq!(levels(&store, 1).await, (999, 1, 0));
     // A key with no order is retaken once: the loser of a race must not start too.
-    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW, NOW - ms(1)).await.unwrap(), IdempotencyStart::Started);
-    assert_eq!(store.begin_idempotent(&alice, "k2", "h2", NOW + ms(5), NOW - ms(1)).await.unwrap(), in_flight(None));
-    assert!(store.retake_idempotent(&alice, "k2", NOW, NOW + ms(60_000)).await.unwrap());
-    assert!(!store.retake_idempotent(&alice, "k2", NOW, NOW + ms(60_001)).await.unwrap(), "taken already");
     assert_eq!(
-        store.begin_idempotent(&alice, "k2", "h2", NOW + ms(60_010), NOW - ms(1)).await.unwrap(),
+        store.begin_idempotent(key_claim(&alice, "k2", "h2", NOW, NOW - ms(1))).await.unwrap(),
+        IdempotencyStart::Started
+    );
+    assert_eq!(
+        store.begin_idempotent(key_claim(&alice, "k2", "h2", NOW + ms(5), NOW - ms(1))).await.unwrap(),
+        in_flight(None)
+    );
+    assert!(store.retake_idempotent(&key_claim(&alice, "k2", "h2", NOW + ms(60_000), NOW - ms(1)), NOW).await.unwrap());
+    assert!(
+        !store.retake_idempotent(&key_claim(&alice, "k2", "h2", NOW + ms(60_001), NOW - ms(1)), NOW).await.unwrap(),
+        "taken already"
+    );
+    assert_eq!(
+        store.begin_idempotent(key_claim(&alice, "k2", "h2", NOW + ms(60_010), NOW - ms(1))).await.unwrap(),
         IdempotencyStart::InFlight { order_id: None, since: NOW + ms(60_000) }
     );
     // A finished key is never retaken.
     store.finish_idempotent(&alice, "k2", 202, b"{}").await.unwrap();
-    assert!(!store.retake_idempotent(&alice, "k2", NOW + ms(60_000), NOW + ms(70_000)).await.unwrap());
+    assert!(
+        !store
+            .retake_idempotent(&key_claim(&alice, "k2", "h2", NOW + ms(70_000), NOW - ms(1)), NOW + ms(60_000))
+            .await
+            .unwrap()
+    );
 }
 
 async fn a_transaction_key_belongs_to_one_attempt(store: Arc<dyn Inspect>) {
