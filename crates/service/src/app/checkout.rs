@@ -121,18 +121,9 @@ impl Checkout {
         }
     }
 
-    /// Every event of one checkout is in its `payment` span, which names the order, its
-    /// PG orderId and the gateway once they are known: the events themselves say only
-    /// what happened.
     pub async fn place(&self, _slot: Admission, request: CheckoutRequest) -> Result<Placed, CheckoutError> {
         let started = tokio::time::Instant::now();
-        let span = tracing::info_span!(
-            "payment",
-            order = tracing::field::Empty,
-            pg_order_id = tracing::field::Empty,
-            gateway = tracing::field::Empty
-        );
-        let result = self.run(request).instrument(span).await;
+        let result = self.run(request).await;
         let label = match &result {
             Ok((_, label)) => label,
             Err(refused) => refused.label(),
@@ -175,7 +166,7 @@ impl Checkout {
     /// The checkout, and its label for the checkout metrics.
     async fn run(&self, request: CheckoutRequest) -> Result<(Placed, &'static str), CheckoutError> {
         // 1. A cheap pre-check: with every breaker open nothing is written and nothing sent.
-        let Some(mut current) = self.gateways.route(0) else {
+        let Some(current) = self.gateways.route(0) else {
             let states: Vec<String> = self
                 .gateways
                 .all()
@@ -186,10 +177,24 @@ impl Checkout {
         };
         // 2. Transaction 1: order, items, stock reservation, REQUESTED attempt.
         let created = self.create_priced(&request, self.gateways.all()[current].name()).await?;
-        let span = Span::current();
-        span.record("order", tracing::field::display(created.order_id));
-        span.record("pg_order_id", tracing::field::display(&created.pg_order_id));
-        span.record("gateway", tracing::field::display(self.gateways.all()[current].name()));
+        // Every event of the payment from here on is in its span, which names the order,
+        // its PG orderId and the gateway: the events themselves say only what happened.
+        let span = tracing::info_span!(
+            "payment",
+            order = %created.order_id,
+            pg_order_id = %created.pg_order_id,
+            gateway = %self.gateways.all()[current].name()
+        );
+        self.pay(&request, created, current).instrument(span).await
+    }
+
+    /// Steps 3 and 4: the PG call (and failover), then transaction 2.
+    async fn pay(
+        &self,
+        request: &CheckoutRequest,
+        created: CreatedOrder,
+        mut current: usize,
+    ) -> Result<(Placed, &'static str), CheckoutError> {
         loop {
             // 3. The PG call, outside any transaction.
             let gateway = &self.gateways.all()[current];
@@ -215,14 +220,14 @@ impl Checkout {
                 let to = self.gateways.all()[next].name();
                 if self.payments.reassign_gateway(created.attempt_id, gateway.name(), to, Timestamp::now()).await? {
                     tracing::warn!(from = gateway.name(), to, %why, "payment not delivered: failing over to the next gateway");
-                    span.record("gateway", tracing::field::display(to));
+                    Span::current().record("gateway", tracing::field::display(to));
                     self.metrics.failover(gateway.name(), to);
                     current = next;
                     continue;
                 }
             }
             // 4. Transaction 2, by outcome.
-            return self.conclude(&request, created, outcome).await;
+            return self.conclude(request, created, outcome).await;
         }
     }
 

@@ -321,18 +321,27 @@ pub(super) async fn keys_held_elsewhere<D: Dialect>(
 
 /// A status write that may name a transaction key, which another attempt may hold.
 trait KeyedWrite: Send + Sync {
-    fn attempt_and_key(&self) -> (AttemptId, Option<String>);
+    fn attempt(&self) -> AttemptId;
+    fn key(&self) -> Option<&String>;
 }
 
 impl KeyedWrite for MarkPending {
-    fn attempt_and_key(&self) -> (AttemptId, Option<String>) {
-        (self.attempt_id, self.key.clone())
+    fn attempt(&self) -> AttemptId {
+        self.attempt_id
+    }
+
+    fn key(&self) -> Option<&String> {
+        self.key.as_ref()
     }
 }
 
 impl KeyedWrite for Settle {
-    fn attempt_and_key(&self) -> (AttemptId, Option<String>) {
-        (self.attempt_id, self.settlement.transaction_key.clone())
+    fn attempt(&self) -> AttemptId {
+        self.attempt_id
+    }
+
+    fn key(&self) -> Option<&String> {
+        self.settlement.transaction_key.as_ref()
     }
 }
 
@@ -344,10 +353,10 @@ async fn write_keyed<D: Dialect, W: KeyedWrite>(
     may_share: bool,
     together: impl for<'a> Fn(&'a mut D::Connection, &'a [W]) -> BoxFuture<'a, Result<Vec<Transition>, StoreError>>,
 ) -> Vec<Result<Transition, StoreError>> {
-    let attempts: HashSet<_> = group.iter().map(|w| w.attempt_and_key().0).collect();
+    let attempts: HashSet<_> = group.iter().map(KeyedWrite::attempt).collect();
     let may_share = may_share && attempts.len() == group.len();
     write_group(conn, group, may_share, together, |conn, group| {
-        let keys: Vec<_> = group.iter().map(KeyedWrite::attempt_and_key).collect();
+        let keys: Vec<_> = group.iter().map(|w| (w.attempt(), w.key().cloned())).collect();
         Box::pin(async move { keys_held_elsewhere::<D>(conn, &keys).await })
     })
     .await
