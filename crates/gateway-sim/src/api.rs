@@ -30,12 +30,12 @@ pub(crate) fn fail(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(Envelope::<()>::fail(code, msg))).into_response()
 }
 
-fn user_id(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn user_id(headers: &HeaderMap) -> Option<String> {
     let id = headers.get(USER_ID_HEADER)?.to_str().ok()?.trim();
     (!id.is_empty()).then(|| id.to_string())
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -48,7 +48,9 @@ fn is_json(headers: &HeaderMap) -> bool {
 pub(crate) async fn outage(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
     {
         let mut ledger = sim.ledger();
-        if request.method() == Method::POST {
+        if request.method() == Method::POST && request.uri().path().ends_with("/cancel") {
+            ledger.counts.cancel_requests += 1;
+        } else if request.method() == Method::POST {
             ledger.counts.payment_requests += 1;
         } else {
             ledger.counts.status_queries += 1;
@@ -141,6 +143,7 @@ fn store(sim: &Sim, user_id: String, request: PaymentRequest) -> TransactionSumm
         created_at: Utc::now(),
         finalized_at: None,
         callbacks_delivered: 0,
+        cancels: Vec::new(),
     };
     let summary = tx.summary();
     ledger.insert(tx);
@@ -165,7 +168,7 @@ async fn process(sim: Arc<Sim>, key: String, mut rng: ChaCha8Rng, _in_flight: In
 
 /// A response whose body fails at once: hyper aborts the connection, so the caller sees
 /// the connection drop with no answer although the transaction was stored.
-fn dropped_connection() -> Response {
+pub(crate) fn dropped_connection() -> Response {
     let broken = futures_util::stream::once(async {
         Err::<Bytes, std::io::Error>(std::io::Error::other("store-then-timeout fault: connection dropped"))
     });

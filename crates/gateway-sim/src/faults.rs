@@ -155,6 +155,8 @@ pub struct Faults {
     pub hang: bool,
     pub store_then_timeout: Option<StoreThenTimeout>,
     pub callback: CallbackFaults,
+    /// Share of accepted cancels (`--refunds`) the PG declines when it decides them.
+    pub cancel_decline_rate: f64,
 }
 
 impl Default for Faults {
@@ -170,6 +172,7 @@ impl Default for Faults {
             hang: false,
             store_then_timeout: None,
             callback: CallbackFaults::default(),
+            cancel_decline_rate: 0.0,
         }
     }
 }
@@ -225,6 +228,7 @@ impl Faults {
             ("callback.staleRate", self.callback.stale_rate),
             ("callback.contradictoryRate", self.callback.contradictory_rate),
             ("storeThenTimeout.rate", self.store_then_timeout.map_or(0.0, |s| s.rate)),
+            ("cancelDeclineRate", self.cancel_decline_rate),
         ];
         for (name, rate) in rates {
             if !(0.0..=1.0).contains(&rate) {
@@ -263,6 +267,11 @@ impl Faults {
 
     pub fn draw_processing_delay(&self, rng: &mut impl Rng) -> Duration {
         self.processing_delay_ms.draw(rng)
+    }
+
+    /// Whether the PG declines an accepted cancel when it decides it.
+    pub fn draw_cancel_declined(&self, rng: &mut impl Rng) -> bool {
+        rng.random_bool(self.cancel_decline_rate)
     }
 
     pub fn draw_outcome(&self, rng: &mut impl Rng) -> Outcome {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use gateway::wire::{CardType, TransactionDetail, TransactionStatus, TransactionSummary};
+use gateway::wire::{CancelDetail, CardType, TransactionDetail, TransactionStatus, TransactionSummary};
 use serde::Serialize;
 
 #[derive(Debug, Clone)]
@@ -22,9 +22,48 @@ pub struct Transaction {
     pub created_at: DateTime<Utc>,
     pub finalized_at: Option<DateTime<Utc>>,
     pub callbacks_delivered: u32,
+    /// Refunds of this payment (`--refunds`), oldest first.
+    pub cancels: Vec<Cancel>,
+}
+
+/// One cancel of a transaction, as the PG keeps it.
+#[derive(Debug, Clone)]
+pub struct Cancel {
+    pub key: String,
+    /// The merchant's key that made it: the same key answers this cancel again.
+    pub idempotency_key: String,
+    pub amount: i64,
+    pub status: TransactionStatus,
+    pub reason: Option<String>,
+    pub callback_url: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finalized_at: Option<DateTime<Utc>>,
 }
 
 impl Transaction {
+    /// What may still be cancelled: the amount less every cancel that has not failed
+    /// (a pending one holds its amount until it is decided).
+    pub fn cancellable(&self) -> i64 {
+        let held: i64 = self.cancels.iter().filter(|c| c.status != TransactionStatus::Failed).map(|c| c.amount).sum();
+        self.amount - held
+    }
+
+    /// What was refunded: the cancels that succeeded.
+    pub fn refunded(&self) -> i64 {
+        self.cancels.iter().filter(|c| c.status == TransactionStatus::Success).map(|c| c.amount).sum()
+    }
+
+    pub fn cancel_detail(&self, cancel: &Cancel) -> CancelDetail {
+        CancelDetail {
+            cancel_key: cancel.key.clone(),
+            transaction_key: self.key.clone(),
+            order_id: self.order_id.clone(),
+            cancel_amount: cancel.amount,
+            status: cancel.status,
+            reason: cancel.reason.clone(),
+        }
+    }
+
     pub fn detail(&self) -> TransactionDetail {
         TransactionDetail {
             transaction_key: self.key.clone(),
@@ -56,6 +95,8 @@ pub struct Counts {
     pub callbacks_failed: u64,
     /// Callbacks dropped on purpose by the `dropRate` fault.
     pub callbacks_dropped: u64,
+    /// `POST .../cancel` calls that reached the server (any answer), with `--refunds`.
+    pub cancel_requests: u64,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +160,9 @@ pub struct LedgerEntry {
     pub created_at: DateTime<Utc>,
     pub finalized_at: Option<DateTime<Utc>>,
     pub callbacks_delivered: u32,
+    /// The sum of the cancels that succeeded.
+    pub refunded: i64,
+    pub cancels: Vec<CancelDetail>,
 }
 
 impl From<&Transaction> for LedgerEntry {
@@ -135,6 +179,8 @@ impl From<&Transaction> for LedgerEntry {
             created_at: t.created_at,
             finalized_at: t.finalized_at,
             callbacks_delivered: t.callbacks_delivered,
+            refunded: t.refunded(),
+            cancels: t.cancels.iter().map(|c| t.cancel_detail(c)).collect(),
         }
     }
 }

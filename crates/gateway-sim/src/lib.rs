@@ -14,6 +14,7 @@ mod control;
 pub mod faults;
 pub mod ledger;
 pub mod link;
+mod refunds;
 pub mod request;
 mod server;
 mod state;
@@ -40,6 +41,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Serve the API over HTTPS with this identity.
     pub tls: Option<tls::TlsIdentity>,
+    /// Offer the refund API (`POST /api/v1/payments/{key}/cancel`, src/refunds.rs),
+    /// which the reference PG does not have.
+    pub refunds: bool,
 }
 
 impl Default for SimConfig {
@@ -53,6 +57,7 @@ impl Default for SimConfig {
             callback_secret: None,
             faults: Faults::default(),
             tls: None,
+            refunds: false,
         }
     }
 }
@@ -67,6 +72,7 @@ impl std::fmt::Debug for SimConfig {
             .field("callback_secret", &self.callback_secret.as_ref().map(|_| "<redacted>"))
             .field("faults", &self.faults)
             .field("tls", &self.tls)
+            .field("refunds", &self.refunds)
             .finish()
     }
 }

@@ -82,7 +82,7 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<RunningSim> {
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let (shutdown, _) = watch::channel(false);
-    let router = api_router(sim.clone());
+    let router = api_router(sim.clone(), config.refunds);
     let mut tasks = vec![tokio::spawn(serve_api(listener, acceptor, addr, router, sim.clone(), shutdown.subscribe()))];
 
     let mut control_addr = None;
@@ -102,11 +102,16 @@ pub async fn spawn(config: SimConfig) -> std::io::Result<RunningSim> {
     Ok(RunningSim { addr, scheme, control_addr, sim, shutdown, tasks })
 }
 
-fn api_router(sim: Arc<Sim>) -> Router {
-    let pg = Router::new()
+fn api_router(sim: Arc<Sim>, refunds: bool) -> Router {
+    let mut pg = Router::new()
         .route("/api/v1/payments", post(api::create).get(api::by_order))
-        .route("/api/v1/payments/{key}", get(api::detail))
-        .route_layer(axum::middleware::from_fn_with_state(sim.clone(), api::outage));
+        .route("/api/v1/payments/{key}", get(api::detail));
+    if refunds {
+        pg = pg
+            .route("/api/v1/payments/{key}/cancel", post(crate::refunds::cancel))
+            .route("/api/v1/payments/{key}/cancels", get(crate::refunds::cancels));
+    }
+    let pg = pg.route_layer(axum::middleware::from_fn_with_state(sim.clone(), api::outage));
     pg.merge(control::router())
         .fallback(api::unknown_path)
         .method_not_allowed_fallback(api::method_not_allowed)

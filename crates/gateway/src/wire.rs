@@ -185,6 +185,53 @@ pub struct OrderTransactions {
     pub transactions: Vec<TransactionSummary>,
 }
 
+/// `POST /api/v1/payments/{transactionKey}/cancel` body: the simulator's opt-in refund
+/// API (`--refunds`), modelled on Toss Payments' cancel; the reference PG has none. Sent
+/// with an `Idempotency-Key`: the same key for the same transaction answers the cancel it
+/// made, so a cancel whose answer was lost can be sent again without refunding twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelRequest {
+    /// Whole or part of what is left to cancel, in the payment's currency units.
+    #[serde(deserialize_with = "whole_number")]
+    pub cancel_amount: i64,
+    pub cancel_reason: String,
+    /// Where the cancel's final status is posted (flat, like a payment's callback); with
+    /// none, lookups tell.
+    #[serde(default)]
+    pub callback_url: Option<String>,
+}
+
+/// One cancel of a transaction: `data` of a cancel answer, an element of a cancel lookup,
+/// and (flat) the body posted to the cancel's callback URL. PENDING until the PG decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelDetail {
+    pub cancel_key: String,
+    pub transaction_key: String,
+    pub order_id: String,
+    #[serde(deserialize_with = "whole_number")]
+    pub cancel_amount: i64,
+    pub status: TransactionStatus,
+    pub reason: Option<String>,
+}
+
+/// `data` of `GET /api/v1/payments/{transactionKey}/cancels`: the payment's amount and
+/// its cancels, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionCancels {
+    pub transaction_key: String,
+    #[serde(deserialize_with = "whole_number")]
+    pub amount: i64,
+    pub cancels: Vec<CancelDetail>,
+}
+
+/// The header that makes a cancel safe to send again: 1 to 300 characters (Toss's limit).
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+/// The longest `Idempotency-Key` a cancel may carry.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 300;
+
 /// The header every PG call carries: the merchant's id at the PG.
 pub const USER_ID_HEADER: &str = "X-USER-ID";
 
@@ -214,6 +261,14 @@ pub mod message {
     pub const AMOUNT_INVALID: &str = "결제금액은 양의 정수여야 합니다.";
     pub const UNEXPECTED: &str = "일시적인 오류가 발생했습니다.";
     pub const UNKNOWN_PATH: &str = "존재하지 않는 요청입니다.";
+    // The refund API's texts (the simulator's own: the reference PG has no cancel).
+    pub const CANCELED: &str = "정상 취소되었습니다.";
+    pub const CANCEL_DECLINED: &str = "취소 처리에 실패했습니다. 잠시 후 다시 시도해주세요.";
+    pub const CANCEL_NOT_PAID: &str = "결제가 완료된 건만 취소할 수 있습니다.";
+    pub const CANCEL_AMOUNT_INVALID: &str = "취소 금액은 양의 정수여야 합니다.";
+    pub const CANCEL_AMOUNT_EXCEEDED: &str = "취소 금액이 취소 가능 금액을 초과합니다.";
+    pub const IDEMPOTENCY_KEY_REQUIRED: &str = "Idempotency-Key 헤더는 1자 이상 300자 이하로 필수입니다.";
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "같은 Idempotency-Key 로 다른 취소 요청을 보낼 수 없습니다.";
 
     pub fn missing_field(field: &str) -> String {
         format!("필수 필드 '{field}'이(가) 누락되었습니다.")

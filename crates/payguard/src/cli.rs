@@ -120,6 +120,10 @@ struct SimArgs {
     /// Start from zero delays instead of the reference's 100-500 ms and 1-5 s.
     #[arg(long, env = "PAYGUARD_SIM_INSTANT")]
     instant: bool,
+    /// Offer a refund API the reference PG lacks: POST /api/v1/payments/{key}/cancel
+    /// (whole or partial, with an Idempotency-Key) and GET /api/v1/payments/{key}/cancels.
+    #[arg(long, env = "PAYGUARD_SIM_REFUNDS")]
+    refunds: bool,
 
     /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "PAYGUARD_SIM_TLS_CERT", requires = "tls_key", help_heading = "HTTPS")]
@@ -276,6 +280,7 @@ impl SimArgs {
             },
             callback_secret: self.callback_secret,
             faults: f,
+            refunds: self.refunds,
         })
     }
 }
