@@ -1,7 +1,8 @@
-//! The typed PG client: three operations, each through the resilience stack, outer to
+//! The typed PG client: its operations, each through the resilience stack, outer to
 //! inner: total deadline -> retry -> bulkhead -> circuit breaker -> per-attempt timeouts
-//! -> HTTP. Payments and status lookups have separate stacks and breakers, so a broken
-//! status API does not stop new payments and vice versa.
+//! -> HTTP. Payments, status lookups and refunds have separate stacks and breakers, so a
+//! broken status API does not stop new payments and vice versa, and failing refunds stop
+//! neither.
 
 use std::sync::Arc;
 
@@ -17,10 +18,10 @@ use crate::bulkhead::BulkheadLayer;
 use crate::config::ResilienceConfig;
 use crate::evidence::{PaymentEvidence, by_answer};
 use crate::observer::{GatewayEvent, GatewayObserver, NoopObserver};
-use crate::outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, PgAnswer, Unknown};
+use crate::outcome::{CallError, CancelOutcome, LookupOutcome, NotDelivered, PaymentOutcome, PgAnswer, Unknown};
 use crate::retry::{Attempted, RetryPolicy};
 use crate::transport::{HttpTransport, PgCall};
-use crate::wire::{OrderTransactions, PaymentRequest, TransactionDetail};
+use crate::wire::{CancelRequest, OrderTransactions, PaymentRequest, TransactionCancels, TransactionDetail};
 
 /// A resilience stack: what `GatewayClient` calls for each PG operation.
 pub type Stack = BoxCloneSyncService<Attempted, PgAnswer, CallError>;
@@ -54,10 +55,13 @@ pub struct GatewayClient {
     name: String,
     payments: Stack,
     status: Stack,
+    refunds: Stack,
     payment_budget: Arc<TpsBudget>,
     status_budget: Arc<TpsBudget>,
+    refund_budget: Arc<TpsBudget>,
     payment_breaker: CircuitBreaker,
     status_breaker: CircuitBreaker,
+    refund_breaker: CircuitBreaker,
     config: ResilienceConfig,
     observer: Arc<dyn GatewayObserver>,
 }
@@ -94,8 +98,13 @@ impl GatewayClient {
             let r = &config.retry;
             Arc::new(TpsBudget::new(r.budget_window, r.budget_min_per_second, r.budget_ratio))
         };
-        let (payment_budget, status_budget) = (budget(), budget());
+        // Refunds get the status breaker's settings: like a lookup, a cancel under its key
+        // is safe to repeat, and every answer (a refusal included) shows the API works.
+        let refund_breaker = CircuitBreaker::new(format!("{}.refunds", settings.name), config.status_breaker.clone())
+            .map_err(ClientError::Config)?;
+        let (payment_budget, status_budget, refund_budget) = (budget(), budget(), budget());
         let status = stack(&config, transport.clone(), &status_breaker, &status_budget, &observer);
+        let refunds = stack(&config, transport.clone(), &refund_breaker, &refund_budget, &observer);
         // A payment without an answer counts once the status API says what the PG did with it.
         let evidence = PaymentEvidence::new(status.clone(), status_budget.clone(), config.deadline);
         let payments = build(&config, transport, &payment_breaker, &payment_budget, &observer, evidence);
@@ -103,10 +112,13 @@ impl GatewayClient {
             name: settings.name,
             payments,
             status,
+            refunds,
             payment_budget,
             status_budget,
+            refund_budget,
             payment_breaker,
             status_breaker,
+            refund_breaker,
             config,
             observer,
         })
@@ -126,6 +138,10 @@ impl GatewayClient {
 
     pub fn status_breaker(&self) -> &CircuitBreaker {
         &self.status_breaker
+    }
+
+    pub fn refund_breaker(&self) -> &CircuitBreaker {
+        &self.refund_breaker
     }
 
     /// Where this client reports what happens to its calls; a caller that refuses a call
@@ -155,6 +171,34 @@ impl GatewayClient {
         let result = self.call(&self.status, &self.status_budget, call, None).await;
         LookupOutcome::from_result(result, |answer| match answer {
             PgAnswer::Transaction(detail) => Some(detail),
+            _ => None,
+        })
+    }
+
+    /// Asks the PG to refund `request.cancel_amount` of the payment `transaction_key`.
+    /// Retried only when it surely did not arrive, like a payment; a caller that meets an
+    /// unknown outcome sends it again later under the same `idempotency_key`, which the PG
+    /// answers with the cancel it made rather than a second refund.
+    pub async fn request_cancel(
+        &self,
+        transaction_key: &str,
+        idempotency_key: &str,
+        request: CancelRequest,
+    ) -> CancelOutcome {
+        let call = PgCall::Cancel {
+            transaction_key: transaction_key.to_string(),
+            idempotency_key: idempotency_key.to_string(),
+            request,
+        };
+        CancelOutcome::from_result(self.call(&self.refunds, &self.refund_budget, call, None).await)
+    }
+
+    /// The cancels of a payment, oldest first, through the status stack.
+    pub async fn cancels(&self, transaction_key: &str) -> LookupOutcome<TransactionCancels> {
+        let call = PgCall::GetCancels(transaction_key.to_string());
+        let result = self.call(&self.status, &self.status_budget, call, None).await;
+        LookupOutcome::from_result(result, |answer| match answer {
+            PgAnswer::Cancels(list) => Some(list),
             _ => None,
         })
     }

@@ -63,7 +63,7 @@ impl Classify<Attempted, PgAnswer, CallError> for PaymentEvidence {
     fn note(&self, request: &Attempted) -> Option<String> {
         match &request.call {
             PgCall::RequestPayment(payment) => Some(payment.order_id.clone()),
-            PgCall::GetTransaction(_) | PgCall::FindByOrder(_) => None,
+            PgCall::GetTransaction(_) | PgCall::FindByOrder(_) | PgCall::Cancel { .. } | PgCall::GetCancels(_) => None,
         }
     }
 

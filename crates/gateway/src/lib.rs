@@ -21,5 +21,5 @@ pub mod wire;
 
 pub use client::{ClientError, GatewayClient, GatewaySettings, Stack, stack};
 pub use config::ResilienceConfig;
-pub use outcome::{CallError, LookupOutcome, NotDelivered, PaymentOutcome, Rejection, Unknown};
+pub use outcome::{CallError, CancelOutcome, LookupOutcome, NotDelivered, PaymentOutcome, Rejection, Unknown};
 pub use tls::TlsSettings;

@@ -8,16 +8,27 @@ pub enum Operation {
     RequestPayment,
     GetTransaction,
     FindByOrder,
+    /// A refund (the cancel API of a PG that has one).
+    RequestCancel,
+    GetCancels,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 3] = [Operation::RequestPayment, Operation::GetTransaction, Operation::FindByOrder];
+    pub const ALL: [Operation; 5] = [
+        Operation::RequestPayment,
+        Operation::GetTransaction,
+        Operation::FindByOrder,
+        Operation::RequestCancel,
+        Operation::GetCancels,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Operation::RequestPayment => "request_payment",
             Operation::GetTransaction => "get_transaction",
             Operation::FindByOrder => "find_by_order",
+            Operation::RequestCancel => "request_cancel",
+            Operation::GetCancels => "get_cancels",
         }
     }
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::breaker::{CallNotPermitted, State};
-use crate::wire::{OrderTransactions, TransactionDetail};
+use crate::wire::{CancelDetail, OrderTransactions, TransactionCancels, TransactionDetail};
 
 /// The request surely did not reach the PG (or the PG surely did nothing with it):
 /// safe to retry, and safe to roll the order back.
@@ -89,6 +89,37 @@ pub enum PaymentOutcome {
     Unknown(Unknown),
 }
 
+/// The result of asking the PG to refund (cancel) all or part of a payment. Unlike a
+/// payment, a cancel carries an idempotency key: one whose outcome is unknown may be sent
+/// again under the same key, and the PG answers the cancel it made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The PG holds the cancel: PENDING until it decides (callback or lookup), or as it
+    /// stands when this key made it before.
+    Accepted(CancelDetail),
+    /// The PG has no such payment, or no cancel API at all (the reference PG).
+    NotFound,
+    /// Refused as asked: not paid, more than is left, a key reused for another amount.
+    Rejected(Rejection),
+    NotDelivered(NotDelivered),
+    Unknown(Unknown),
+}
+
+impl CancelOutcome {
+    pub(crate) fn from_result(result: Result<PgAnswer, CallError>) -> CancelOutcome {
+        match result {
+            Ok(PgAnswer::Cancel(detail)) => CancelOutcome::Accepted(detail),
+            Ok(PgAnswer::NotFound) => CancelOutcome::NotFound,
+            Ok(PgAnswer::Rejected(r)) => CancelOutcome::Rejected(r),
+            Ok(other) => {
+                CancelOutcome::Unknown(Unknown::UnexpectedAnswer { status: 200, detail: format!("{other:?}") })
+            }
+            Err(CallError::NotDelivered(n)) => CancelOutcome::NotDelivered(n),
+            Err(CallError::Unknown(u)) => CancelOutcome::Unknown(u),
+        }
+    }
+}
+
 /// The result of a status lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LookupOutcome<T> {
@@ -106,6 +137,8 @@ pub enum PgAnswer {
     Accepted { transaction_key: String },
     Transaction(TransactionDetail),
     Transactions(OrderTransactions),
+    Cancel(CancelDetail),
+    Cancels(TransactionCancels),
     NotFound,
     Rejected(Rejection),
 }

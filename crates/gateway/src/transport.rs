@@ -17,8 +17,8 @@ use tower::Service;
 use crate::observer::{GatewayEvent, GatewayObserver, Operation};
 use crate::outcome::{CallError, NotDelivered, PgAnswer, Rejection, Unknown};
 use crate::wire::{
-    Envelope, OrderTransactions, PaymentRequest, ResultKind, TransactionDetail, TransactionSummary, USER_ID_HEADER,
-    message,
+    CancelDetail, CancelRequest, Envelope, IDEMPOTENCY_KEY_HEADER, OrderTransactions, PaymentRequest, ResultKind,
+    TransactionCancels, TransactionDetail, TransactionSummary, USER_ID_HEADER, message,
 };
 
 /// One PG operation with its input.
@@ -27,6 +27,14 @@ pub enum PgCall {
     RequestPayment(PaymentRequest),
     GetTransaction(String),
     FindByOrder(String),
+    /// A refund of the payment `transaction_key`, safe to send again under its key.
+    Cancel {
+        transaction_key: String,
+        idempotency_key: String,
+        request: CancelRequest,
+    },
+    /// The cancels of a payment, by its transaction key.
+    GetCancels(String),
 }
 
 impl PgCall {
@@ -35,6 +43,8 @@ impl PgCall {
             PgCall::RequestPayment(_) => Operation::RequestPayment,
             PgCall::GetTransaction(_) => Operation::GetTransaction,
             PgCall::FindByOrder(_) => Operation::FindByOrder,
+            PgCall::Cancel { .. } => Operation::RequestCancel,
+            PgCall::GetCancels(_) => Operation::GetCancels,
         }
     }
 }
@@ -66,6 +76,12 @@ impl HttpTransport {
             PgCall::RequestPayment(body) => self.http.post(self.url(&[])).json(body),
             PgCall::GetTransaction(key) => self.http.get(self.url(&[key])),
             PgCall::FindByOrder(order_id) => self.http.get(self.url(&[])).query(&[("orderId", order_id)]),
+            PgCall::Cancel { transaction_key, idempotency_key, request } => self
+                .http
+                .post(self.url(&[transaction_key, "cancel"]))
+                .header(IDEMPOTENCY_KEY_HEADER, idempotency_key)
+                .json(request),
+            PgCall::GetCancels(key) => self.http.get(self.url(&[key, "cancels"])),
         }
         .header(USER_ID_HEADER, &self.merchant_id);
         let exchange = async {
@@ -155,6 +171,8 @@ fn classify_answer(call: &PgCall, status: StatusCode, body: &[u8]) -> Result<PgA
                 .map(|s| PgAnswer::Accepted { transaction_key: s.transaction_key }),
             PgCall::GetTransaction(_) => serde_json::from_value::<TransactionDetail>(data).map(PgAnswer::Transaction),
             PgCall::FindByOrder(_) => serde_json::from_value::<OrderTransactions>(data).map(PgAnswer::Transactions),
+            PgCall::Cancel { .. } => serde_json::from_value::<CancelDetail>(data).map(PgAnswer::Cancel),
+            PgCall::GetCancels(_) => serde_json::from_value::<TransactionCancels>(data).map(PgAnswer::Cancels),
         };
         return parsed.or_else(|e| unexpected(format!("unreadable data: {e}")));
     }

@@ -8,7 +8,10 @@ use gateway::breaker::{BreakerConfig, Event, SlidingWindow, State};
 use gateway::config::{BulkheadConfig, RetryConfig};
 use gateway::observer::{GatewayEvent, GatewayObserver};
 use gateway::wire::{CardType, PaymentRequest, TransactionStatus};
-use gateway::{GatewayClient, GatewaySettings, LookupOutcome, NotDelivered, PaymentOutcome, ResilienceConfig, Unknown};
+use gateway::{
+    CancelOutcome, GatewayClient, GatewaySettings, LookupOutcome, NotDelivered, PaymentOutcome, ResilienceConfig,
+    Unknown,
+};
 use gateway_sim::faults::{DownMode, MsRange, OutcomeSplit, StoreThenTimeout, StoreThenTimeoutMode};
 use gateway_sim::{Faults, RunningSim, SimConfig};
 
@@ -705,4 +708,116 @@ async fn with_a_gateway_to_fail_over_to_a_payment_spends_only_its_first_attempts
     assert_eq!(requests(&sim), 2, "two attempts, then it is the next gateway's");
     client.request_payment(payment("ORD000002")).await;
     assert_eq!(requests(&sim), 2 + 6, "alone, the whole retry sequence");
+}
+
+/// A simulator with its refund API, every payment approved at once.
+async fn refunding_sim() -> RunningSim {
+    let faults = Faults { outcome: OutcomeSplit { limit_exceeded: 0.0, invalid_card: 0.0 }, ..reliable() };
+    let config = SimConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        seed: Some(11),
+        faults,
+        refunds: true,
+        ..SimConfig::default()
+    };
+    gateway_sim::spawn(config).await.unwrap()
+}
+
+/// A payment the PG approved: its transaction key.
+async fn paid(sim: &RunningSim, client: &GatewayClient) -> String {
+    let PaymentOutcome::Accepted { transaction_key } = client.request_payment(payment("ORD000001-1")).await else {
+        panic!("accepted")
+    };
+    tokio::time::timeout(Duration::from_secs(5), sim.sim().settled()).await.expect("decided");
+    transaction_key
+}
+
+fn refund(amount: i64) -> gateway::wire::CancelRequest {
+    gateway::wire::CancelRequest { cancel_amount: amount, cancel_reason: "buyer cancelled".into(), callback_url: None }
+}
+
+#[tokio::test]
+async fn a_cancel_is_held_pending_and_then_decided_by_the_pg() {
+    let sim = refunding_sim().await;
+    let (client, _) = client_for(&sim.base_url(), config());
+    let key = paid(&sim, &client).await;
+    let CancelOutcome::Accepted(cancel) = client.request_cancel(&key, "refund-1", refund(2_000)).await else {
+        panic!("accepted")
+    };
+    assert_eq!(
+        (cancel.status, cancel.cancel_amount, cancel.transaction_key.as_str()),
+        (TransactionStatus::Pending, 2_000, key.as_str())
+    );
+    tokio::time::timeout(Duration::from_secs(5), sim.sim().settled()).await.expect("decided");
+    let LookupOutcome::Found(list) = client.cancels(&key).await else { panic!("found") };
+    assert_eq!(
+        list.cancels.iter().map(|c| (c.cancel_key.clone(), c.status)).collect::<Vec<_>>(),
+        [(cancel.cancel_key, TransactionStatus::Success)]
+    );
+    assert_eq!(sim.sim().ledger().transactions()[0].refunded(), 2_000);
+}
+
+#[tokio::test]
+async fn a_cancel_whose_answer_was_lost_is_unknown_and_sent_again_under_its_key_refunds_once() {
+    let sim = refunding_sim().await;
+    let (client, _) = client_for(&sim.base_url(), config());
+    let key = paid(&sim, &client).await;
+    let stt = StoreThenTimeout { mode: StoreThenTimeoutMode::Drop, rate: 1.0, delay_ms: 0 };
+    sim.sim().set_faults(Faults { store_then_timeout: Some(stt), ..sim.sim().faults() }).unwrap();
+    let outcome = client.request_cancel(&key, "refund-1", refund(5_000)).await;
+    assert!(matches!(outcome, CancelOutcome::Unknown(_)), "{outcome:?}");
+    assert_eq!(sim.sim().ledger().counts.cancel_requests, 1, "an unknown outcome is not re-sent by the client");
+    sim.sim().set_faults(Faults { store_then_timeout: None, ..sim.sim().faults() }).unwrap();
+    let CancelOutcome::Accepted(again) = client.request_cancel(&key, "refund-1", refund(5_000)).await else {
+        panic!("the same cancel")
+    };
+    tokio::time::timeout(Duration::from_secs(5), sim.sim().settled()).await.expect("decided");
+    let ledger = sim.sim().ledger();
+    assert_eq!(ledger.transactions()[0].cancels.len(), 1, "one cancel for the key");
+    assert_eq!(
+        (ledger.transactions()[0].cancels[0].key.as_str(), ledger.transactions()[0].refunded()),
+        (again.cancel_key.as_str(), 5_000)
+    );
+}
+
+#[tokio::test]
+async fn a_cancel_the_pg_refuses_is_rejected_and_never_retried() {
+    let sim = refunding_sim().await;
+    let (client, _) = client_for(&sim.base_url(), config());
+    let key = paid(&sim, &client).await;
+    let CancelOutcome::Rejected(refused) = client.request_cancel(&key, "refund-1", refund(5_001)).await else {
+        panic!("rejected")
+    };
+    assert_eq!((refused.status, refused.reason.as_str()), (400, gateway::wire::message::CANCEL_AMOUNT_EXCEEDED));
+    assert_eq!(sim.sim().ledger().counts.cancel_requests, 1);
+    assert_eq!(client.refund_breaker().state(), State::Closed);
+}
+
+#[tokio::test]
+async fn a_pg_without_a_cancel_api_answers_not_found() {
+    let sim = sim(reliable()).await;
+    let (client, _) = client_for(&sim.base_url(), config());
+    let PaymentOutcome::Accepted { transaction_key } = client.request_payment(payment("ORD000001-1")).await else {
+        panic!("accepted")
+    };
+    assert_eq!(client.request_cancel(&transaction_key, "refund-1", refund(1_000)).await, CancelOutcome::NotFound);
+}
+
+#[tokio::test]
+async fn a_cancel_the_pg_surely_did_not_take_is_retried_like_a_payment_and_stores_nothing() {
+    let sim = refunding_sim().await;
+    let (client, recorder) = client_for(&sim.base_url(), config());
+    let key = paid(&sim, &client).await;
+    // The PG's "unstable" 500 comes before anything is stored: safe to send again.
+    sim.sim().set_faults(Faults { request_failure_rate: 1.0, ..sim.sim().faults() }).unwrap();
+    let attempts_before = recorder.attempts();
+    let outcome = client.request_cancel(&key, "refund-1", refund(1_000)).await;
+    assert!(
+        matches!(outcome, CancelOutcome::NotDelivered(NotDelivered::Unavailable { status: 500, .. })),
+        "{outcome:?}"
+    );
+    assert_eq!(recorder.attempts() - attempts_before, 4, "retried to max attempts");
+    assert_eq!(sim.sim().ledger().counts.cancel_requests, 4);
+    assert!(sim.sim().ledger().transactions()[0].cancels.is_empty());
+    assert_eq!(client.payment_breaker().state(), State::Closed, "failing refunds leave payments alone");
 }
