@@ -525,83 +525,36 @@ async fn claims_are_exclusive_expire_and_are_released(store: Arc<dyn Inspect>) {
     assert_eq!(a.len() + b.len(), 20, "every due attempt claimed once");
     assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)), "no attempt claimed twice");
     assert!(
-        store
-            .claim_due_attempts(Claim {
-                gateway: "pg",
-                owner: "c",
-                lease_until: NOW + ms(30_000),
-                created_before: NOW,
-                now: NOW + ms(2),
-                limit: 50
-            })
-            .await
-            .unwrap()
-            .is_empty(),
+        store.claim_due_attempts(claim_at("c", NOW + ms(30_000), NOW + ms(2))).await.unwrap().is_empty(),
         "live leases hold"
     );
 
     // A check ends the lease; a crashed owner's lease expires; a stopping owner releases.
     let checked = &a[0];
     store.record_checks(&[check(checked.id, NOW + ms(1), "still pending", false)], NOW + ms(2)).await.unwrap();
-    let retaken = store
-        .claim_due_attempts(Claim {
-            gateway: "pg",
-            owner: "c",
-            lease_until: NOW + ms(60_000),
-            created_before: NOW,
-            now: NOW + ms(3),
-            limit: 50,
-        })
-        .await
-        .unwrap();
+    let retaken = store.claim_due_attempts(claim_at("c", NOW + ms(60_000), NOW + ms(3))).await.unwrap();
     assert_eq!(retaken.iter().map(|x| x.id).collect::<Vec<_>>(), [checked.id]);
     assert_eq!(retaken[0].checks, 1);
     let released = store.release_leases("b").await.unwrap() as usize;
     assert_eq!(released, b.len());
-    assert_eq!(
-        store
-            .claim_due_attempts(Claim {
-                gateway: "pg",
-                owner: "d",
-                lease_until: NOW + ms(60_000),
-                created_before: NOW,
-                now: NOW + ms(4),
-                limit: 50
-            })
-            .await
-            .unwrap()
-            .len(),
-        b.len()
-    );
-    let expired = store
-        .claim_due_attempts(Claim {
-            gateway: "pg",
-            owner: "e",
-            lease_until: NOW + ms(90_000),
-            created_before: NOW,
-            now: NOW + ms(30_001),
-            limit: 50,
-        })
-        .await
-        .unwrap();
+    assert_eq!(store.claim_due_attempts(claim_at("d", NOW + ms(60_000), NOW + ms(4))).await.unwrap().len(), b.len());
+    let expired = store.claim_due_attempts(claim_at("e", NOW + ms(90_000), NOW + ms(30_001))).await.unwrap();
     assert_eq!(expired.len(), a.len() - 1, "a's expired leases are taken over");
     // Settled attempts are never claimed.
     store.settle(checked.id, &success("k-claimed"), Source::Callback, NOW).await.unwrap();
     assert!(
         store
-            .claim_due_attempts(Claim {
-                gateway: "pg",
-                owner: "f",
-                lease_until: NOW + ms(200_000),
-                created_before: NOW,
-                now: NOW + ms(100_000),
-                limit: 50
-            })
+            .claim_due_attempts(claim_at("f", NOW + ms(200_000), NOW + ms(100_000)))
             .await
             .unwrap()
             .iter()
             .all(|x| x.id != checked.id)
     );
+}
+
+/// A claim of up to 50 due attempts of gateway "pg" created before `NOW`.
+fn claim_at(owner: &str, lease_until: Timestamp, now: Timestamp) -> Claim<'_> {
+    Claim { gateway: "pg", owner, lease_until, created_before: NOW, now, limit: 50 }
 }
 
 fn key_claim<'a>(
