@@ -20,11 +20,12 @@ use std::time::Duration;
 use gateway::GatewayClient;
 use gateway::signature::SignatureHeader;
 use gateway::wire::TransactionDetail;
+use tracing::Instrument;
 
 use super::replay::SeenSignatures;
 use super::settlement::{Applied, Observed, Settler, Source};
 use crate::domain::Timestamp;
-use crate::store::{EventKind, PaymentStore, StoreError};
+use crate::store::{Attempt, EventKind, PaymentStore, StoreError};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +134,20 @@ impl CallbackIntake {
         // Our own records first: an orderId we never issued needs no PG query.
         let attempt =
             self.store.attempt_by_pg_order_id(&body.order_id).await?.ok_or(CallbackError::UnknownTransaction)?;
+        // From here on every event is about this attempt: its span names it.
+        let span = tracing::info_span!(
+            "callback",
+            attempt = %attempt.id,
+            gateway = %attempt.gateway,
+            pg_order_id = %attempt.pg_order_id,
+            transaction_key = %body.transaction_key
+        );
+        self.judge(attempt, body).instrument(span).await
+    }
+
+    /// The attempt's own gateway, the PG's word (signed, or fetched back), amount and
+    /// orderId checked; then settled.
+    async fn judge(&self, attempt: Attempt, body: TransactionDetail) -> Result<Applied, CallbackError> {
         if attempt.gateway.as_str() != self.gateway.name() {
             // A gateway speaks only for payments it was sent; settling another one's
             // attempt on its word could mark an unpaid order paid.
@@ -144,7 +159,7 @@ impl CallbackIntake {
                 attempt.gateway
             );
             self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, Timestamp::now()).await?;
-            tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, "callback refused: {detail}");
+            tracing::warn!("callback refused: {detail}");
             return Err(CallbackError::WrongGateway { attempt_gateway: attempt.gateway.to_string() });
         }
         let truth = match &self.secret {
@@ -166,7 +181,7 @@ impl CallbackIntake {
                 attempt.pg_order_id
             );
             self.store.record_event(attempt.id, EventKind::MismatchedCallback, &detail, Timestamp::now()).await?;
-            tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, transaction_key = %body.transaction_key, "callback refused: {detail}");
+            tracing::warn!("callback refused: {detail}");
             return Err(CallbackError::Mismatch { detail });
         }
         let reason = truth.reason.map(|r| bounded(&r, MAX_REASON_CHARS));

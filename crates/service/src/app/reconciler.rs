@@ -19,6 +19,7 @@ use gateway::wire::{OrderTransactions, TransactionStatus, TransactionSummary};
 use super::gateways::Gateways;
 use serde::Serialize;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::settlement::{Applied, Observed, Settler, Source};
 use crate::configuration::ReconcilerSettings;
@@ -223,7 +224,13 @@ impl Reconciler {
         let verdicts: Vec<(Attempt, Result<Verdict, StoreError>)> = futures_util::stream::iter(due)
             .map(|attempt| async move {
                 self.lookups.until_ready().await;
-                let verdict = self.reconcile(gateway, &attempt).await;
+                let span = tracing::info_span!(
+                    "reconcile",
+                    attempt = %attempt.id,
+                    gateway = %attempt.gateway,
+                    pg_order_id = %attempt.pg_order_id
+                );
+                let verdict = self.reconcile(gateway, &attempt).instrument(span).await;
                 (attempt, verdict)
             })
             .buffer_unordered(self.settings.concurrency)
@@ -334,7 +341,7 @@ impl Reconciler {
             Settlement { status: Final::Failed, transaction_key: None, reason: Some(NOT_RECEIVED_REASON.into()) };
         match self.settler.decide(attempt.id, &failed, Source::Reconciler).await? {
             Transition::Applied => {
-                tracing::warn!(attempt = %attempt.id, gateway = %attempt.gateway, pg_order_id = %attempt.pg_order_id, "the PG never received this payment: FAILED");
+                tracing::warn!("the PG never received this payment: FAILED");
                 Ok(Verdict::NotReceived)
             }
             _ => Ok(Verdict::Settled),

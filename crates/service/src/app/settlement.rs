@@ -1,7 +1,8 @@
 //! Applies what the PG says about an attempt: the one place where a final status is
 //! decided, for callbacks and the reconciler alike. Late, duplicate and contradictory
 //! news is recorded, never applied; a second charge or a charge for a failed attempt
-//! is flagged for an operator.
+//! is flagged for an operator. Its events say what happened; the attempt, gateway and
+//! PG orderId are in the caller's span (`callback`, `reconcile`).
 
 use std::sync::Arc;
 
@@ -87,12 +88,7 @@ impl Settler {
         match self.apply_own(attempt, observed, source).await {
             Err(StoreError::KeyTaken(_)) => {
                 self.note(attempt, EventKind::ConflictingDelivery, source, observed).await?;
-                tracing::warn!(
-                    attempt = %attempt.id,
-                    gateway = %attempt.gateway,
-                    transaction_key = key,
-                    "news names a transaction of another attempt: ignored"
-                );
+                tracing::warn!(transaction_key = key, "news names a transaction of another attempt: ignored");
                 Ok(Applied::Conflict)
             }
             other => other,
@@ -126,9 +122,6 @@ impl Settler {
         self.note(attempt, EventKind::DoubleCharge, source, observed).await?;
         self.metrics.double_charge();
         tracing::error!(
-            attempt = %attempt.id,
-            gateway = %attempt.gateway,
-            pg_order_id = %attempt.pg_order_id,
             transaction_key = %observed.transaction_key,
             own_key = attempt.transaction_key.as_ref().map(TransactionKey::as_str).unwrap_or("-"),
             "a second transaction charged this payment: refund it"
@@ -152,9 +145,6 @@ impl Settler {
         let (current, current_key) = match self.store.settle(attempt.id, &settlement, source, now).await? {
             Transition::Applied => {
                 tracing::info!(
-                    attempt = %attempt.id,
-                    gateway = %attempt.gateway,
-                    pg_order_id = %attempt.pg_order_id,
                     transaction_key = key,
                     status = settlement.status.as_str(),
                     source = source.as_str(),
@@ -188,17 +178,12 @@ impl Settler {
         }
         match applied {
             Applied::DoubleCharge | Applied::RefundNeeded => tracing::error!(
-                attempt = %attempt.id,
-                gateway = %attempt.gateway,
-                pg_order_id = %attempt.pg_order_id,
                 transaction_key = key,
                 settled_key = current_key.as_deref().unwrap_or("-"),
                 finding = applied.as_str(),
                 "the PG charged a payment that must be refunded"
             ),
             Applied::Conflict => tracing::warn!(
-                attempt = %attempt.id,
-                gateway = %attempt.gateway,
                 transaction_key = key,
                 settled = current.as_str(),
                 reported = settlement.status.as_str(),

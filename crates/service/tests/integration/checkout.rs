@@ -118,6 +118,29 @@ async fn a_checkout_s_events_carry_the_order_pg_order_id_and_gateway_from_its_pa
 }
 
 #[tokio::test]
+async fn a_callback_s_events_carry_the_attempt_it_settles_from_its_span() {
+    let lines = Lines::default();
+    let subscriber = tracing_subscriber::fmt().with_writer(lines.clone()).with_ansi(false).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let approve = OutcomeSplit { limit_exceeded: 0.0, invalid_card: 0.0 };
+    let app = spawn_app(Faults { outcome: approve, ..reliable() }).await;
+    let (status, body) = app.checkout("buyer-1", &[(1, 1)]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    app.wait_for_status("buyer-1", body["data"]["orderId"].as_i64().unwrap(), "PAID").await;
+    let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let settled = logged
+        .lines()
+        .find(|line| line.contains("payment settled"))
+        .unwrap_or_else(|| panic!("the settlement is logged: {logged}"));
+    assert!(
+        settled.contains("callback{attempt=1 gateway=pg pg_order_id=ORD000001-1 transaction_key="),
+        "the span names the attempt: {settled}"
+    );
+    let event = &settled[settled.find("}:").unwrap()..];
+    assert!(!event.contains("pg_order_id="), "the event does not repeat what its span says: {settled}");
+}
+
+#[tokio::test]
 async fn not_delivered_after_retries_rolls_the_order_back_with_503() {
     let app = spawn_app(Faults { request_failure_rate: 1.0, ..Faults::instant() }).await;
     let (status, body) = app.checkout("buyer-1", &[(1, 3)]).await;
