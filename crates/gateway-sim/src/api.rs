@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::callback;
-use crate::faults::{DownMode, StoreThenTimeoutMode};
+use crate::faults::{DownMode, StoreThenTimeout, StoreThenTimeoutMode};
 use crate::ledger::Transaction;
 use crate::request::{parse_payment_request, validate};
 use crate::state::{InFlight, Sim};
@@ -109,13 +109,19 @@ pub(crate) async fn create(
     let processing_rng = sim.draw(|rng| ChaCha8Rng::seed_from_u64(rng.random()));
     tokio::spawn(process(sim.clone(), summary.transaction_key.clone(), processing_rng, sim.start_processing()));
 
-    match store_then_timeout.map(|s| (s.mode, s.delay_ms)) {
+    stored(store_then_timeout, summary).await
+}
+
+/// The answer for something the PG has just stored (a payment, a cancel), as a drawn
+/// store-then-timeout fault shapes it: dropped, held back, or at once.
+pub(crate) async fn stored(fault: Option<StoreThenTimeout>, data: impl serde::Serialize) -> Response {
+    match fault.map(|s| (s.mode, s.delay_ms)) {
         Some((StoreThenTimeoutMode::Drop, _)) => dropped_connection(),
         Some((StoreThenTimeoutMode::Delay, delay_ms)) => {
             tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-            Json(Envelope::success(summary)).into_response()
+            Json(Envelope::success(data)).into_response()
         }
-        None => Json(Envelope::success(summary)).into_response(),
+        None => Json(Envelope::success(data)).into_response(),
     }
 }
 
@@ -168,7 +174,7 @@ async fn process(sim: Arc<Sim>, key: String, mut rng: ChaCha8Rng, _in_flight: In
 
 /// A response whose body fails at once: hyper aborts the connection, so the caller sees
 /// the connection drop with no answer although the transaction was stored.
-pub(crate) fn dropped_connection() -> Response {
+fn dropped_connection() -> Response {
     let broken = futures_util::stream::once(async {
         Err::<Bytes, std::io::Error>(std::io::Error::other("store-then-timeout fault: connection dropped"))
     });

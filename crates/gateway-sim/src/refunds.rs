@@ -27,9 +27,8 @@ use gateway::wire::{
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::api::{dropped_connection, fail, is_json, user_id};
+use crate::api::{fail, is_json, user_id};
 use crate::callback;
-use crate::faults::StoreThenTimeoutMode;
 use crate::ledger::Cancel;
 use crate::state::{InFlight, Sim};
 
@@ -91,14 +90,7 @@ pub(crate) async fn cancel(
             detail
         }
     };
-    match sim.draw(|rng| faults.draw_store_then_timeout(rng)).map(|s| (s.mode, s.delay_ms)) {
-        Some((StoreThenTimeoutMode::Drop, _)) => dropped_connection(),
-        Some((StoreThenTimeoutMode::Delay, delay_ms)) => {
-            tokio::time::sleep(std::time::Duration::from_millis(delay_ms)).await;
-            Json(Envelope::success(detail)).into_response()
-        }
-        None => Json(Envelope::success(detail)).into_response(),
-    }
+    crate::api::stored(sim.draw(|rng| faults.draw_store_then_timeout(rng)), detail).await
 }
 
 /// Books the cancel under the ledger's lock, so that two cancels racing for the last of a

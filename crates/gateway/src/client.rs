@@ -167,12 +167,11 @@ impl GatewayClient {
     }
 
     pub async fn transaction(&self, transaction_key: &str) -> LookupOutcome<TransactionDetail> {
-        let call = PgCall::GetTransaction(transaction_key.to_string());
-        let result = self.call(&self.status, &self.status_budget, call, None).await;
-        LookupOutcome::from_result(result, |answer| match answer {
+        self.look_up(PgCall::GetTransaction(transaction_key.to_string()), |answer| match answer {
             PgAnswer::Transaction(detail) => Some(detail),
             _ => None,
         })
+        .await
     }
 
     /// Asks the PG to refund `request.cancel_amount` of the payment `transaction_key`.
@@ -195,22 +194,25 @@ impl GatewayClient {
 
     /// The cancels of a payment, oldest first, through the status stack.
     pub async fn cancels(&self, transaction_key: &str) -> LookupOutcome<TransactionCancels> {
-        let call = PgCall::GetCancels(transaction_key.to_string());
-        let result = self.call(&self.status, &self.status_budget, call, None).await;
-        LookupOutcome::from_result(result, |answer| match answer {
+        self.look_up(PgCall::GetCancels(transaction_key.to_string()), |answer| match answer {
             PgAnswer::Cancels(list) => Some(list),
             _ => None,
         })
+        .await
     }
 
     /// Every transaction the PG holds for one of our attempt ids, newest first.
     pub async fn transactions_for_order(&self, order_id: &str) -> LookupOutcome<OrderTransactions> {
-        let call = PgCall::FindByOrder(order_id.to_string());
-        let result = self.call(&self.status, &self.status_budget, call, None).await;
-        LookupOutcome::from_result(result, |answer| match answer {
+        self.look_up(PgCall::FindByOrder(order_id.to_string()), |answer| match answer {
             PgAnswer::Transactions(list) => Some(list),
             _ => None,
         })
+        .await
+    }
+
+    /// A lookup through the status stack, its answer picked out by `pick`.
+    async fn look_up<T>(&self, call: PgCall, pick: impl FnOnce(PgAnswer) -> Option<T>) -> LookupOutcome<T> {
+        LookupOutcome::from_result(self.call(&self.status, &self.status_budget, call, None).await, pick)
     }
 
     async fn call(

@@ -322,7 +322,7 @@ pub(super) async fn keys_held_elsewhere<D: Dialect>(
 /// A status write that may name a transaction key, which another attempt may hold.
 trait KeyedWrite: Send + Sync {
     fn attempt(&self) -> AttemptId;
-    fn key(&self) -> Option<&String>;
+    fn key(&self) -> Option<&str>;
 }
 
 impl KeyedWrite for MarkPending {
@@ -330,8 +330,8 @@ impl KeyedWrite for MarkPending {
         self.attempt_id
     }
 
-    fn key(&self) -> Option<&String> {
-        self.key.as_ref()
+    fn key(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 }
 
@@ -340,8 +340,8 @@ impl KeyedWrite for Settle {
         self.attempt_id
     }
 
-    fn key(&self) -> Option<&String> {
-        self.settlement.transaction_key.as_ref()
+    fn key(&self) -> Option<&str> {
+        self.settlement.transaction_key.as_deref()
     }
 }
 
@@ -356,7 +356,7 @@ async fn write_keyed<D: Dialect, W: KeyedWrite>(
     let attempts: HashSet<_> = group.iter().map(KeyedWrite::attempt).collect();
     let may_share = may_share && attempts.len() == group.len();
     write_group(conn, group, may_share, together, |conn, group| {
-        let keys: Vec<_> = group.iter().map(|w| (w.attempt(), w.key().cloned())).collect();
+        let keys: Vec<_> = group.iter().map(|w| (w.attempt(), w.key().map(str::to_string))).collect();
         Box::pin(async move { keys_held_elsewhere::<D>(conn, &keys).await })
     })
     .await

@@ -96,47 +96,51 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
     }
 }
 
+impl Lines {
+    /// Captures this thread's events (the test's runtime and the app it spawns) until
+    /// the guard is dropped.
+    fn capture() -> (Lines, tracing::subscriber::DefaultGuard) {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::fmt().with_writer(lines.clone()).with_ansi(false).finish();
+        (lines, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The first line logged with `message`, and the event's own part of it (after its spans).
+    fn with(&self, message: &str) -> (String, String) {
+        let logged = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        let line = logged.lines().find(|l| l.contains(message)).unwrap_or_else(|| panic!("{message}: {logged}"));
+        let event = line[line.find("}:").unwrap_or_else(|| panic!("no span: {line}"))..].to_string();
+        (line.to_string(), event)
+    }
+}
+
 #[tokio::test]
 async fn a_checkout_s_events_carry_the_order_pg_order_id_and_gateway_from_its_payment_span() {
-    let lines = Lines::default();
-    let subscriber = tracing_subscriber::fmt().with_writer(lines.clone()).with_ansi(false).finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = Lines::capture();
     let app = spawn_app(Faults { request_failure_rate: 1.0, ..Faults::instant() }).await;
     let (status, body) = app.checkout("buyer-1", &[(1, 1)]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-    let rolled_back = logged
-        .lines()
-        .find(|line| line.contains("payment not delivered: order rolled back"))
-        .unwrap_or_else(|| panic!("the roll-back is logged: {logged}"));
+    let (rolled_back, event) = lines.with("payment not delivered: order rolled back");
     assert!(
         rolled_back.contains("payment{order=1 pg_order_id=ORD000001-1 gateway=pg}"),
         "the span names the payment: {rolled_back}"
     );
-    let event = &rolled_back[rolled_back.find("}:").unwrap()..];
     assert!(!event.contains("order="), "the event does not repeat what its span says: {rolled_back}");
 }
 
 #[tokio::test]
 async fn a_callback_s_events_carry_the_attempt_it_settles_from_its_span() {
-    let lines = Lines::default();
-    let subscriber = tracing_subscriber::fmt().with_writer(lines.clone()).with_ansi(false).finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = Lines::capture();
     let approve = OutcomeSplit { limit_exceeded: 0.0, invalid_card: 0.0 };
     let app = spawn_app(Faults { outcome: approve, ..reliable() }).await;
     let (status, body) = app.checkout("buyer-1", &[(1, 1)]).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     app.wait_for_status("buyer-1", body["data"]["orderId"].as_i64().unwrap(), "PAID").await;
-    let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-    let settled = logged
-        .lines()
-        .find(|line| line.contains("payment settled"))
-        .unwrap_or_else(|| panic!("the settlement is logged: {logged}"));
+    let (settled, event) = lines.with("payment settled");
     assert!(
         settled.contains("callback{attempt=1 gateway=pg pg_order_id=ORD000001-1 transaction_key="),
         "the span names the attempt: {settled}"
     );
-    let event = &settled[settled.find("}:").unwrap()..];
     assert!(!event.contains("pg_order_id="), "the event does not repeat what its span says: {settled}");
 }
 
